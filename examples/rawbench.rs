@@ -1,0 +1,266 @@
+//! The plain S3 client that `scripts/bench.sh` compares the mount against: aws-sdk-s3 used
+//! directly, with the concurrency a good S3 client uses (8 × 8 MiB parts or ranges in flight,
+//! 8 small objects in flight). Every write sends fresh random data, generated before the clock
+//! starts (Garage deduplicates identical blocks). Endpoint, credentials and region come from the
+//! standard AWS environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …), the bucket from
+//! `S3MOUNT_TEST_BUCKET`; addressing is path-style. Each command prints one `key=value` line.
+//!
+//! `cargo run --release --example rawbench -- put-big bench/big 1GiB`
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use futures::{StreamExt, TryStreamExt, stream};
+use rand::{RngCore, SeedableRng, rngs::SmallRng};
+
+const PART: u64 = 8 << 20;
+const IN_FLIGHT: usize = 8;
+
+#[derive(Parser)]
+#[command(about = "Plain aws-sdk-s3 baseline for scripts/bench.sh")]
+struct Args {
+    /// Bucket (default: $S3MOUNT_TEST_BUCKET)
+    #[arg(long, env = "S3MOUNT_TEST_BUCKET")]
+    bucket: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Upload SIZE bytes of fresh random data to KEY (parallel multipart above 8 MiB)
+    PutBig { key: String, #[arg(value_parser = parse_size)] size: u64 },
+    /// Download KEY with parallel ranged GETs, discarding the data
+    GetBig { key: String },
+    /// Upload N objects PREFIX000000.. of SIZE fresh random bytes each, 8 at a time
+    PutMany { prefix: String, n: usize, #[arg(value_parser = parse_size)] size: u64 },
+    /// Download the N objects PREFIX000000.., 8 at a time
+    GetMany { prefix: String, n: usize },
+    /// List PREFIX with ListObjectsV2 and delimiter `/`, counting entries
+    List { prefix: String },
+    /// Print the size and ETag of KEY
+    Head { key: String },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)]
+        .iter()
+        .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+        .unwrap_or((s, 1));
+    num.trim().parse::<u64>().map(|n| n * mult).map_err(|e| format!("bad size {s:?}: {e}"))
+}
+
+fn random_bytes(len: u64) -> Bytes {
+    let mut buf = vec![0u8; usize::try_from(len).expect("size fits in memory")];
+    SmallRng::from_rng(&mut rand::rng()).fill_bytes(&mut buf);
+    Bytes::from(buf)
+}
+
+fn many_key(prefix: &str, i: usize) -> String {
+    format!("{prefix}{i:06}")
+}
+
+fn sdk<E: std::error::Error>(what: String) -> impl FnOnce(E) -> anyhow::Error {
+    move |e| anyhow::anyhow!("{what}: {}", DisplayErrorContext(e))
+}
+
+async fn client() -> Client {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1"))
+        .load()
+        .await;
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    Client::from_conf(conf)
+}
+
+/// Reads a whole GET body, returns its length; the data is dropped chunk by chunk.
+async fn drain(c: &Client, bucket: &str, key: &str, range: Option<String>) -> Result<u64> {
+    let out = c
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .set_range(range)
+        .send()
+        .await
+        .map_err(sdk(format!("GET {key}")))?;
+    let mut body = out.body;
+    let mut n = 0u64;
+    while let Some(chunk) = body.try_next().await.with_context(|| format!("GET {key} body"))? {
+        n += chunk.len() as u64;
+    }
+    Ok(n)
+}
+
+async fn put_big(c: &Client, bucket: &str, key: &str, size: u64) -> Result<()> {
+    let data = random_bytes(size);
+    let start = Instant::now();
+    if size <= PART {
+        c.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(sdk(format!("PUT {key}")))?;
+    } else {
+        let up = c
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(sdk(format!("CreateMultipartUpload {key}")))?;
+        let id = up.upload_id().context("no upload id")?.to_string();
+        let parts = size.div_ceil(PART);
+        let mut done: Vec<CompletedPart> = stream::iter(0..parts)
+            .map(|i| {
+                let body = data.slice((i * PART) as usize..((i + 1) * PART).min(size) as usize);
+                let n = i as i32 + 1;
+                let id = &id;
+                async move {
+                    let r = c
+                        .upload_part()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .part_number(n)
+                        .body(ByteStream::from(body))
+                        .send()
+                        .await
+                        .map_err(sdk(format!("UploadPart {n} of {key}")))?;
+                    Ok::<_, anyhow::Error>(CompletedPart::builder().part_number(n).set_e_tag(r.e_tag).build())
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        done.sort_by_key(|p| p.part_number());
+        c.complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+            .send()
+            .await
+            .map_err(sdk(format!("CompleteMultipartUpload {key}")))?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("put-big key={key} bytes={size} secs={secs:.3} MB/s={:.1}", size as f64 / secs / 1e6);
+    Ok(())
+}
+
+async fn get_big(c: &Client, bucket: &str, key: &str) -> Result<()> {
+    let start = Instant::now();
+    let head = c.head_object().bucket(bucket).key(key).send().await.map_err(sdk(format!("HEAD {key}")))?;
+    let size = head.content_length().unwrap_or(0).max(0) as u64;
+    let got: u64 = stream::iter(0..size.div_ceil(PART))
+        .map(|i| {
+            let range = format!("bytes={}-{}", i * PART, ((i + 1) * PART).min(size) - 1);
+            drain(c, bucket, key, Some(range))
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_fold(0, |acc, n| async move { Ok(acc + n) })
+        .await?;
+    if got != size {
+        bail!("GET {key}: got {got} bytes, expected {size}");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("get-big key={key} bytes={size} secs={secs:.3} MB/s={:.1}", size as f64 / secs / 1e6);
+    Ok(())
+}
+
+async fn put_many(c: &Client, bucket: &str, prefix: &str, n: usize, size: u64) -> Result<()> {
+    let data = random_bytes(size * n as u64);
+    let start = Instant::now();
+    stream::iter(0..n)
+        .map(|i| {
+            let body = data.slice(i * size as usize..(i + 1) * size as usize);
+            let key = many_key(prefix, i);
+            async move {
+                c.put_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await
+                    .map_err(sdk(format!("PUT {key}")))
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    let secs = start.elapsed().as_secs_f64();
+    println!("put-many prefix={prefix} files={n} bytes={size} secs={secs:.3} files/s={:.1}", n as f64 / secs);
+    Ok(())
+}
+
+async fn get_many(c: &Client, bucket: &str, prefix: &str, n: usize) -> Result<()> {
+    let start = Instant::now();
+    let bytes: u64 = stream::iter(0..n)
+        .map(|i| {
+            let key = many_key(prefix, i);
+            async move { drain(c, bucket, &key, None).await }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_fold(0, |acc, n| async move { Ok(acc + n) })
+        .await?;
+    let secs = start.elapsed().as_secs_f64();
+    println!("get-many prefix={prefix} files={n} total_bytes={bytes} secs={secs:.3} files/s={:.1}", n as f64 / secs);
+    Ok(())
+}
+
+async fn list(c: &Client, bucket: &str, prefix: &str) -> Result<()> {
+    let start = Instant::now();
+    let (mut entries, mut pages) = (0usize, 0usize);
+    let mut token = None;
+    loop {
+        let page = c
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(sdk(format!("LIST {prefix}")))?;
+        pages += 1;
+        entries += page.contents().len() + page.common_prefixes().len();
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("list prefix={prefix} entries={entries} pages={pages} secs={secs:.3} entries/s={:.0}", entries as f64 / secs);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let c = client().await;
+    let b = args.bucket.as_str();
+    match &args.cmd {
+        Cmd::PutBig { key, size } => put_big(&c, b, key, *size).await,
+        Cmd::GetBig { key } => get_big(&c, b, key).await,
+        Cmd::PutMany { prefix, n, size } => put_many(&c, b, prefix, *n, *size).await,
+        Cmd::GetMany { prefix, n } => get_many(&c, b, prefix, *n).await,
+        Cmd::List { prefix } => list(&c, b, prefix).await,
+        Cmd::Head { key } => {
+            let h = c.head_object().bucket(b).key(key).send().await.map_err(sdk(format!("HEAD {key}")))?;
+            println!("head key={key} bytes={} etag={}", h.content_length().unwrap_or(0), h.e_tag().unwrap_or(""));
+            Ok(())
+        }
+    }
+}

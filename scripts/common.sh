@@ -1,0 +1,34 @@
+# Sourced by setup.sh, test.sh and bench.sh: package installs and a free local port base.
+
+# Debian packages the project needs: fusermount3 (fuse3), a C compiler for crates and the
+# TCP_NODELAY shim, curl for health checks, attr/rsync for tests that use getfattr or rsync.
+S3MOUNT_APT_PACKAGES=(fuse3 build-essential pkg-config curl ca-certificates attr rsync util-linux)
+
+# apt-get install only what is missing (a second run does not touch apt at all).
+ensure_apt_packages() {
+    local missing=() p
+    for p in "${S3MOUNT_APT_PACKAGES[@]}" "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    echo "installing apt packages: ${missing[*]}"
+    "${sudo[@]}" apt-get update -q
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${missing[@]}"
+}
+
+# First port base from $1 upwards (steps of 10, at most 20 tries) whose S3, RPC and admin ports
+# (base, base+1, base+3) are all free on 127.0.0.1.
+free_port_base() {
+    local base=$1 i p busy
+    for ((i = 0; i < 20; i++, base += 10)); do
+        busy=0
+        for p in "$base" $((base + 1)) $((base + 3)); do
+            if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then busy=1; fi
+        done
+        if [ "$busy" -eq 0 ]; then echo "$base"; return 0; fi
+    done
+    echo "no free port base found from $1 on" >&2
+    return 1
+}

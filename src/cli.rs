@@ -1,0 +1,407 @@
+//! The command line: clap arguments, the fstab form (`s3mount BUCKET DIR -o a=b,c`),
+//! environment fallbacks (including the `S3_*` names document applications use), size
+//! suffixes, and validation into a [`MountConfig`]. Bad values are refused here with a
+//! message naming the option, before anything is mounted.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{MountConfig, default_cache_dir};
+use crate::fs::FsConfig;
+use crate::layout::normalize_prefix;
+use crate::store::s3::{S3Settings, StaticCredentials};
+
+#[derive(Parser, Debug)]
+#[command(name = "s3mount", version, about = "Mount an S3 bucket prefix as a file system")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount BUCKET (or s3://BUCKET/PREFIX/) on MOUNTPOINT.
+    Mount(MountArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// BUCKET, or s3://BUCKET/PREFIX/
+    pub source: String,
+    /// An existing, empty directory.
+    pub mountpoint: PathBuf,
+    /// Key prefix under which the mount lives (`docs/`: file /a.pdf is key docs/a.pdf).
+    #[arg(long, env = "S3_LOCATION")]
+    pub prefix: Option<String>,
+    /// S3-compatible endpoint (also AWS_ENDPOINT_URL, S3_ENDPOINT_URL).
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Region (also AWS_REGION).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Path-style addressing (MinIO, Ceph, Garage, local servers).
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// Named profile of the AWS config files (also AWS_PROFILE, S3_SESSION_PROFILE).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Local write-back cache directory.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on the in-memory read cache (e.g. 32MiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+    /// Refuse all writes with EROFS.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Owner of files without stored ownership (default: the mounting user).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Permissions of files without stored mode, octal (default 0644).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub file_mode: Option<u16>,
+    /// Permissions of directories without stored mode, octal (default 0755).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub dir_mode: Option<u16>,
+    /// Let other users access the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Let root access the mount.
+    #[arg(long)]
+    pub allow_root: bool,
+    /// Multipart upload part size (5MiB..5GiB, default 8MiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub part_size: Option<u64>,
+    /// Parts uploaded in parallel (1..=64, default 8).
+    #[arg(long, value_name = "N")]
+    pub upload_concurrency: Option<usize>,
+    /// Seconds attributes and listings are trusted before S3 is asked again (default 1).
+    #[arg(long, value_name = "SECS")]
+    pub metadata_ttl: Option<f64>,
+    /// Allow mounting over a non-empty directory.
+    #[arg(long)]
+    pub nonempty: bool,
+    /// Stay in the foreground (do not daemonize).
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// error, warn, info, debug or trace (also RUST_LOG).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Mount options in fstab form: -o name=value,flag (every long option works here).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+}
+
+/// Generic mount(8) options that mean nothing to s3mount and are ignored.
+const IGNORED_MOUNT_OPTIONS: &[&str] = &[
+    "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail",
+    "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "atime", "noatime",
+    "relatime", "norelatime", "strictatime",
+];
+
+/// Rewrites the fstab form into long options, and inserts the `mount` subcommand when
+/// invoked by mount(8) as `s3mount BUCKET DIR -o opts`.
+pub fn expand_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let mut out: Vec<OsString> = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    if let Some(program) = iter.next() {
+        out.push(program);
+    }
+    let rest: Vec<OsString> = iter.collect();
+    if let Some(first) = rest.first().and_then(|a| a.to_str()) {
+        let is_flag = first.starts_with('-');
+        if !is_flag && !["mount", "help"].contains(&first) {
+            out.push("mount".into());
+        }
+    }
+    let mut i = 0;
+    while i < rest.len() {
+        let arg = rest[i].to_string_lossy().to_string();
+        let opts = if arg == "-o" {
+            i += 1;
+            Some(
+                rest.get(i)
+                    .ok_or("-o needs a value (-o name=value,flag)")?
+                    .to_string_lossy()
+                    .to_string(),
+            )
+        } else {
+            arg.strip_prefix("-o").filter(|s| !s.is_empty()).map(str::to_string)
+        };
+        match opts {
+            Some(opts) => {
+                for opt in opts.split(',').filter(|o| !o.is_empty()) {
+                    let (name, value) = match opt.split_once('=') {
+                        Some((n, v)) => (n, Some(v)),
+                        None => (opt, None),
+                    };
+                    if IGNORED_MOUNT_OPTIONS.contains(&name) || name.starts_with("x-") {
+                        continue;
+                    }
+                    let name = match name {
+                        "ro" => "read-only",
+                        other => other,
+                    };
+                    let long = format!("--{}", name.replace('_', "-"));
+                    match value {
+                        Some(v) => out.push(format!("{long}={v}").into()),
+                        None => out.push(long.into()),
+                    }
+                }
+            }
+            None => out.push(rest[i].clone()),
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// `8MiB`, `1GiB`, `512k`, `100` (bytes); KB/MB/GB are decimal.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 8MiB, 1GiB, 65536)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => return Err(format!("unknown size unit '{other}' (use KiB, MiB, GiB)")),
+    };
+    let bytes = num * mult as f64;
+    if !(0.0..1.8e19).contains(&bytes) {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+pub fn parse_mode(s: &str) -> Result<u16, String> {
+    let v = u16::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("'{s}' is not an octal mode (e.g. 0644)"))?;
+    if v > 0o7777 {
+        return Err(format!("'{s}' is larger than 07777"));
+    }
+    Ok(v)
+}
+
+fn env_any(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+}
+
+/// Splits `s3://bucket/prefix/` or `bucket`.
+fn parse_source(source: &str) -> Result<(String, Option<String>), String> {
+    let rest = source.strip_prefix("s3://").unwrap_or(source);
+    let (bucket, prefix) = match rest.split_once('/') {
+        Some((b, p)) => (b, Some(p.to_string()).filter(|p| !p.is_empty())),
+        None => (rest, None),
+    };
+    if bucket.is_empty() {
+        return Err(format!("'{source}' names no bucket"));
+    }
+    if source.starts_with("s3://") || prefix.is_none() {
+        return Ok((bucket.to_string(), prefix));
+    }
+    Err(format!(
+        "'{source}': give the bucket alone and the prefix with --prefix, or use s3://BUCKET/PREFIX/"
+    ))
+}
+
+impl MountArgs {
+    pub fn into_config(self) -> Result<MountConfig, String> {
+        let (bucket, source_prefix) = parse_source(&self.source)?;
+        let prefix = match (source_prefix, self.prefix) {
+            (Some(a), Some(b)) if normalize_prefix(&a) != normalize_prefix(&b) => {
+                return Err(format!(
+                    "the prefix is given twice and differs: '{a}' in the source, '{b}' by --prefix"
+                ));
+            }
+            (a, b) => normalize_prefix(&a.or(b).unwrap_or_default()),
+        };
+        let part_size = self.part_size.unwrap_or(8 << 20);
+        if !(5 << 20..=5 << 30).contains(&part_size) {
+            return Err(format!(
+                "invalid value for --part-size: {part_size} bytes; S3 needs 5MiB to 5GiB"
+            ));
+        }
+        let upload_concurrency = self.upload_concurrency.unwrap_or(8);
+        if !(1..=64).contains(&upload_concurrency) {
+            return Err(format!(
+                "invalid value for --upload-concurrency: {upload_concurrency}; use 1 to 64"
+            ));
+        }
+        let cache_size = self.cache_size.unwrap_or(32 << 20);
+        if cache_size < 1 << 20 {
+            return Err("invalid value for --cache-size: use at least 1MiB".into());
+        }
+        let ttl = self.metadata_ttl.unwrap_or(1.0);
+        if !(0.0..=86_400.0).contains(&ttl) {
+            return Err(format!(
+                "invalid value for --metadata-ttl: {ttl}; use 0 to 86400 seconds"
+            ));
+        }
+        if let Some(level) = &self.log_level {
+            if level.parse::<log::LevelFilter>().is_err() {
+                return Err(format!(
+                    "invalid value for --log-level: '{level}'; use error, warn, info, debug or trace"
+                ));
+            }
+        }
+        let endpoint_url = self
+            .endpoint_url
+            .or_else(|| env_any(&["AWS_ENDPOINT_URL", "S3_ENDPOINT_URL"]));
+        if let Some(url) = &endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "invalid value for --endpoint-url: '{url}' must start with http:// or https://"
+                ));
+            }
+        }
+        let profile = self
+            .profile
+            .or_else(|| env_any(&["AWS_PROFILE", "S3_SESSION_PROFILE"]));
+        let static_credentials = match (
+            env_any(&["AWS_ACCESS_KEY_ID", "S3_ACCESS_KEY_ID"]),
+            env_any(&["AWS_SECRET_ACCESS_KEY", "S3_SECRET_ACCESS_KEY"]),
+        ) {
+            (Some(id), Some(secret)) if profile.is_none() => Some(StaticCredentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: env_any(&["AWS_SESSION_TOKEN", "S3_SESSION_TOKEN"]),
+            }),
+            _ => None,
+        };
+        let uid = self.uid.unwrap_or_else(current_uid);
+        let gid = self.gid.unwrap_or_else(current_gid);
+        let mountpoint = self.mountpoint;
+        let cache_dir = self
+            .cache_dir
+            .unwrap_or_else(|| default_cache_dir(&bucket, &prefix, &mountpoint));
+        Ok(MountConfig {
+            s3: S3Settings {
+                bucket: bucket.clone(),
+                endpoint_url,
+                region: self.region.or_else(|| env_any(&["AWS_REGION"])),
+                force_path_style: self.force_path_style,
+                profile,
+                static_credentials,
+                max_attempts: 4,
+            },
+            fs: FsConfig {
+                prefix,
+                uid,
+                gid,
+                file_mode: self.file_mode.unwrap_or(0o644),
+                dir_mode: self.dir_mode.unwrap_or(0o755),
+                metadata_ttl: Duration::from_secs_f64(ttl),
+                read_only: self.read_only,
+                part_size,
+                upload_concurrency,
+                cache_dir,
+                cache_size: cache_size as usize,
+            },
+            bucket,
+            mountpoint,
+            allow_other: self.allow_other,
+            allow_root: self.allow_root,
+            nonempty: self.nonempty,
+            foreground: self.foreground,
+            log_level: self.log_level,
+        })
+    }
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+fn current_gid() -> u32 {
+    // SAFETY: getgid has no preconditions and cannot fail.
+    unsafe { libc::getgid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert!(parse_size("8XB").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn fstab_form_becomes_long_options() {
+        let out = expand_args(args(&[
+            "s3mount",
+            "bucket",
+            "/mnt",
+            "-o",
+            "rw,_netdev,prefix=docs/,allow_other,ro,x-systemd.automount",
+        ]))
+        .unwrap();
+        assert_eq!(
+            out,
+            args(&[
+                "s3mount",
+                "mount",
+                "bucket",
+                "/mnt",
+                "--prefix=docs/",
+                "--allow-other",
+                "--read-only"
+            ])
+        );
+        let out = expand_args(args(&["s3mount", "mount", "b", "/m", "-opart-size=16MiB"])).unwrap();
+        assert_eq!(out, args(&["s3mount", "mount", "b", "/m", "--part-size=16MiB"]));
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(parse_source("b"), Ok(("b".into(), None)));
+        assert_eq!(
+            parse_source("s3://b/docs/x/"),
+            Ok(("b".into(), Some("docs/x/".into())))
+        );
+        assert_eq!(parse_source("s3://b"), Ok(("b".into(), None)));
+        assert!(parse_source("b/docs").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let cli = Cli::try_parse_from(args(&["s3mount", "mount", "b", "/m", "--part-size", "1MiB"]))
+            .unwrap();
+        let Command::Mount(m) = cli.command;
+        let err = m.into_config().unwrap_err();
+        assert!(err.contains("--part-size"), "{err}");
+        let err = Cli::try_parse_from(args(&["s3mount", "mount", "b", "/m", "--file-mode", "999"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--file-mode"), "{err}");
+    }
+}

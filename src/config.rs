@@ -1,0 +1,46 @@
+//! The validated settings of one mount, as plain data (no clap types), with defaults.
+
+use std::path::{Path, PathBuf};
+
+use crate::fs::FsConfig;
+use crate::store::s3::S3Settings;
+
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub bucket: String,
+    pub mountpoint: PathBuf,
+    pub s3: S3Settings,
+    pub fs: FsConfig,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub nonempty: bool,
+    pub foreground: bool,
+    pub log_level: Option<String>,
+}
+
+/// A cache directory of its own for each bucket, prefix and mount point:
+/// `/var/cache/s3mount/…` for root, `$XDG_CACHE_HOME/s3mount/…` (or `~/.cache`) otherwise.
+pub fn default_cache_dir(bucket: &str, prefix: &str, mountpoint: &Path) -> PathBuf {
+    let base = if std::env::var_os("XDG_CACHE_HOME").is_some() {
+        PathBuf::from(std::env::var_os("XDG_CACHE_HOME").unwrap_or_default()).join("s3mount")
+    } else if is_root() {
+        PathBuf::from("/var/cache/s3mount")
+    } else {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(".cache/s3mount")
+    };
+    let mount = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let name = format!("{bucket}/{prefix}{}", mount.display());
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    base.join(safe)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,85 @@
+//! The file system's errors and the one place that decides which errno each becomes.
+
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("name too long")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("operation not supported: {0}")]
+    Unsupported(&'static str),
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
+    #[error("no space left in the cache directory")]
+    NoSpace,
+    #[error("the object changed while it was open")]
+    Stale,
+    #[error("local I/O error: {0}")]
+    Io(String),
+    #[error("S3: {0}")]
+    Store(#[from] StoreError),
+}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+impl FsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Unsupported(_) => libc::ENOTSUP,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::NoSpace => libc::ENOSPC,
+            FsError::Stale | FsError::Io(_) => libc::EIO,
+            FsError::Store(StoreError::NotFound) => libc::ENOENT,
+            FsError::Store(StoreError::AccessDenied(_)) => libc::EACCES,
+            FsError::Store(_) => libc::EIO,
+        }
+    }
+
+    /// Errors that are the normal answer to a question (ENOENT on lookup) are not logged
+    /// as failures.
+    pub fn is_expected(&self) -> bool {
+        matches!(
+            self,
+            FsError::NotFound
+                | FsError::Exists
+                | FsError::NotEmpty
+                | FsError::NameTooLong
+                | FsError::NotDir
+                | FsError::IsDir
+        )
+    }
+}
+
+impl From<std::io::Error> for FsError {
+    fn from(e: std::io::Error) -> FsError {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
+            _ => FsError::Io(e.to_string()),
+        }
+    }
+}

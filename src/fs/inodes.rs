@@ -1,0 +1,328 @@
+//! The inode table: inode numbers ↔ (parent, name), attributes with their expiry, the
+//! kernel's lookup counts, and the stage of files being written. Paths are derived by
+//! walking parents, so renaming a directory is one update. Numbers are never reused.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::stage::Stage;
+use crate::store::ETag;
+
+pub const ROOT: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// Attributes as the core reports them (the adapter converts them for the kernel).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub atime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The object in S3 that a file inode stands for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Remote {
+    pub etag: ETag,
+    pub size: u64,
+}
+
+pub struct Inode {
+    pub parent: u64,
+    pub name: String,
+    pub attr: Attr,
+    pub remote: Option<Remote>,
+    /// Until when `attr` may be served without asking S3.
+    pub valid_until: Instant,
+    pub lookups: u64,
+    pub open_handles: u32,
+    stage: Option<Arc<Stage>>,
+    /// Unlinked or replaced: no longer reachable by name.
+    pub detached: bool,
+}
+
+pub struct InodeTable {
+    inodes: HashMap<u64, Inode>,
+    children: HashMap<(u64, String), u64>,
+    /// Number of attached inodes under each directory inode.
+    kids: HashMap<u64, usize>,
+    /// Inodes that have a stage.
+    staged: HashSet<u64>,
+    next: u64,
+}
+
+impl InodeTable {
+    pub fn new(root: Attr) -> InodeTable {
+        let mut inodes = HashMap::new();
+        inodes.insert(
+            ROOT,
+            Inode {
+                parent: ROOT,
+                name: String::new(),
+                attr: Attr { ino: ROOT, ..root },
+                remote: None,
+                valid_until: far_future(),
+                lookups: 1,
+                open_handles: 0,
+                stage: None,
+                detached: false,
+            },
+        );
+        InodeTable {
+            inodes,
+            children: HashMap::new(),
+            kids: HashMap::new(),
+            staged: HashSet::new(),
+            next: ROOT + 1,
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        self.inodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Inode> {
+        self.inodes.get_mut(&ino)
+    }
+
+    pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
+        self.children.get(&(parent, name.to_string())).copied()
+    }
+
+    /// The path of `ino` relative to the mount root ("" for the root); None once detached.
+    pub fn path(&self, ino: u64) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let inode = self.inodes.get(&cur)?;
+            if inode.detached {
+                return None;
+            }
+            parts.push(inode.name.as_str());
+            cur = inode.parent;
+        }
+        parts.reverse();
+        Some(parts.join("/"))
+    }
+
+    /// The path `name` would have under `parent`.
+    pub fn child_path(&self, parent: u64, name: &str) -> Option<String> {
+        let dir = self.path(parent)?;
+        Some(if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        })
+    }
+
+    /// Records that `name` under `parent` has attributes `attr`: `authoritative` ones
+    /// (from HEAD or a local change) replace what is known, a listing's only when the
+    /// object changed. An existing inode of the same kind keeps its number; one of
+    /// another kind is detached and replaced. Returns the inode number.
+    pub fn upsert(
+        &mut self,
+        parent: u64,
+        name: &str,
+        mut attr: Attr,
+        remote: Option<Remote>,
+        valid_until: Instant,
+        authoritative: bool,
+    ) -> u64 {
+        if let Some(ino) = self.child(parent, name) {
+            let inode = self.inodes.get_mut(&ino).expect("child index is consistent");
+            if inode.attr.kind == attr.kind {
+                // A listing knows less than HEAD: it keeps what HEAD said of the same object.
+                let same_object = inode.remote == remote;
+                if inode.stage.is_none() && (authoritative || !same_object) {
+                    attr.ino = ino;
+                    inode.attr = attr;
+                    inode.remote = remote;
+                }
+                inode.valid_until = valid_until;
+                return ino;
+            }
+            self.detach(ino);
+        }
+        let ino = self.next;
+        self.next += 1;
+        attr.ino = ino;
+        self.inodes.insert(
+            ino,
+            Inode {
+                parent,
+                name: name.to_string(),
+                attr,
+                remote,
+                valid_until,
+                lookups: 0,
+                open_handles: 0,
+                stage: None,
+                detached: false,
+            },
+        );
+        self.children.insert((parent, name.to_string()), ino);
+        *self.kids.entry(parent).or_default() += 1;
+        ino
+    }
+
+    pub fn stage(&self, ino: u64) -> Option<Arc<Stage>> {
+        self.inodes.get(&ino).and_then(|i| i.stage.clone())
+    }
+
+    pub fn set_stage(&mut self, ino: u64, stage: Option<Arc<Stage>>) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        if stage.is_some() {
+            self.staged.insert(ino);
+        } else {
+            self.staged.remove(&ino);
+        }
+        inode.stage = stage;
+        self.remove_if_unused(ino);
+    }
+
+    fn unlink_from_parent(&mut self, parent: u64) {
+        if let Some(n) = self.kids.get_mut(&parent) {
+            *n -= 1;
+            if *n == 0 {
+                self.kids.remove(&parent);
+            }
+        }
+    }
+
+    /// Removes the name of `ino`; the inode lives on while the kernel or a handle uses it.
+    pub fn detach(&mut self, ino: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            if !inode.detached {
+                inode.detached = true;
+                let key = (inode.parent, inode.name.clone());
+                if self.children.get(&key) == Some(&ino) {
+                    self.children.remove(&key);
+                }
+                self.unlink_from_parent(key.0);
+            }
+        }
+        self.remove_if_unused(ino);
+    }
+
+    /// Moves `ino` to `new_parent`/`new_name`, detaching whatever was there.
+    pub fn rename(&mut self, ino: u64, new_parent: u64, new_name: &str) {
+        if let Some(existing) = self.child(new_parent, new_name) {
+            if existing != ino {
+                self.detach(existing);
+            }
+        }
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        let old = (inode.parent, inode.name.clone());
+        let was_detached = inode.detached;
+        inode.parent = new_parent;
+        inode.name = new_name.to_string();
+        inode.detached = false;
+        if self.children.get(&old) == Some(&ino) {
+            self.children.remove(&old);
+        }
+        if !was_detached {
+            self.unlink_from_parent(old.0);
+        }
+        self.children.insert((new_parent, new_name.to_string()), ino);
+        *self.kids.entry(new_parent).or_default() += 1;
+    }
+
+    pub fn add_lookup(&mut self, ino: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.lookups += 1;
+        }
+    }
+
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.lookups = inode.lookups.saturating_sub(n);
+        }
+        self.remove_if_unused(ino);
+    }
+
+    /// Drops an inode nobody refers to any more (the kernel forgot it, no handle is
+    /// open, no stage is waiting). Its name mapping goes with it.
+    pub fn remove_if_unused(&mut self, ino: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let unused = self.inodes.get(&ino).is_some_and(|i| {
+            i.lookups == 0 && i.open_handles == 0 && i.stage.is_none() && !self.has_children(ino)
+        });
+        if unused {
+            let inode = self.inodes.remove(&ino).expect("checked above");
+            let key = (inode.parent, inode.name);
+            if self.children.get(&key) == Some(&ino) {
+                self.children.remove(&key);
+            }
+            if !inode.detached {
+                self.unlink_from_parent(key.0);
+            }
+            let parent = inode.parent;
+            if self.inodes.get(&parent).is_some_and(|p| p.detached) {
+                self.remove_if_unused(parent);
+            }
+        }
+    }
+
+    /// Does any live inode name `ino` as its parent? (Children keep parents alive so
+    /// that paths can always be derived.)
+    fn has_children(&self, ino: u64) -> bool {
+        self.kids.contains_key(&ino)
+    }
+
+    /// Files under `parent` that exist only locally (staged, never uploaded yet).
+    pub fn local_only_children(&self, parent: u64) -> Vec<(String, u64)> {
+        self.staged
+            .iter()
+            .filter_map(|ino| self.inodes.get(ino).map(|i| (ino, i)))
+            .filter(|(_, i)| {
+                i.parent == parent
+                    && !i.detached
+                    && i.stage.as_ref().is_some_and(|s| s.is_local_only())
+            })
+            .map(|(ino, i)| (i.name.clone(), *ino))
+            .collect()
+    }
+
+    /// Every inode with a stage that still has data S3 does not have.
+    pub fn dirty_stages(&self) -> Vec<(u64, Arc<Stage>)> {
+        self.staged
+            .iter()
+            .filter_map(|ino| {
+                self.inodes
+                    .get(ino)
+                    .and_then(|i| i.stage.as_ref())
+                    .filter(|s| s.is_dirty())
+                    .map(|s| (*ino, s.clone()))
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inodes.is_empty()
+    }
+}
+
+pub fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(100 * 365 * 24 * 3600)
+}

@@ -1,0 +1,1056 @@
+//! The file-system core: one method per POSIX operation over an [`ObjectStore`],
+//! returning [`FsResult`]. It is the only place that knows POSIX rules (ENOTEMPTY,
+//! rename over a file, O_TRUNC, read-your-writes). It never sees FUSE types, so it is
+//! tested directly against the in-memory store.
+
+pub mod dir;
+pub mod error;
+pub mod inodes;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::layout::{self, Layout, check_name};
+use crate::read::{BlockCache, Reader};
+use crate::stage::{RemoteBase, Stage, StageDir};
+use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::upload::Uploader;
+use dir::DirStream;
+pub use error::{FsError, FsResult};
+pub use inodes::{Attr, Kind, ROOT};
+use inodes::{InodeTable, Remote};
+
+/// Settings of the core, validated by the command line.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    pub prefix: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    pub metadata_ttl: Duration,
+    pub read_only: bool,
+    pub part_size: u64,
+    pub upload_concurrency: usize,
+    pub cache_dir: PathBuf,
+    /// Bytes of the in-memory block cache.
+    pub cache_size: usize,
+}
+
+/// Who asks: the caller's ids, for ownership of new files.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// How a file is opened.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenMode {
+    pub write: bool,
+    pub truncate: bool,
+}
+
+/// Attribute changes of setattr.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// One entry of a directory listing; `offset` is the cookie of the entry after it.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+    pub offset: u64,
+}
+
+struct FileHandle<S> {
+    ino: u64,
+    writable: bool,
+    /// The version of the object at open, for handles that read from S3.
+    reader: Option<Reader<S>>,
+}
+
+enum Handle<S> {
+    File(FileHandle<S>),
+    Dir(tokio::sync::Mutex<DirStream>),
+}
+
+pub struct S3Fs<S: ObjectStore> {
+    store: Arc<S>,
+    layout: Layout,
+    cfg: FsConfig,
+    inodes: Mutex<InodeTable>,
+    handles: Mutex<HashMap<u64, Arc<Handle<S>>>>,
+    next_fh: AtomicU64,
+    stages: StageDir,
+    cache: Arc<BlockCache>,
+    uploader: Uploader<S>,
+    /// Set when the mount is going away: no new writers.
+    closing: AtomicBool,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+impl<S: ObjectStore> S3Fs<S> {
+    pub fn new(store: Arc<S>, cfg: FsConfig) -> FsResult<S3Fs<S>> {
+        let stages = StageDir::open(&cfg.cache_dir)?;
+        let leftovers = stages.leftovers();
+        if !leftovers.is_empty() {
+            log::warn!(
+                "{} staged file(s) from an earlier run are kept in {} (not uploaded by this version)",
+                leftovers.len(),
+                cfg.cache_dir.join("stage").display()
+            );
+        }
+        let started = now();
+        let root = Attr {
+            ino: ROOT,
+            kind: Kind::Dir,
+            size: 0,
+            mtime: started,
+            ctime: started,
+            atime: started,
+            perm: cfg.dir_mode,
+            uid: cfg.uid,
+            gid: cfg.gid,
+        };
+        Ok(S3Fs {
+            layout: Layout::new(&cfg.prefix),
+            uploader: Uploader::new(store.clone(), cfg.part_size, cfg.upload_concurrency),
+            cache: Arc::new(BlockCache::new(cfg.cache_size)),
+            store,
+            inodes: Mutex::new(InodeTable::new(root)),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            stages,
+            cfg,
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.cfg.metadata_ttl
+    }
+
+    fn valid_until(&self) -> Instant {
+        Instant::now() + self.cfg.metadata_ttl
+    }
+
+    fn default_dir_attr(&self, mtime: SystemTime) -> Attr {
+        Attr {
+            ino: 0,
+            kind: Kind::Dir,
+            size: 0,
+            mtime,
+            ctime: mtime,
+            atime: mtime,
+            perm: self.cfg.dir_mode,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        }
+    }
+
+    fn file_attr(&self, size: u64, mtime: SystemTime) -> Attr {
+        Attr {
+            ino: 0,
+            kind: Kind::File,
+            size,
+            mtime,
+            ctime: mtime,
+            atime: mtime,
+            perm: self.cfg.file_mode,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        }
+    }
+
+    /// Attributes of an object from HEAD: s3fs metadata where present, defaults otherwise.
+    fn attr_from_head(&self, meta: &ObjectMeta) -> Attr {
+        let stored = layout::parse_attrs(meta);
+        let mtime = stored.mtime.unwrap_or(meta.last_modified);
+        let mut attr = self.file_attr(meta.size, mtime);
+        if let Some(mode) = stored.mode {
+            attr.perm = (mode & 0o7777) as u16;
+        }
+        attr.uid = stored.uid.unwrap_or(attr.uid);
+        attr.gid = stored.gid.unwrap_or(attr.gid);
+        attr
+    }
+
+    /// The current attributes of an inode; a staged file reports its stage's size.
+    fn current_attr(table: &InodeTable, ino: u64) -> Option<Attr> {
+        let inode = table.get(ino)?;
+        let mut attr = inode.attr.clone();
+        if let Some(stage) = table.stage(ino) {
+            attr.size = stage.size();
+        }
+        Some(attr)
+    }
+
+    fn check_writable(&self) -> FsResult<()> {
+        if self.cfg.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    fn dir_path(&self, table: &InodeTable, ino: u64) -> FsResult<String> {
+        let inode = table.get(ino).ok_or(FsError::NotFound)?;
+        if inode.attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        table.path(ino).ok_or(FsError::NotFound)
+    }
+
+    // ---- names ----------------------------------------------------------------------
+
+    pub async fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<Attr> {
+        let name = check_name(name)?;
+        let attr = self.resolve(parent, name).await?;
+        self.inodes.lock().unwrap().add_lookup(attr.ino);
+        Ok(attr)
+    }
+
+    /// Finds `name` under `parent`: from the table while its attributes are fresh (or
+    /// it is staged here), otherwise from S3 (HEAD of the file key and a one-key LIST of
+    /// the directory prefix, in parallel; a directory wins over a file of the same name).
+    async fn resolve(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let path = {
+            let table = self.inodes.lock().unwrap();
+            let dir = self.dir_path(&table, parent)?;
+            if let Some(ino) = table.child(parent, name) {
+                let inode = table.get(ino).expect("indexed");
+                if table.stage(ino).is_some() || inode.valid_until > Instant::now() {
+                    return Ok(Self::current_attr(&table, ino).expect("indexed"));
+                }
+            }
+            if dir.is_empty() {
+                name.to_string()
+            } else {
+                format!("{dir}/{name}")
+            }
+        };
+        self.layout.check_path(&path, false)?;
+        let file_key = self.layout.file_key(&path);
+        let dir_prefix = self.layout.dir_prefix(&path);
+        let (head, listing) = tokio::join!(
+            self.store.head(&file_key),
+            self.store.list_page(&dir_prefix, false, None, Some(1))
+        );
+        let listing = listing?;
+        let mut table = self.inodes.lock().unwrap();
+        if let Some(first) = listing
+            .objects
+            .first()
+            .map(|o| o.last_modified)
+            .or(listing.prefixes.first().map(|_| now()))
+        {
+            let ino = table.upsert(
+                parent,
+                name,
+                self.default_dir_attr(first),
+                None,
+                self.valid_until(),
+                false,
+            );
+            return Ok(Self::current_attr(&table, ino).expect("just inserted"));
+        }
+        match head {
+            Ok(meta) => {
+                let attr = self.attr_from_head(&meta);
+                let remote = Remote {
+                    etag: meta.etag.clone(),
+                    size: meta.size,
+                };
+                let ino = table.upsert(
+                    parent,
+                    name,
+                    attr,
+                    Some(remote),
+                    self.valid_until(),
+                    true,
+                );
+                Ok(Self::current_attr(&table, ino).expect("just inserted"))
+            }
+            Err(StoreError::NotFound) => {
+                if let Some(ino) = table.child(parent, name) {
+                    if table.stage(ino).is_none() {
+                        table.detach(ino);
+                    }
+                }
+                Err(FsError::NotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.lock().unwrap().forget(ino, n);
+    }
+
+    pub fn add_lookups(&self, inos: &[u64]) {
+        let mut table = self.inodes.lock().unwrap();
+        for ino in inos {
+            table.add_lookup(*ino);
+        }
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let (path, kind) = {
+            let mut table = self.inodes.lock().unwrap();
+            let inode = table.get(ino).ok_or(FsError::NotFound)?;
+            let fresh = inode.valid_until > Instant::now();
+            let kind = inode.attr.kind;
+            if fresh || kind == Kind::Dir || table.stage(ino).is_some() || inode.detached {
+                if kind == Kind::Dir && !fresh {
+                    let until = self.valid_until();
+                    table.get_mut(ino).expect("present").valid_until = until;
+                }
+                return Ok(Self::current_attr(&table, ino).expect("present"));
+            }
+            (table.path(ino).ok_or(FsError::NotFound)?, kind)
+        };
+        debug_assert_eq!(kind, Kind::File);
+        let meta = self.store.head(&self.layout.file_key(&path)).await?;
+        let mut table = self.inodes.lock().unwrap();
+        let attr = self.attr_from_head(&meta);
+        let until = self.valid_until();
+        let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;
+        inode.attr = Attr { ino, ..attr };
+        inode.remote = Some(Remote {
+            etag: meta.etag,
+            size: meta.size,
+        });
+        inode.valid_until = until;
+        Ok(Self::current_attr(&table, ino).expect("present"))
+    }
+
+    pub async fn setattr(&self, ino: u64, change: SetAttr) -> FsResult<Attr> {
+        self.check_writable()?;
+        let kind = {
+            let table = self.inodes.lock().unwrap();
+            table.get(ino).ok_or(FsError::NotFound)?.attr.kind
+        };
+        if let Some(size) = change.size {
+            if kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            let stage = self.stage_for_write(ino, false)?;
+            stage.truncate(&*self.store, size).await?;
+            if !self.has_writer(ino) {
+                self.sync(ino).await?;
+                self.drop_clean_stage(ino);
+            }
+        }
+        let mut table = self.inodes.lock().unwrap();
+        let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;
+        let t = now();
+        if let Some(mode) = change.mode {
+            inode.attr.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = change.uid {
+            inode.attr.uid = uid;
+        }
+        if let Some(gid) = change.gid {
+            inode.attr.gid = gid;
+        }
+        if let Some(atime) = change.atime {
+            inode.attr.atime = atime;
+        }
+        if let Some(mtime) = change.mtime {
+            inode.attr.mtime = mtime;
+        } else if change.size.is_some() {
+            inode.attr.mtime = t;
+        }
+        inode.attr.ctime = t;
+        // Attribute-only changes travel with the next upload of the file; until then
+        // they live in memory for the metadata TTL.
+        inode.valid_until = Instant::now() + self.cfg.metadata_ttl;
+        Ok(Self::current_attr(&table, ino).expect("present"))
+    }
+
+    // ---- files ----------------------------------------------------------------------
+
+    /// The stage of `ino`, created if the file has none (empty when `truncate`,
+    /// otherwise standing for the object in S3, fetched only when needed).
+    fn stage_for_write(&self, ino: u64, truncate: bool) -> FsResult<Arc<Stage>> {
+        let mut table = self.inodes.lock().unwrap();
+        let inode = table.get(ino).ok_or(FsError::NotFound)?;
+        if inode.attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if let Some(stage) = table.stage(ino) {
+            return Ok(stage);
+        }
+        let base = if truncate {
+            None
+        } else {
+            let key = self
+                .layout
+                .file_key(&table.path(ino).ok_or(FsError::NotFound)?);
+            inode.remote.as_ref().map(|r| RemoteBase {
+                key,
+                etag: r.etag.clone(),
+                size: r.size,
+            })
+        };
+        let stage = Arc::new(self.stages.create(base)?);
+        table.set_stage(ino, Some(stage.clone()));
+        Ok(stage)
+    }
+
+    fn has_writer(&self, ino: u64) -> bool {
+        self.handles
+            .lock()
+            .unwrap()
+            .values()
+            .any(|h| matches!(&**h, Handle::File(f) if f.ino == ino && f.writable))
+    }
+
+    fn add_handle(&self, handle: Handle<S>) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle<S>>> {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
+        if mode.write {
+            self.check_writable()?;
+            if self.closing.load(Ordering::Relaxed) {
+                return Err(FsError::ReadOnly);
+            }
+            let stage = self.stage_for_write(ino, mode.truncate)?;
+            if mode.truncate && stage.size() > 0 {
+                stage.truncate(&*self.store, 0).await?;
+            }
+        }
+        let mut table = self.inodes.lock().unwrap();
+        let inode = table.get(ino).ok_or(FsError::NotFound)?;
+        if inode.attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let reader = match (&inode.remote, mode.write, table.stage(ino)) {
+            (Some(remote), false, None) => {
+                let path = table.path(ino).ok_or(FsError::NotFound)?;
+                Some(Reader::new(
+                    self.store.clone(),
+                    self.cache.clone(),
+                    &self.layout.file_key(&path),
+                    remote.etag.clone(),
+                    remote.size,
+                ))
+            }
+            _ => None,
+        };
+        table.get_mut(ino).expect("present").open_handles += 1;
+        drop(table);
+        Ok(self.add_handle(Handle::File(FileHandle {
+            ino,
+            writable: mode.write,
+            reader,
+        })))
+    }
+
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<(Attr, u64)> {
+        self.check_writable()?;
+        let name = check_name(name)?;
+        let stage = Arc::new(self.stages.create(None)?);
+        let mut table = self.inodes.lock().unwrap();
+        let dir = self.dir_path(&table, parent)?;
+        let path = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        if let Err(e) = self.layout.check_path(&path, false) {
+            stage.discard();
+            return Err(e);
+        }
+        let t = now();
+        let mut attr = self.file_attr(0, t);
+        attr.perm = (mode & 0o7777) as u16;
+        attr.uid = caller.uid;
+        attr.gid = caller.gid;
+        let ino = table.upsert(parent, name, attr, None, self.valid_until(), true);
+        if let Some(old) = table.stage(ino) {
+            // The kernel believed the name free while it was staged here: replace it.
+            old.mark_deleted();
+            old.discard();
+        }
+        table.set_stage(ino, Some(stage));
+        table.add_lookup(ino);
+        table.get_mut(ino).expect("present").open_handles += 1;
+        let attr = Self::current_attr(&table, ino).expect("present");
+        drop(table);
+        let fh = self.add_handle(Handle::File(FileHandle {
+            ino,
+            writable: true,
+            reader: None,
+        }));
+        Ok((attr, fh))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<Bytes> {
+        let handle = self.handle(fh)?;
+        let Handle::File(file) = &*handle else {
+            return Err(FsError::IsDir);
+        };
+        let stage = self.inodes.lock().unwrap().stage(file.ino);
+        if let Some(stage) = stage {
+            return Ok(Bytes::from(stage.read(&*self.store, offset, len).await?));
+        }
+        match &file.reader {
+            Some(reader) => reader.read(offset, len).await,
+            None => Ok(Bytes::new()),
+        }
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let handle = self.handle(fh)?;
+        let Handle::File(file) = &*handle else {
+            return Err(FsError::IsDir);
+        };
+        if !file.writable {
+            return Err(FsError::BadHandle);
+        }
+        let stage = self.stage_for_write(file.ino, false)?;
+        let size = stage.write(&*self.store, offset, data).await?;
+        let key = {
+            let mut table = self.inodes.lock().unwrap();
+            let t = now();
+            if let Some(inode) = table.get_mut(file.ino) {
+                inode.attr.size = size;
+                inode.attr.mtime = t;
+                inode.attr.ctime = t;
+            }
+            if size >= 2 * self.cfg.part_size && stage.may_stream() {
+                table.path(file.ino).map(|p| {
+                    let attr = Self::current_attr(&table, file.ino).expect("present");
+                    (self.layout.file_key(&p), attr)
+                })
+            } else {
+                None
+            }
+        };
+        if let Some((key, attr)) = key {
+            let mut headers = layout::file_headers(attr.perm as u32, attr.uid, attr.gid, attr.mtime);
+            // The upload completes at close; its Last-Modified is then the better mtime.
+            headers.user_meta.retain(|(k, _)| k != "mtime" && k != "ctime");
+            self.uploader.stream_parts(&stage, &key, &headers);
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// close(): uploads what this handle's file has staged, if it changed.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        match &*handle {
+            Handle::File(file) if file.writable => self.sync(file.ino).await,
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh).await
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = self
+            .handles
+            .lock()
+            .unwrap()
+            .remove(&fh)
+            .ok_or(FsError::BadHandle)?;
+        let Handle::File(file) = &*handle else {
+            return Ok(());
+        };
+        let ino = file.ino;
+        let last = {
+            let mut table = self.inodes.lock().unwrap();
+            let Some(inode) = table.get_mut(ino) else {
+                return Ok(());
+            };
+            inode.open_handles = inode.open_handles.saturating_sub(1);
+            inode.open_handles == 0
+        };
+        let mut result = Ok(());
+        if file.writable && last {
+            // flush() normally uploaded already; this catches writes after it (mmap).
+            result = self.sync(ino).await;
+        }
+        if last {
+            self.drop_clean_stage(ino);
+        }
+        let mut table = self.inodes.lock().unwrap();
+        table.remove_if_unused(ino);
+        result
+    }
+
+    /// Removes the stage of `ino` once S3 has all of it (or the file is gone) and
+    /// nobody has it open.
+    fn drop_clean_stage(&self, ino: u64) {
+        let mut table = self.inodes.lock().unwrap();
+        let Some(stage) = table.stage(ino) else {
+            return;
+        };
+        let open = table.get(ino).is_some_and(|i| i.open_handles > 0);
+        if open {
+            return;
+        }
+        if stage.is_dirty() {
+            log::warn!(
+                "{}: not in S3 yet; its data stays staged in {}",
+                table.path(ino).unwrap_or_default(),
+                stage.path().display()
+            );
+            return;
+        }
+        table.set_stage(ino, None);
+        drop(table);
+        stage.discard();
+    }
+
+    /// Uploads the stage of `ino` if S3 does not have its latest content. Returns only
+    /// once S3 acknowledged it; on failure the stage stays and the error is EIO.
+    pub async fn sync(&self, ino: u64) -> FsResult<()> {
+        let Some(stage) = self.inodes.lock().unwrap().stage(ino) else {
+            return Ok(());
+        };
+        if !stage.is_dirty() {
+            return Ok(());
+        }
+        let _upload = stage.upload_lock.lock().await;
+        if !stage.is_dirty() {
+            return Ok(());
+        }
+        let (key, attr) = {
+            let table = self.inodes.lock().unwrap();
+            match table.path(ino) {
+                Some(path) => (
+                    self.layout.file_key(&path),
+                    Self::current_attr(&table, ino).ok_or(FsError::NotFound)?,
+                ),
+                None => return Ok(()), // unlinked meanwhile: nothing to upload
+            }
+        };
+        let headers = layout::file_headers(attr.perm as u32, attr.uid, attr.gid, attr.mtime);
+        match self.uploader.upload(&stage, &key, &headers).await {
+            Ok((etag, size, version)) => {
+                stage.mark_uploaded(version);
+                self.cache.invalidate(&key);
+                let until = self.valid_until();
+                let mut table = self.inodes.lock().unwrap();
+                if let Some(inode) = table.get_mut(ino) {
+                    inode.remote = Some(Remote { etag, size });
+                    inode.valid_until = until;
+                }
+                log::debug!("uploaded {key} ({size} bytes)");
+                Ok(())
+            }
+            Err(e) => {
+                log::error!(
+                    "upload of {key} failed: {e}; the application gets EIO and the data stays staged in {}",
+                    stage.path().display()
+                );
+                Err(match e {
+                    FsError::NoSpace => FsError::NoSpace,
+                    _ => FsError::Io(e.to_string()),
+                })
+            }
+        }
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        let name = check_name(name)?;
+        let attr = self.resolve(parent, name).await?;
+        if attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let (key, stage) = {
+            let table = self.inodes.lock().unwrap();
+            let path = table.path(attr.ino).ok_or(FsError::NotFound)?;
+            (self.layout.file_key(&path), table.stage(attr.ino))
+        };
+        if let Some(stage) = &stage {
+            if let Some(st) = stage.mark_deleted() {
+                self.uploader.abort_streaming(st);
+            }
+            // Wait for an upload in progress, so it cannot recreate the object after us.
+            drop(stage.upload_lock.lock().await);
+        }
+        self.store.delete(&key).await?;
+        self.cache.invalidate(&key);
+        let mut table = self.inodes.lock().unwrap();
+        table.detach(attr.ino);
+        drop(table);
+        self.drop_clean_stage(attr.ino);
+        Ok(())
+    }
+
+    // ---- directories ----------------------------------------------------------------
+
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        let name = check_name(name)?;
+        match self.resolve(parent, name).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let path = {
+            let table = self.inodes.lock().unwrap();
+            table.child_path(parent, name).ok_or(FsError::NotFound)?
+        };
+        self.layout.check_path(&path, true)?;
+        let t = now();
+        let mut attr = self.default_dir_attr(t);
+        attr.perm = (mode & 0o7777) as u16;
+        attr.uid = caller.uid;
+        attr.gid = caller.gid;
+        let headers = layout::dir_headers(attr.perm as u32, attr.uid, attr.gid, t);
+        self.store
+            .put(&self.layout.dir_prefix(&path), Bytes::new(), &headers)
+            .await?;
+        let mut table = self.inodes.lock().unwrap();
+        let ino = table.upsert(parent, name, attr, None, self.valid_until(), true);
+        table.add_lookup(ino);
+        Ok(Self::current_attr(&table, ino).expect("present"))
+    }
+
+    /// Is there anything under directory `ino` (in S3 besides its marker, or staged here)?
+    async fn dir_has_children(&self, ino: u64, path: &str) -> FsResult<bool> {
+        if !self
+            .inodes
+            .lock()
+            .unwrap()
+            .local_only_children(ino)
+            .is_empty()
+        {
+            return Ok(true);
+        }
+        let prefix = self.layout.dir_prefix(path);
+        let page = self.store.list_page(&prefix, false, None, Some(2)).await?;
+        Ok(page.objects.iter().any(|o| o.key != prefix) || !page.prefixes.is_empty())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        let name = check_name(name)?;
+        let attr = self.resolve(parent, name).await?;
+        if attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let path = {
+            let table = self.inodes.lock().unwrap();
+            table.path(attr.ino).ok_or(FsError::NotFound)?
+        };
+        if self.dir_has_children(attr.ino, &path).await? {
+            return Err(FsError::NotEmpty);
+        }
+        self.store.delete(&self.layout.dir_prefix(&path)).await?;
+        self.inodes.lock().unwrap().detach(attr.ino);
+        Ok(())
+    }
+
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let (path, local) = {
+            let table = self.inodes.lock().unwrap();
+            let path = self.dir_path(&table, ino)?;
+            (path, table.local_only_children(ino))
+        };
+        let parent = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .map_or(ROOT, |i| i.parent);
+        let stream = DirStream::new(ino, parent, self.layout.dir_prefix(&path), local);
+        Ok(self.add_handle(Handle::Dir(tokio::sync::Mutex::new(stream))))
+    }
+
+    /// Entries of an open directory from cookie `offset` on (a batch; call again with
+    /// the last entry's offset). Entries are known to the inode table afterwards, but
+    /// their lookup counts are the caller's business ([`S3Fs::add_lookups`]).
+    pub async fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        let handle = self.handle(fh)?;
+        let Handle::Dir(stream) = &*handle else {
+            return Err(FsError::NotDir);
+        };
+        let mut stream = stream.lock().await;
+        stream.entries_from(self, offset).await
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    // ---- rename ---------------------------------------------------------------------
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        new_parent: u64,
+        new_name: &std::ffi::OsStr,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        let name = check_name(name)?;
+        let new_name = check_name(new_name)?;
+        let source = self.resolve(parent, name).await?;
+        let target = match self.resolve(new_parent, new_name).await {
+            Ok(t) => Some(t),
+            Err(FsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if target.as_ref().is_some_and(|t| t.ino == source.ino) {
+            return Ok(());
+        }
+        if no_replace && target.is_some() {
+            return Err(FsError::Exists);
+        }
+        let (old_path, new_path) = {
+            let table = self.inodes.lock().unwrap();
+            (
+                table.path(source.ino).ok_or(FsError::NotFound)?,
+                table
+                    .child_path(new_parent, new_name)
+                    .ok_or(FsError::NotFound)?,
+            )
+        };
+        let mut upload_now = false;
+        match source.kind {
+            Kind::File => {
+                if let Some(t) = &target {
+                    if t.kind == Kind::Dir {
+                        return Err(FsError::IsDir);
+                    }
+                }
+                self.layout.check_path(&new_path, false)?;
+                upload_now = self
+                    .rename_file(source.ino, &old_path, &new_path, target.as_ref())
+                    .await?;
+            }
+            Kind::Dir => {
+                if let Some(t) = &target {
+                    if t.kind != Kind::Dir {
+                        return Err(FsError::NotDir);
+                    }
+                    if self.dir_has_children(t.ino, &new_path).await? {
+                        return Err(FsError::NotEmpty);
+                    }
+                }
+                self.layout.check_path(&new_path, true)?;
+                self.rename_dir(&old_path, &new_path, target.is_some())
+                    .await?;
+            }
+        }
+        {
+            let mut table = self.inodes.lock().unwrap();
+            if let Some(t) = &target {
+                table.detach(t.ino);
+            }
+            table.rename(source.ino, new_parent, new_name);
+        }
+        if upload_now {
+            self.sync(source.ino).await?;
+            self.drop_clean_stage(source.ino);
+        }
+        Ok(())
+    }
+
+    async fn rename_file(
+        &self,
+        ino: u64,
+        old_path: &str,
+        new_path: &str,
+        target: Option<&Attr>,
+    ) -> FsResult<bool> {
+        let old_key = self.layout.file_key(old_path);
+        let new_key = self.layout.file_key(new_path);
+        if let Some(t) = target {
+            // A replaced file's pending upload must not overwrite what moves in.
+            let replaced = self.inodes.lock().unwrap().stage(t.ino);
+            if let Some(stage) = replaced {
+                if let Some(st) = stage.mark_deleted() {
+                    self.uploader.abort_streaming(st);
+                }
+                drop(stage.upload_lock.lock().await);
+            }
+        }
+        let (stage, remote) = {
+            let table = self.inodes.lock().unwrap();
+            let inode = table.get(ino).ok_or(FsError::NotFound)?;
+            (table.stage(ino), inode.remote.clone())
+        };
+        let _upload_guard = match &stage {
+            Some(stage) => Some(stage.upload_lock.lock().await),
+            None => None,
+        };
+        match (&stage, &remote) {
+            (Some(stage), _) if stage.is_dirty() => {
+                // The stage holds the newest content and goes to the new key at its next
+                // upload; the old object must not outlive the rename.
+                stage.fill(&*self.store).await?;
+                if let Some(st) = stage.take_streaming() {
+                    self.uploader.abort_streaming(st);
+                }
+                if remote.is_some() {
+                    self.store.delete(&old_key).await?;
+                }
+            }
+            (_, Some(remote)) => {
+                self.store.copy(&old_key, &new_key, remote.size).await?;
+                self.store.delete(&old_key).await?;
+            }
+            (_, None) => {
+                let meta = self.store.head(&old_key).await?;
+                self.store.copy(&old_key, &new_key, meta.size).await?;
+                self.store.delete(&old_key).await?;
+            }
+        }
+        self.cache.invalidate(&old_key);
+        self.cache.invalidate(&new_key);
+        // Nobody will close a dirty stage that no writer holds: it must be uploaded
+        // under the new name once the rename is recorded.
+        let upload_now = stage.as_ref().is_some_and(|s| s.is_dirty()) && !self.has_writer(ino);
+        drop(_upload_guard);
+        Ok(upload_now)
+    }
+
+    /// Moves every key under the old directory prefix to the new one, each by copy then
+    /// delete, so a failure part way leaves each file in its old or its new place.
+    async fn rename_dir(&self, old_path: &str, new_path: &str, replace: bool) -> FsResult<()> {
+        let old_prefix = self.layout.dir_prefix(old_path);
+        let new_prefix = self.layout.dir_prefix(new_path);
+        if replace {
+            self.store.delete(&new_prefix).await?;
+        }
+        let (old_prefix, new_prefix) = (&old_prefix, &new_prefix);
+        let mut token = None;
+        let mut moved_marker = false;
+        loop {
+            let page = self
+                .store
+                .list_page(old_prefix, false, token.take(), None)
+                .await?;
+            let moves = futures::stream::iter(page.objects.into_iter().map(|o| {
+                let to = format!("{new_prefix}{}", &o.key[old_prefix.len()..]);
+                async move {
+                    self.store.copy(&o.key, &to, o.size).await?;
+                    self.store.delete(&o.key).await?;
+                    self.cache.invalidate(&o.key);
+                    Ok::<bool, FsError>(o.key == *old_prefix)
+                }
+            }))
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+            for m in moves {
+                moved_marker |= m?;
+            }
+            match page.next_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        if !moved_marker {
+            // Keep the directory itself, even if it existed only as a prefix.
+            let headers = layout::dir_headers(self.cfg.dir_mode as u32, self.cfg.uid, self.cfg.gid, now());
+            self.store.put(new_prefix, Bytes::new(), &headers).await?;
+        }
+        Ok(())
+    }
+
+    // ---- whole file system ----------------------------------------------------------
+
+    /// Stops new writers and uploads every stage that S3 does not have yet. Returns the
+    /// number of files that could not be uploaded (they stay staged).
+    pub async fn shutdown(&self) -> usize {
+        self.closing.store(true, Ordering::Relaxed);
+        let dirty = self.inodes.lock().unwrap().dirty_stages();
+        let mut failed = 0;
+        for (ino, _) in dirty {
+            if self.sync(ino).await.is_err() {
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    pub fn dirty_count(&self) -> usize {
+        self.inodes.lock().unwrap().dirty_stages().len()
+    }
+
+    pub fn inode_count(&self) -> usize {
+        self.inodes.lock().unwrap().len()
+    }
+
+    /// Retries the uploads of stages nobody has open (their close already got EIO).
+    pub async fn retry_failed_uploads(&self) {
+        let dirty = self.inodes.lock().unwrap().dirty_stages();
+        for (ino, _) in dirty {
+            let idle = self
+                .inodes
+                .lock()
+                .unwrap()
+                .get(ino)
+                .is_some_and(|i| i.open_handles == 0);
+            if idle && self.sync(ino).await.is_ok() {
+                log::info!("a staged file that had failed to upload is now in S3");
+                self.drop_clean_stage(ino);
+            }
+        }
+    }
+
+    // ---- for the directory stream ---------------------------------------------------
+
+    fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+}

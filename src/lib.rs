@@ -1,0 +1,27 @@
+//! s3mount: mount an S3 bucket prefix as a file system for applications that write
+//! documents to a local disk.
+//!
+//! ```text
+//!  kernel ─ fuse (adapter) ─ fs::S3Fs (POSIX rules, inode table, handles)
+//!                              ├─ read   (block cache, read-ahead)  ─┐
+//!                              ├─ stage  (write-back cache files)    ├─ store::ObjectStore ─ S3
+//!                              └─ upload (PUT / multipart)          ─┘
+//! ```
+//!
+//! Write path: create/open stages the file in the cache dir, writes land there, close
+//! (flush) uploads it and returns once S3 acknowledged it; large files written front to
+//! back upload their parts while writing continues.
+//! Read path: ranged GETs with If-Match into a bounded LRU of blocks, with growing
+//! read-ahead windows for sequential readers.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod fs;
+pub mod fuse;
+pub mod layout;
+pub mod read;
+pub mod stage;
+pub mod store;
+pub mod upload;

@@ -1,0 +1,364 @@
+//! Reading objects: a byte-bounded LRU of fixed-size blocks shared by all open files,
+//! and per open file a sequential-access detector that reads ahead in growing windows
+//! of parallel ranged GETs. Random reads fetch only the blocks they touch. Every GET
+//! carries `If-Match` on the ETag seen at open, so a read never mixes two versions.
+//! Memory stays within the cache bound plus the GETs in flight, whatever the file sizes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use lru::LruCache;
+use tokio::sync::watch;
+
+use crate::fs::error::{FsError, FsResult};
+use crate::store::{ETag, ObjectStore, StoreError};
+
+/// Granularity of caching and of random reads.
+pub const BLOCK: u64 = 256 * 1024;
+/// Largest single ranged GET of a read-ahead.
+const MAX_REQUEST_BLOCKS: u64 = 16;
+/// First read-ahead window of a sequential reader; it doubles up to the maximum.
+const INITIAL_WINDOW: u64 = 1024 * 1024;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BlockKey {
+    key: Arc<str>,
+    etag: ETag,
+    index: u64,
+}
+
+type BlockResult = Option<Result<Bytes, StoreError>>;
+
+struct CacheInner {
+    blocks: LruCache<BlockKey, Bytes>,
+    bytes: usize,
+    in_flight: HashMap<BlockKey, watch::Receiver<BlockResult>>,
+}
+
+/// Blocks of objects, shared by all readers, bounded in bytes.
+pub struct BlockCache {
+    inner: Mutex<CacheInner>,
+    capacity: usize,
+    max_window: u64,
+}
+
+impl BlockCache {
+    /// `capacity` bounds the cached bytes; read-ahead windows stay well below it so that
+    /// blocks fetched ahead are not evicted before they are read.
+    pub fn new(capacity: usize) -> BlockCache {
+        let capacity = capacity.max(4 * BLOCK as usize);
+        BlockCache {
+            inner: Mutex::new(CacheInner {
+                blocks: LruCache::unbounded(),
+                bytes: 0,
+                in_flight: HashMap::new(),
+            }),
+            capacity,
+            max_window: ((capacity as u64 / 2) / BLOCK * BLOCK).clamp(BLOCK, 64 * 1024 * 1024),
+        }
+    }
+
+    fn insert(&self, key: BlockKey, data: Bytes) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.bytes += data.len();
+        if let Some(old) = inner.blocks.put(key, data) {
+            inner.bytes -= old.len();
+        }
+        while inner.bytes > self.capacity {
+            match inner.blocks.pop_lru() {
+                Some((_, evicted)) => inner.bytes -= evicted.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Forgets every block of `key` (it was overwritten or deleted through the mount).
+    pub fn invalidate(&self, key: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        let stale: Vec<BlockKey> = inner
+            .blocks
+            .iter()
+            .filter(|(k, _)| &*k.key == key)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some(b) = inner.blocks.pop(&k) {
+                inner.bytes -= b.len();
+            }
+        }
+    }
+
+    pub fn cached_bytes(&self) -> usize {
+        self.inner.lock().unwrap().bytes
+    }
+}
+
+/// Where a block comes from when a read needs it.
+enum Source {
+    Ready(Bytes),
+    Pending(watch::Receiver<BlockResult>),
+}
+
+/// Sequential-access state of one open file.
+struct Pattern {
+    /// Where the next read of a sequential reader is expected.
+    next_offset: u64,
+    /// Current read-ahead window in bytes (0: random access, no read-ahead).
+    window: u64,
+    /// Blocks below this index have been requested already by read-ahead.
+    requested_to: u64,
+}
+
+/// An open file's view of one version of an object.
+pub struct Reader<S> {
+    store: Arc<S>,
+    cache: Arc<BlockCache>,
+    key: Arc<str>,
+    etag: ETag,
+    size: u64,
+    pattern: Mutex<Pattern>,
+}
+
+impl<S: ObjectStore> Reader<S> {
+    pub fn new(store: Arc<S>, cache: Arc<BlockCache>, key: &str, etag: ETag, size: u64) -> Self {
+        Reader {
+            store,
+            cache,
+            key: Arc::from(key),
+            etag,
+            size,
+            pattern: Mutex::new(Pattern {
+                next_offset: 0,
+                window: 0,
+                requested_to: 0,
+            }),
+        }
+    }
+
+    pub async fn read(&self, offset: u64, len: u32) -> FsResult<Bytes> {
+        if offset >= self.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + len as u64).min(self.size);
+        let first = offset / BLOCK;
+        let last = (end - 1) / BLOCK;
+        self.plan_read_ahead(offset, end);
+        let mut sources = Vec::with_capacity((last - first + 1) as usize);
+        for index in first..=last {
+            sources.push(self.block(index, last));
+        }
+        let mut out: Option<BytesMut> = None;
+        let mut single: Option<Bytes> = None;
+        for (i, source) in sources.into_iter().enumerate() {
+            let block = match source {
+                Source::Ready(b) => b,
+                Source::Pending(mut rx) => wait_block(&mut rx).await?,
+            };
+            let index = first + i as u64;
+            let block_start = index * BLOCK;
+            let from = (offset.max(block_start) - block_start) as usize;
+            let to = ((end.min(block_start + BLOCK) - block_start) as usize).min(block.len());
+            if from > to {
+                return Err(FsError::Io(format!("{}: short block from S3", self.key)));
+            }
+            let piece = block.slice(from..to);
+            if first == last {
+                single = Some(piece);
+            } else {
+                out.get_or_insert_with(|| BytesMut::with_capacity((end - offset) as usize))
+                    .extend_from_slice(&piece);
+            }
+        }
+        Ok(single.unwrap_or_else(|| out.map(BytesMut::freeze).unwrap_or_default()))
+    }
+
+    /// Decides whether this read continues a sequential run and, if so, requests the
+    /// blocks of the read-ahead window that are not cached or coming yet.
+    fn plan_read_ahead(&self, offset: u64, end: u64) {
+        let (from, to) = {
+            let mut p = self.pattern.lock().unwrap();
+            // Reads of one sequential run may arrive slightly out of order.
+            let sequential = offset == p.next_offset
+                || (p.window > 0
+                    && offset + 4 * BLOCK >= p.next_offset
+                    && offset <= p.next_offset + BLOCK);
+            if sequential {
+                p.window = if p.window == 0 {
+                    INITIAL_WINDOW
+                } else {
+                    (p.window * 2).min(self.cache.max_window)
+                };
+            } else {
+                p.window = 0;
+                p.requested_to = 0;
+            }
+            p.next_offset = p.next_offset.max(end);
+            if !sequential {
+                p.next_offset = end;
+                return;
+            }
+            let first = (end.div_ceil(BLOCK)).max(p.requested_to);
+            let last = (end + p.window).min(self.size).div_ceil(BLOCK);
+            if first >= last {
+                return;
+            }
+            // Top up in whole requests only, so GETs stay large.
+            if last - first < (p.window / BLOCK / 2).max(1) && last * BLOCK < self.size {
+                return;
+            }
+            p.requested_to = last;
+            (first, last)
+        };
+        let mut index = from;
+        while index < to {
+            let n = (to - index).min(MAX_REQUEST_BLOCKS);
+            self.fetch_missing(index, index + n);
+            index += n;
+        }
+    }
+
+    /// The block `index`, from the cache, from a GET in flight, or from a new GET that
+    /// also covers the missing blocks up to `last` (the rest of this read).
+    fn block(&self, index: u64, last: u64) -> Source {
+        if let Some(source) = self.lookup(index) {
+            return source;
+        }
+        self.fetch_missing(index, last + 1);
+        self.lookup(index)
+            .expect("a block is cached or in flight right after it was requested")
+    }
+
+    fn block_key(&self, index: u64) -> BlockKey {
+        BlockKey {
+            key: self.key.clone(),
+            etag: self.etag.clone(),
+            index,
+        }
+    }
+
+    fn lookup(&self, index: u64) -> Option<Source> {
+        let key = self.block_key(index);
+        let mut inner = self.cache.inner.lock().unwrap();
+        if let Some(b) = inner.blocks.get(&key) {
+            return Some(Source::Ready(b.clone()));
+        }
+        inner
+            .in_flight
+            .get(&key)
+            .map(|rx| Source::Pending(rx.clone()))
+    }
+
+    /// Starts one ranged GET for the blocks in `[from, to)` that are neither cached nor
+    /// in flight (the run from the first missing block to the last one).
+    fn fetch_missing(&self, from: u64, to: u64) {
+        let mut senders = Vec::new();
+        let mut run_start = None;
+        {
+            let mut inner = self.cache.inner.lock().unwrap();
+            for index in from..to {
+                let key = self.block_key(index);
+                if inner.blocks.contains(&key) || inner.in_flight.contains_key(&key) {
+                    if run_start.is_some() {
+                        break; // keep one GET contiguous
+                    }
+                    continue;
+                }
+                run_start.get_or_insert(index);
+                let (tx, rx) = watch::channel(None);
+                inner.in_flight.insert(key, rx);
+                senders.push(tx);
+            }
+        }
+        let Some(start) = run_start else { return };
+        let end_block = start + senders.len() as u64;
+        let range = start * BLOCK..(end_block * BLOCK).min(self.size);
+        let (store, cache, key, etag) = (
+            self.store.clone(),
+            self.cache.clone(),
+            self.key.clone(),
+            self.etag.clone(),
+        );
+        tokio::spawn(async move {
+            let result = fetch_blocks(&*store, &cache, &key, &etag, range, start, &senders).await;
+            let mut inner = cache.inner.lock().unwrap();
+            for (i, tx) in senders.iter().enumerate() {
+                let bk = BlockKey {
+                    key: key.clone(),
+                    etag: etag.clone(),
+                    index: start + i as u64,
+                };
+                inner.in_flight.remove(&bk);
+                if tx.borrow().is_none() {
+                    let err = match &result {
+                        Err(e) => e.clone(),
+                        Ok(()) => StoreError::Other("the GET ended early".into()),
+                    };
+                    let _ = tx.send(Some(Err(err)));
+                }
+            }
+        });
+    }
+}
+
+/// Streams one GET into blocks, publishing each block as soon as it is complete.
+async fn fetch_blocks<S: ObjectStore>(
+    store: &S,
+    cache: &BlockCache,
+    key: &Arc<str>,
+    etag: &ETag,
+    range: std::ops::Range<u64>,
+    first: u64,
+    senders: &[watch::Sender<BlockResult>],
+) -> Result<(), StoreError> {
+    let total = range.end - range.start;
+    let mut chunks = store.get_range(key, range.clone(), Some(etag)).await?;
+    let mut done = 0usize;
+    let mut filled = 0u64;
+    let mut buf = BytesMut::with_capacity(BLOCK.min(total) as usize);
+    while let Some(chunk) = chunks.next().await {
+        let mut chunk = chunk?;
+        while !chunk.is_empty() {
+            let block_len = BLOCK.min(total - done as u64 * BLOCK) as usize;
+            let take = (block_len - buf.len()).min(chunk.len());
+            buf.extend_from_slice(&chunk.split_to(take));
+            filled += take as u64;
+            if buf.len() == block_len {
+                let block = std::mem::replace(
+                    &mut buf,
+                    BytesMut::with_capacity(BLOCK.min(total.saturating_sub(filled)) as usize),
+                )
+                .freeze();
+                cache.insert(
+                    BlockKey {
+                        key: key.clone(),
+                        etag: etag.clone(),
+                        index: first + done as u64,
+                    },
+                    block.clone(),
+                );
+                let _ = senders[done].send(Some(Ok(block)));
+                done += 1;
+                if done == senders.len() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(StoreError::Transient(format!(
+        "{key}: the GET ended after {filled} of {total} bytes"
+    )))
+}
+
+async fn wait_block(rx: &mut watch::Receiver<BlockResult>) -> FsResult<Bytes> {
+    let value = rx
+        .wait_for(|v| v.is_some())
+        .await
+        .map_err(|_| FsError::Io("a block fetch was abandoned".into()))?;
+    match value.as_ref().expect("waited for Some") {
+        Ok(b) => Ok(b.clone()),
+        Err(StoreError::PreconditionFailed) => Err(FsError::Stale),
+        Err(e) => Err(FsError::Store(e.clone())),
+    }
+}

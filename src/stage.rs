@@ -1,0 +1,341 @@
+//! The write-back cache: one staged file per inode under `<cache-dir>/stage/`, shared by
+//! every handle open on that inode. Writes, truncates and reads of dirty data go here;
+//! `upload` turns a stage into an object. A stage opened on an existing object is filled
+//! from S3 lazily: a writer that rewrites the file from offset 0 never downloads it, any
+//! other access fetches the rest first. A stage file is deleted only once S3 has its
+//! content (or the file was deleted); a stage that failed to upload stays on disk.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+
+use crate::fs::error::{FsError, FsResult};
+use crate::store::{ETag, ObjectStore};
+use crate::upload::Streaming;
+
+/// The folder of staged files.
+pub struct StageDir {
+    dir: PathBuf,
+    next: AtomicU64,
+    run_id: String,
+}
+
+impl StageDir {
+    pub fn open(cache_dir: &Path) -> io::Result<StageDir> {
+        let dir = cache_dir.join("stage");
+        std::fs::create_dir_all(&dir)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(StageDir {
+            dir,
+            next: AtomicU64::new(1),
+            run_id: format!("{}-{}", now.as_secs(), std::process::id()),
+        })
+    }
+
+    /// Staged files left by an earlier run (not uploaded when it stopped).
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with(&self.run_id))
+            })
+            .collect()
+    }
+
+    /// A new, empty stage; `base` is the object it stands for, fetched on demand.
+    pub fn create(&self, base: Option<RemoteBase>) -> FsResult<Stage> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("{}-{n}", self.run_id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let append_only = base.is_none();
+        Ok(Stage {
+            path,
+            file,
+            state: Mutex::new(StageState {
+                size: base.as_ref().map_or(0, |b| b.size),
+                version: 1,
+                uploaded_version: if base.is_some() { 1 } else { 0 },
+                lazy: base.map(|b| Lazy {
+                    base: b,
+                    filled_to: 0,
+                }),
+                append_only,
+                streaming: None,
+                deleted: false,
+            }),
+            fill_lock: tokio::sync::Mutex::new(()),
+            upload_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// The remote object a stage was opened on.
+#[derive(Clone, Debug)]
+pub struct RemoteBase {
+    pub key: String,
+    pub etag: ETag,
+    pub size: u64,
+}
+
+struct Lazy {
+    base: RemoteBase,
+    /// Bytes `[0, filled_to)` of the file hold written data; `[filled_to, base.size)` are
+    /// still only in S3 (nothing else has touched them).
+    filled_to: u64,
+}
+
+struct StageState {
+    size: u64,
+    /// Bumped on every change; the stage is dirty while it differs from `uploaded_version`.
+    version: u64,
+    uploaded_version: u64,
+    lazy: Option<Lazy>,
+    /// Every write so far appended at the end of a stage that started empty: parts
+    /// below the end will not change, so they may be uploaded while writing goes on.
+    append_only: bool,
+    streaming: Option<Streaming>,
+    deleted: bool,
+}
+
+pub struct Stage {
+    path: PathBuf,
+    file: File,
+    state: Mutex<StageState>,
+    fill_lock: tokio::sync::Mutex<()>,
+    /// Serialises uploads of this stage.
+    pub upload_lock: tokio::sync::Mutex<()>,
+}
+
+/// What an upload needs to know about a stage at the moment it starts.
+pub struct Snapshot {
+    pub size: u64,
+    pub version: u64,
+}
+
+impl Stage {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn size(&self) -> u64 {
+        self.state.lock().unwrap().size
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        let s = self.state.lock().unwrap();
+        s.version != s.uploaded_version && !s.deleted
+    }
+
+    /// Has this stage never been uploaded, i.e. is there no object for it in S3 yet?
+    pub fn is_local_only(&self) -> bool {
+        self.state.lock().unwrap().uploaded_version == 0
+    }
+
+    pub fn pwrite_raw(&self, offset: u64, data: &[u8]) -> FsResult<()> {
+        self.file.write_all_at(data, offset)?;
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, fetching the rest of the remote object first unless
+    /// this write continues a rewrite from offset 0. Returns the new size.
+    pub async fn write<S: ObjectStore>(&self, store: &S, offset: u64, data: &[u8]) -> FsResult<u64> {
+        self.prepare(store, Access::Write { offset }).await?;
+        self.file.write_all_at(data, offset)?;
+        let end = offset + data.len() as u64;
+        let mut s = self.state.lock().unwrap();
+        if offset != s.size {
+            s.append_only = false;
+            if let Some(st) = &mut s.streaming {
+                st.touched(offset);
+            }
+        }
+        if let Some(lazy) = &mut s.lazy {
+            lazy.filled_to = lazy.filled_to.max(end);
+        }
+        s.size = s.size.max(end);
+        s.version += 1;
+        Ok(s.size)
+    }
+
+    pub async fn read<S: ObjectStore>(&self, store: &S, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        self.prepare(store, Access::Other).await?;
+        let size = self.size();
+        if offset >= size {
+            return Ok(Vec::new());
+        }
+        let len = (len as u64).min(size - offset) as usize;
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            let n = self.file.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break; // a hole at the end (truncate up): zeros
+            }
+            done += n;
+        }
+        Ok(buf)
+    }
+
+    pub async fn truncate<S: ObjectStore>(&self, store: &S, size: u64) -> FsResult<()> {
+        let keeps_no_remote = {
+            let s = self.state.lock().unwrap();
+            s.lazy.as_ref().is_some_and(|l| size <= l.filled_to)
+        };
+        if keeps_no_remote {
+            self.state.lock().unwrap().lazy = None;
+        } else {
+            self.prepare(store, Access::Other).await?;
+        }
+        self.file.set_len(size)?;
+        let mut s = self.state.lock().unwrap();
+        if size < s.size {
+            s.append_only = size == 0 && s.streaming.is_none() && s.append_only;
+            if let Some(st) = &mut s.streaming {
+                st.touched(size);
+            }
+        }
+        s.size = size;
+        s.version += 1;
+        Ok(())
+    }
+
+    /// Brings every byte of the file into the stage (before upload, or any access that
+    /// is not a continued rewrite from 0).
+    pub async fn fill<S: ObjectStore>(&self, store: &S) -> FsResult<()> {
+        self.prepare(store, Access::Other).await
+    }
+
+    async fn prepare<S: ObjectStore>(&self, store: &S, access: Access) -> FsResult<()> {
+        if self.state.lock().unwrap().lazy.is_none() {
+            return Ok(());
+        }
+        let _fill = self.fill_lock.lock().await;
+        let (base, from) = {
+            let mut s = self.state.lock().unwrap();
+            let Some(lazy) = &s.lazy else { return Ok(()) };
+            if let Access::Write { offset } = access {
+                if offset == lazy.filled_to {
+                    return Ok(());
+                }
+            }
+            if lazy.filled_to >= lazy.base.size {
+                s.lazy = None;
+                return Ok(());
+            }
+            (lazy.base.clone(), lazy.filled_to)
+        };
+        let mut chunks = store
+            .get_range(&base.key, from..base.size, Some(&base.etag))
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::PreconditionFailed => FsError::Stale,
+                other => FsError::Store(other),
+            })?;
+        let mut at = from;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            self.file.write_all_at(&chunk, at)?;
+            at += chunk.len() as u64;
+        }
+        if at != base.size {
+            return Err(FsError::Io(format!(
+                "{}: got {} of {} bytes from S3",
+                base.key, at, base.size
+            )));
+        }
+        let mut s = self.state.lock().unwrap();
+        s.lazy = None;
+        s.size = s.size.max(base.size);
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset` from the staged file, for uploads.
+    pub fn read_exact_at(&self, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            let n = self.file.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break; // beyond the end of a sparse tail: zeros
+            }
+            done += n;
+        }
+        Ok(buf)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.state.lock().unwrap();
+        Snapshot {
+            size: s.size,
+            version: s.version,
+        }
+    }
+
+    /// Records that S3 now has the stage as it was at `version`.
+    pub fn mark_uploaded(&self, version: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.uploaded_version = s.uploaded_version.max(version);
+    }
+
+    pub fn fsync(&self) -> FsResult<()> {
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    /// The file was deleted: nothing of it may be uploaded any more.
+    pub fn mark_deleted(&self) -> Option<Streaming> {
+        let mut s = self.state.lock().unwrap();
+        s.deleted = true;
+        s.streaming.take()
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.state.lock().unwrap().deleted
+    }
+
+    pub fn may_stream(&self) -> bool {
+        let s = self.state.lock().unwrap();
+        s.append_only && s.lazy.is_none() && !s.deleted
+    }
+
+    /// Runs `f` on the streaming upload slot under the state lock.
+    pub fn with_streaming<T>(&self, f: impl FnOnce(&mut Option<Streaming>, u64) -> T) -> T {
+        let mut s = self.state.lock().unwrap();
+        let size = s.size;
+        f(&mut s.streaming, size)
+    }
+
+    pub fn take_streaming(&self) -> Option<Streaming> {
+        self.state.lock().unwrap().streaming.take()
+    }
+
+    /// Removes the staged file; only once S3 has its content or the file is gone.
+    pub fn discard(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("could not remove staged file {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+enum Access {
+    Write { offset: u64 },
+    Other,
+}

@@ -1,0 +1,502 @@
+//! [`ObjectStore`] over aws-sdk-s3: client construction from the mount's settings
+//! (endpoint, path style, profile, static or chained credentials), SDK retries and
+//! timeouts, and the one place where SDK errors are classified into [`StoreError`].
+//! Every failed request is logged with its key and error, never with credentials.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as SdkPart};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{
+    ByteChunks, CompletedPart, ETag, ListPage, ListedObject, ObjectHeaders, ObjectMeta,
+    ObjectStore, StoreError, StoreResult, UploadId,
+};
+
+/// Largest object a single CopyObject may copy.
+const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
+/// Part size of a multipart copy.
+const COPY_PART: u64 = 1024 * 1024 * 1024;
+
+/// Where and as whom to connect; plain data filled from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+    pub profile: Option<String>,
+    pub static_credentials: Option<StaticCredentials>,
+    /// Attempts per request, including the first.
+    pub max_attempts: u32,
+}
+
+#[derive(Clone)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StaticCredentials(<redacted>)")
+    }
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub async fn connect(settings: &S3Settings) -> S3Store {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(settings.max_attempts.max(1))
+                    .with_initial_backoff(Duration::from_millis(100))
+                    .with_max_backoff(Duration::from_secs(5)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some(c) = &settings.static_credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                &c.access_key_id,
+                &c.secret_access_key,
+                c.session_token.clone(),
+                None,
+                "s3mount-environment",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(settings.force_path_style)
+            // Checksums cost CPU on every byte and not every S3-compatible service knows
+            // the newer trailers; S3's own integrity checks (Content-Length, TLS) remain.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if shared.region().is_none() {
+            conf = conf.region(Region::new("us-east-1"));
+        }
+        S3Store {
+            client: Client::from_conf(conf.build()),
+            bucket: settings.bucket.clone(),
+        }
+    }
+}
+
+/// Maps an SDK failure to what the caller can do about it, and logs it.
+fn classify<E, R>(op: &str, key: &str, err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HttpStatus,
+{
+    let classified = match &err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status_code();
+            let code = se.err().code().unwrap_or("");
+            let message = se.err().message().unwrap_or("");
+            let text = if code.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status} {code}: {message}")
+            };
+            match (status, code) {
+                (_, "NoSuchBucket") => StoreError::NoSuchBucket,
+                (404, _) => StoreError::NotFound,
+                (412, _) => StoreError::PreconditionFailed,
+                (403, _) | (_, "AccessDenied") | (_, "InvalidAccessKeyId") => {
+                    StoreError::AccessDenied(text)
+                }
+                (503, _) | (_, "SlowDown") | (429, _) => StoreError::Throttled(text),
+                (s, _) if s >= 500 => StoreError::Transient(text),
+                _ => StoreError::Other(text),
+            }
+        }
+        SdkError::DispatchFailure(df) => {
+            let text = format!("{:?}", df);
+            if df.is_timeout() {
+                StoreError::Transient(format!("timeout: {text}"))
+            } else if df.is_io() {
+                StoreError::Unreachable(text)
+            } else {
+                StoreError::Other(text)
+            }
+        }
+        SdkError::TimeoutError(_) => StoreError::Transient("request timed out".into()),
+        SdkError::ResponseError(r) => StoreError::Transient(format!("bad response: {r:?}")),
+        other => StoreError::Other(format!("{other}")),
+    };
+    match classified {
+        StoreError::NotFound | StoreError::PreconditionFailed => {
+            log::debug!("S3 {op} {key}: {classified}")
+        }
+        _ => log::warn!("S3 {op} {key} failed: {classified}"),
+    }
+    classified
+}
+
+/// The status of a raw HTTP response, whatever the SDK's response type.
+trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_smithy_runtime_api::http::Response {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn etag(tag: Option<&str>) -> ETag {
+    ETag(tag.unwrap_or_default().to_string())
+}
+
+fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn user_metadata(headers: &ObjectHeaders) -> Option<HashMap<String, String>> {
+    if headers.user_meta.is_empty() {
+        None
+    } else {
+        Some(headers.user_meta.iter().cloned().collect())
+    }
+}
+
+/// `bucket/key` as CopySource wants it: the key URL-encoded, `/` kept.
+fn copy_source(bucket: &str, key: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    format!("{bucket}/{}", percent_encoding::utf8_percent_encode(key, KEEP))
+}
+
+impl ObjectStore for S3Store {
+    async fn check_bucket(&self) -> StoreResult<()> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match classify("HeadBucket", &self.bucket, e) {
+                StoreError::NotFound => StoreError::NoSuchBucket,
+                other => other,
+            }),
+        }
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify("HeadObject", key, e))?;
+        let mut user_meta: Vec<(String, String)> = out
+            .metadata()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        user_meta.sort();
+        Ok(ObjectMeta {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: etag(out.e_tag()),
+            last_modified: system_time(out.last_modified()),
+            user_meta,
+            content_type: out.content_type().map(str::to_string),
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<ByteChunks> {
+        if range.is_empty() {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(if_match.map(|e| e.0.clone()))
+            .send()
+            .await
+            .map_err(|e| classify("GetObject", key, e))?;
+        let key = key.to_string();
+        let stream = futures::stream::unfold(Some(out.body), move |body| {
+            let key = key.clone();
+            async move {
+                let mut body = body?;
+                match body.try_next().await {
+                    Ok(Some(chunk)) => Some((Ok(chunk), Some(body))),
+                    Ok(None) => None,
+                    Err(e) => {
+                        log::warn!("S3 GetObject {key} failed while reading the body: {e}");
+                        Some((Err(StoreError::Transient(e.to_string())), None))
+                    }
+                }
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        delimited: bool,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> StoreResult<ListPage> {
+        let mut req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .set_max_keys(max_keys);
+        if delimited {
+            req = req.delimiter("/");
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| classify("ListObjectsV2", prefix, e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ListedObject {
+                    key: o.key()?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: etag(o.e_tag()),
+                    last_modified: system_time(o.last_modified()),
+                })
+            })
+            .collect();
+        let prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect();
+        let next_token = if out.is_truncated().unwrap_or(false) {
+            out.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next_token,
+        })
+    }
+
+    async fn put(&self, key: &str, body: Bytes, headers: &ObjectHeaders) -> StoreResult<ETag> {
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .set_metadata(user_metadata(headers))
+            .set_content_type(headers.content_type.clone())
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| classify("PutObject", key, e))?;
+        Ok(etag(out.e_tag()))
+    }
+
+    async fn create_multipart(&self, key: &str, headers: &ObjectHeaders) -> StoreResult<UploadId> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_metadata(user_metadata(headers))
+            .set_content_type(headers.content_type.clone())
+            .send()
+            .await
+            .map_err(|e| classify("CreateMultipartUpload", key, e))?;
+        out.upload_id()
+            .map(|id| UploadId(id.to_string()))
+            .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        id: &UploadId,
+        number: u32,
+        body: Bytes,
+    ) -> StoreResult<ETag> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&id.0)
+            .part_number(number as i32)
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| classify("UploadPart", key, e))?;
+        Ok(etag(out.e_tag()))
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        id: &UploadId,
+        parts: &[CompletedPart],
+    ) -> StoreResult<ETag> {
+        let parts = parts
+            .iter()
+            .map(|p| {
+                SdkPart::builder()
+                    .part_number(p.number as i32)
+                    .e_tag(&p.etag.0)
+                    .build()
+            })
+            .collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&id.0)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| classify("CompleteMultipartUpload", key, e))?;
+        Ok(etag(out.e_tag()))
+    }
+
+    async fn abort_multipart(&self, key: &str, id: &UploadId) -> StoreResult<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&id.0)
+            .send()
+            .await
+            .map_err(|e| classify("AbortMultipartUpload", key, e))?;
+        Ok(())
+    }
+
+    async fn copy(&self, from: &str, to: &str, size: u64) -> StoreResult<ETag> {
+        if size <= MAX_SINGLE_COPY {
+            let out = self
+                .client
+                .copy_object()
+                .bucket(&self.bucket)
+                .key(to)
+                .copy_source(copy_source(&self.bucket, from))
+                .send()
+                .await
+                .map_err(|e| classify("CopyObject", from, e))?;
+            return Ok(etag(out.copy_object_result().and_then(|r| r.e_tag())));
+        }
+        self.multipart_copy(from, to, size).await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match classify("DeleteObject", key, e) {
+                StoreError::NotFound => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+}
+
+impl S3Store {
+    /// Copies an object above the single-copy limit part by part, keeping its metadata.
+    async fn multipart_copy(&self, from: &str, to: &str, size: u64) -> StoreResult<ETag> {
+        let source = self.head(from).await?;
+        let headers = ObjectHeaders {
+            user_meta: source.user_meta.clone(),
+            content_type: source.content_type.clone(),
+        };
+        let id = self.create_multipart(to, &headers).await?;
+        let result = async {
+            let mut parts = Vec::new();
+            let mut start = 0;
+            let mut number = 1;
+            while start < size {
+                let end = (start + COPY_PART).min(size);
+                let out = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(to)
+                    .upload_id(&id.0)
+                    .part_number(number as i32)
+                    .copy_source(copy_source(&self.bucket, from))
+                    .copy_source_range(format!("bytes={}-{}", start, end - 1))
+                    .copy_source_if_match(&source.etag.0)
+                    .send()
+                    .await
+                    .map_err(|e| classify("UploadPartCopy", from, e))?;
+                parts.push(CompletedPart {
+                    number,
+                    etag: etag(out.copy_part_result().and_then(|r| r.e_tag())),
+                });
+                start = end;
+                number += 1;
+            }
+            self.complete_multipart(to, &id, &parts).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.abort_multipart(to, &id).await;
+        }
+        result
+    }
+}
