@@ -28,7 +28,7 @@ die() { echo "local-s3.sh: $*" >&2; exit 1; }
 hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
 
 cmd_install() {
-    if "$GARAGE" --version 2>/dev/null | grep -q "v\?$GARAGE_VERSION\b"; then
+    if "$GARAGE" --version 2>/dev/null | grep -Eq "(^|[^0-9.])${GARAGE_VERSION//./\\.}([^0-9.]|$)"; then
         echo "garage $GARAGE_VERSION already installed: $GARAGE"
     else
         command -v cargo >/dev/null || die "cargo is needed to build Garage"

@@ -1,0 +1,371 @@
+//! The file-system core against the in-memory store: POSIX rules and upload behaviour
+//! without FUSE, plus fault injection.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use s3mount::fs::{Caller, FsConfig, FsError, Kind, OpenMode, ROOT, S3Fs};
+use s3mount::store::StoreError;
+use s3mount::store::memory::{MemoryStore, Op};
+
+const MIB: usize = 1024 * 1024;
+
+struct Fixture {
+    store: Arc<MemoryStore>,
+    fs: S3Fs<MemoryStore>,
+    cache: tempfile::TempDir,
+}
+
+fn fixture(prefix: &str) -> Fixture {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let fs = S3Fs::new(store.clone(), config(prefix, cache.path())).unwrap();
+    Fixture { store, fs, cache }
+}
+
+fn config(prefix: &str, cache: &std::path::Path) -> FsConfig {
+    FsConfig {
+        prefix: prefix.into(),
+        uid: 1000,
+        gid: 1000,
+        file_mode: 0o644,
+        dir_mode: 0o755,
+        metadata_ttl: Duration::from_secs(1),
+        read_only: false,
+        part_size: 5 * MIB as u64,
+        upload_concurrency: 4,
+        cache_dir: cache.to_path_buf(),
+        cache_size: 16 * MIB,
+    }
+}
+
+const ME: Caller = Caller { uid: 1000, gid: 1000 };
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+async fn write_file(fs: &S3Fs<MemoryStore>, parent: u64, name: &str, data: &[u8]) -> u64 {
+    let (attr, fh) = fs.create(parent, OsStr::new(name), 0o644, ME).await.unwrap();
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        fs.write(fh, (i * MIB) as u64, chunk).await.unwrap();
+    }
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    attr.ino
+}
+
+async fn read_all(fs: &S3Fs<MemoryStore>, ino: u64) -> Vec<u8> {
+    let fh = fs.open(ino, OpenMode::default()).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let chunk = fs.read(fh, out.len() as u64, 128 * 1024).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    fs.release(fh).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn small_file_is_one_put_with_s3fs_metadata() {
+    let f = fixture("docs/");
+    write_file(&f.fs, ROOT, "a.txt", b"hello").await;
+    assert_eq!(f.store.object("docs/a.txt").unwrap(), &b"hello"[..]);
+    assert_eq!(f.store.count(Op::Put), 1);
+    let meta = f.store.user_meta("docs/a.txt").unwrap();
+    assert!(meta.contains(&("mode".into(), (libc::S_IFREG | 0o644).to_string())));
+    assert!(meta.contains(&("uid".into(), "1000".into())));
+    // The stage is gone once S3 has the file.
+    let staged = std::fs::read_dir(f.cache.path().join("stage")).unwrap().count();
+    assert_eq!(staged, 0);
+}
+
+#[tokio::test]
+async fn large_file_streams_parts_while_writing() {
+    let f = fixture("");
+    let data = pattern(23 * MIB + 123, 7);
+    let (_, fh) = f.fs.create(ROOT, OsStr::new("big"), 0o644, ME).await.unwrap();
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        f.fs.write(fh, (i * MIB) as u64, chunk).await.unwrap();
+    }
+    // Parts started before close.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(f.store.count(Op::UploadPart) >= 2, "parts upload while writing");
+    assert!(f.store.object("big").is_none(), "no half object is visible");
+    f.fs.flush(fh).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(f.store.object("big").unwrap(), &data[..]);
+    assert_eq!(f.store.count(Op::Put), 0);
+    assert_eq!(f.store.pending_uploads(), 0);
+}
+
+#[tokio::test]
+async fn rewrite_in_the_middle_invalidates_streamed_parts() {
+    let f = fixture("");
+    let mut data = pattern(16 * MIB, 1);
+    let (_, fh) = f.fs.create(ROOT, OsStr::new("f"), 0o644, ME).await.unwrap();
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        f.fs.write(fh, (i * MIB) as u64, chunk).await.unwrap();
+    }
+    f.fs.write(fh, 10, b"PATCHED").await.unwrap();
+    data[10..17].copy_from_slice(b"PATCHED");
+    f.fs.flush(fh).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(f.store.object("f").unwrap(), &data[..]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.store.pending_uploads(), 0, "the abandoned upload was aborted");
+}
+
+#[tokio::test]
+async fn objects_of_other_clients_are_found_and_read() {
+    let f = fixture("p/");
+    let data = pattern(3 * MIB + 5, 3);
+    f.store.insert("p/dir/x.bin", &data);
+    f.store.insert("outside.txt", b"not mine");
+    let dir = f.fs.lookup(ROOT, OsStr::new("dir")).await.unwrap();
+    assert_eq!(dir.kind, Kind::Dir);
+    let file = f.fs.lookup(dir.ino, OsStr::new("x.bin")).await.unwrap();
+    assert_eq!(file.size, data.len() as u64);
+    assert_eq!(read_all(&f.fs, file.ino).await, data);
+    assert!(matches!(
+        f.fs.lookup(ROOT, OsStr::new("outside.txt")).await,
+        Err(FsError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn a_changed_object_fails_the_read_instead_of_mixing_versions() {
+    let f = fixture("");
+    f.store.insert("v", &pattern(2 * MIB, 1));
+    let attr = f.fs.lookup(ROOT, OsStr::new("v")).await.unwrap();
+    let fh = f.fs.open(attr.ino, OpenMode::default()).await.unwrap();
+    f.fs.read(fh, 0, 4096).await.unwrap();
+    f.store.insert("v", &pattern(2 * MIB, 2));
+    let err = f.fs.read(fh, MIB as u64 + 512 * 1024, 4096).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+}
+
+#[tokio::test]
+async fn listing_merges_keys_prefixes_markers_and_staged_files() {
+    let f = fixture("d/");
+    f.store.insert("d/b.txt", b"b");
+    f.store.insert("d/a/", b"");
+    f.store.insert("d/c/deep/file", b"x");
+    f.store.insert("d/dup", b"file and dir");
+    f.store.insert("d/dup/inner", b"x");
+    f.store.insert("d/", b"");
+    let (_, fh) = f.fs.create(ROOT, OsStr::new("new.txt"), 0o644, ME).await.unwrap();
+    let dh = f.fs.opendir(ROOT).await.unwrap();
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let batch = f.fs.readdir(dh, offset).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        offset = batch.last().unwrap().offset;
+        names.extend(batch.into_iter().map(|e| (e.name, e.attr.kind)));
+    }
+    assert_eq!(
+        names,
+        vec![
+            (".".into(), Kind::Dir),
+            ("..".into(), Kind::Dir),
+            ("new.txt".into(), Kind::File),
+            ("a".into(), Kind::Dir),
+            ("b.txt".into(), Kind::File),
+            ("c".into(), Kind::Dir),
+            ("dup".into(), Kind::Dir),
+        ]
+    );
+    f.fs.releasedir(dh);
+    f.fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn long_listings_page_through() {
+    let f = fixture("");
+    for i in 0..2500 {
+        f.store.insert(&format!("many/f{i:05}"), b"x");
+    }
+    let dir = f.fs.lookup(ROOT, OsStr::new("many")).await.unwrap();
+    let dh = f.fs.opendir(dir.ino).await.unwrap();
+    let (mut count, mut offset) = (0, 0);
+    loop {
+        let batch = f.fs.readdir(dh, offset).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        // The kernel takes only part of a batch; resume from inside it.
+        let take = batch.len().min(37);
+        offset = batch[take - 1].offset;
+        count += take;
+    }
+    assert_eq!(count, 2502);
+    assert!(f.store.count(Op::List) >= 3);
+}
+
+#[tokio::test]
+async fn mkdir_rmdir_and_notempty() {
+    let f = fixture("p/");
+    let dir = f.fs.mkdir(ROOT, OsStr::new("sub"), 0o755, ME).await.unwrap();
+    assert!(f.store.object("p/sub/").is_some(), "mkdir writes the marker");
+    write_file(&f.fs, dir.ino, "x", b"1").await;
+    let err = f.fs.rmdir(ROOT, OsStr::new("sub")).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOTEMPTY);
+    f.fs.unlink(dir.ino, OsStr::new("x")).await.unwrap();
+    f.fs.rmdir(ROOT, OsStr::new("sub")).await.unwrap();
+    assert!(f.store.keys().is_empty());
+    let err = f.fs.mkdir(ROOT, OsStr::new(&"n".repeat(256)), 0o755, ME).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
+}
+
+#[tokio::test]
+async fn names_and_keys_that_are_too_long_write_nothing() {
+    let f = fixture("p/");
+    let err = f
+        .fs
+        .create(ROOT, OsStr::new(&"n".repeat(256)), 0o644, ME)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
+    let mut parent = ROOT;
+    let mut depth = 0;
+    // Nest directories until the key limit is reached.
+    loop {
+        match f.fs.mkdir(parent, OsStr::new(&"d".repeat(200)), 0o755, ME).await {
+            Ok(a) => parent = a.ino,
+            Err(e) => {
+                assert_eq!(e.errno(), libc::ENAMETOOLONG);
+                break;
+            }
+        }
+        depth += 1;
+    }
+    assert_eq!(depth, 5);
+    assert!(f.store.keys().iter().all(|k| k.len() <= 1024));
+}
+
+#[tokio::test]
+async fn rename_copies_then_deletes_and_replaces_the_target() {
+    let f = fixture("");
+    write_file(&f.fs, ROOT, "a", b"content a").await;
+    write_file(&f.fs, ROOT, "b", b"content b").await;
+    f.fs.rename(ROOT, OsStr::new("a"), ROOT, OsStr::new("b"), false)
+        .await
+        .unwrap();
+    assert_eq!(f.store.keys(), vec!["b".to_string()]);
+    assert_eq!(f.store.object("b").unwrap(), &b"content a"[..]);
+}
+
+#[tokio::test]
+async fn rename_of_an_open_unuploaded_file_rekeys_the_stage() {
+    let f = fixture("");
+    let (_, fh) = f.fs.create(ROOT, OsStr::new("tmp"), 0o644, ME).await.unwrap();
+    f.fs.write(fh, 0, b"draft").await.unwrap();
+    f.fs.rename(ROOT, OsStr::new("tmp"), ROOT, OsStr::new("final"), false)
+        .await
+        .unwrap();
+    f.fs.flush(fh).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(f.store.keys(), vec!["final".to_string()]);
+    assert_eq!(f.store.count(Op::Copy), 0);
+}
+
+#[tokio::test]
+async fn directory_rename_moves_every_key() {
+    let f = fixture("");
+    for i in 0..30 {
+        f.store.insert(&format!("old/sub/f{i}"), b"x");
+    }
+    f.store.insert("old/", b"");
+    f.store.insert("older", b"not under old/");
+    f.fs.lookup(ROOT, OsStr::new("old")).await.unwrap();
+    f.fs.rename(ROOT, OsStr::new("old"), ROOT, OsStr::new("new"), false)
+        .await
+        .unwrap();
+    let keys = f.store.keys();
+    assert_eq!(keys.iter().filter(|k| k.starts_with("new/sub/")).count(), 30);
+    assert!(keys.contains(&"new/".to_string()));
+    assert!(keys.contains(&"older".to_string()));
+    assert!(!keys.iter().any(|k| k.starts_with("old/")));
+}
+
+#[tokio::test]
+async fn failed_upload_returns_eio_keeps_the_stage_and_retries() {
+    let f = fixture("");
+    let (attr, fh) = f.fs.create(ROOT, OsStr::new("doc"), 0o644, ME).await.unwrap();
+    f.fs.write(fh, 0, b"precious").await.unwrap();
+    f.store
+        .fail_next(Op::Put, 1, StoreError::Transient("HTTP 500".into()));
+    let err = f.fs.flush(fh).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(f.store.object("doc").is_none());
+    // Reads through the mount still see the data.
+    let data = f.fs.read(fh, 0, 100).await.unwrap();
+    assert_eq!(&data[..], b"precious");
+    f.store
+        .fail_next(Op::Put, 1, StoreError::Transient("HTTP 500".into()));
+    assert!(f.fs.release(fh).await.is_err());
+    let staged: Vec<_> = std::fs::read_dir(f.cache.path().join("stage"))
+        .unwrap()
+        .collect();
+    assert_eq!(staged.len(), 1, "the staged data is kept");
+    f.fs.retry_failed_uploads().await;
+    assert_eq!(f.store.object("doc").unwrap(), &b"precious"[..]);
+    assert_eq!(f.fs.dirty_count(), 0);
+    let _ = attr;
+}
+
+#[tokio::test]
+async fn partial_rewrite_of_an_existing_object_keeps_the_rest() {
+    let f = fixture("");
+    let mut data = pattern(3 * MIB, 9);
+    f.store.insert("e", &data);
+    let attr = f.fs.lookup(ROOT, OsStr::new("e")).await.unwrap();
+    let fh = f
+        .fs
+        .open(attr.ino, OpenMode { write: true, truncate: false })
+        .await
+        .unwrap();
+    f.fs.write(fh, 0, b"HEAD").await.unwrap();
+    data[..4].copy_from_slice(b"HEAD");
+    f.fs.flush(fh).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(f.store.object("e").unwrap(), &data[..]);
+}
+
+#[tokio::test]
+async fn truncating_open_needs_no_download() {
+    let f = fixture("");
+    f.store.insert("t", &pattern(2 * MIB, 9));
+    let attr = f.fs.lookup(ROOT, OsStr::new("t")).await.unwrap();
+    let gets = f.store.count(Op::Get);
+    let fh = f
+        .fs
+        .open(attr.ino, OpenMode { write: true, truncate: true })
+        .await
+        .unwrap();
+    f.fs.write(fh, 0, b"new").await.unwrap();
+    f.fs.flush(fh).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(f.store.count(Op::Get), gets);
+    assert_eq!(f.store.object("t").unwrap(), &b"new"[..]);
+}
+
+#[tokio::test]
+async fn read_only_mount_refuses_writes() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let mut cfg = config("", cache.path());
+    cfg.read_only = true;
+    let fs = S3Fs::new(store, cfg).unwrap();
+    let err = fs.create(ROOT, OsStr::new("x"), 0o644, ME).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EROFS);
+}
