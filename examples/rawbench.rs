@@ -1,6 +1,6 @@
 //! The plain S3 client that `scripts/bench.sh` compares the mount against: aws-sdk-s3 used
-//! directly, with the concurrency a good S3 client uses (8 × 8 MiB parts or ranges in flight,
-//! 8 small objects in flight). Every write sends fresh random data, generated before the clock
+//! directly, with the concurrency a good S3 client uses (by default 8 × 8 MiB parts or ranges in
+//! flight, 8 small objects in flight). Every write sends fresh random data, generated before the clock
 //! starts (Garage deduplicates identical blocks). Endpoint, credentials and region come from the
 //! standard AWS environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …), the bucket from
 //! `S3MOUNT_TEST_BUCKET`; addressing is path-style. Each command prints one `key=value` line.
@@ -20,28 +20,46 @@ use clap::{Parser, Subcommand};
 use futures::{StreamExt, TryStreamExt, stream};
 use rand::{RngCore, SeedableRng, rngs::SmallRng};
 
-const PART: u64 = 8 << 20;
-const IN_FLIGHT: usize = 8;
-
 #[derive(Parser)]
 #[command(about = "Plain aws-sdk-s3 baseline for scripts/bench.sh")]
 struct Args {
     /// Bucket (default: $S3MOUNT_TEST_BUCKET)
     #[arg(long, env = "S3MOUNT_TEST_BUCKET")]
     bucket: String,
+    /// Part size of multipart uploads and ranged GETs
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    part_size: u64,
+    /// Requests in flight at once
+    #[arg(long, default_value_t = 8)]
+    jobs: usize,
+    /// Send PUT bodies with UNSIGNED-PAYLOAD instead of a SHA-256 in the signature (plain HTTP)
+    #[arg(long)]
+    unsigned_payload: bool,
+    /// Send a CRC32 checksum with every PUT body (the SDK's default; off here)
+    #[arg(long)]
+    checksums: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Upload SIZE bytes of fresh random data to KEY (parallel multipart above 8 MiB)
-    PutBig { key: String, #[arg(value_parser = parse_size)] size: u64 },
+    /// Upload SIZE bytes of fresh random data to KEY (parallel multipart above the part size)
+    PutBig {
+        key: String,
+        #[arg(value_parser = parse_size)]
+        size: u64,
+    },
     /// Download KEY with parallel ranged GETs, discarding the data
     GetBig { key: String },
-    /// Upload N objects PREFIX000000.. of SIZE fresh random bytes each, 8 at a time
-    PutMany { prefix: String, n: usize, #[arg(value_parser = parse_size)] size: u64 },
-    /// Download the N objects PREFIX000000.., 8 at a time
+    /// Upload N objects PREFIX000000.. of SIZE fresh random bytes each, --jobs at a time
+    PutMany {
+        prefix: String,
+        n: usize,
+        #[arg(value_parser = parse_size)]
+        size: u64,
+    },
+    /// Download the N objects PREFIX000000.., --jobs at a time
     GetMany { prefix: String, n: usize },
     /// List PREFIX with ListObjectsV2 and delimiter `/`, counting entries
     List { prefix: String },
@@ -50,11 +68,21 @@ enum Cmd {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)]
-        .iter()
-        .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
-        .unwrap_or((s, 1));
-    num.trim().parse::<u64>().map(|n| n * mult).map_err(|e| format!("bad size {s:?}: {e}"))
+    let (num, mult) = [
+        ("KiB", 1u64 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("K", 1 << 10),
+        ("M", 1 << 20),
+        ("G", 1 << 30),
+    ]
+    .iter()
+    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+    .unwrap_or((s, 1));
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|e| format!("bad size {s:?}: {e}"))
 }
 
 fn random_bytes(len: u64) -> Bytes {
@@ -71,14 +99,20 @@ fn sdk<E: std::error::Error>(what: String) -> impl FnOnce(E) -> anyhow::Error {
     move |e| anyhow::anyhow!("{what}: {}", DisplayErrorContext(e))
 }
 
-async fn client() -> Client {
+async fn client(a: &Args) -> Client {
     let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1"))
+        .region(
+            aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1"),
+        )
         .load()
         .await;
     let conf = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(true)
-        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .request_checksum_calculation(if a.checksums {
+            RequestChecksumCalculation::WhenSupported
+        } else {
+            RequestChecksumCalculation::WhenRequired
+        })
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .build();
     Client::from_conf(conf)
@@ -96,23 +130,36 @@ async fn drain(c: &Client, bucket: &str, key: &str, range: Option<String>) -> Re
         .map_err(sdk(format!("GET {key}")))?;
     let mut body = out.body;
     let mut n = 0u64;
-    while let Some(chunk) = body.try_next().await.with_context(|| format!("GET {key} body"))? {
+    while let Some(chunk) = body
+        .try_next()
+        .await
+        .with_context(|| format!("GET {key} body"))?
+    {
         n += chunk.len() as u64;
     }
     Ok(n)
 }
 
-async fn put_big(c: &Client, bucket: &str, key: &str, size: u64) -> Result<()> {
+async fn put(a: &Args, c: &Client, bucket: &str, key: &str, body: Bytes) -> Result<()> {
+    let req = c
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body));
+    let res = if a.unsigned_payload {
+        req.customize().disable_payload_signing().send().await
+    } else {
+        req.send().await
+    };
+    res.map_err(sdk(format!("PUT {key}")))?;
+    Ok(())
+}
+
+async fn put_big(a: &Args, c: &Client, bucket: &str, key: &str, size: u64) -> Result<()> {
     let data = random_bytes(size);
     let start = Instant::now();
-    if size <= PART {
-        c.put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(sdk(format!("PUT {key}")))?;
+    if size <= a.part_size {
+        put(a, c, bucket, key, data).await?;
     } else {
         let up = c
             .create_multipart_upload()
@@ -122,27 +169,36 @@ async fn put_big(c: &Client, bucket: &str, key: &str, size: u64) -> Result<()> {
             .await
             .map_err(sdk(format!("CreateMultipartUpload {key}")))?;
         let id = up.upload_id().context("no upload id")?.to_string();
-        let parts = size.div_ceil(PART);
+        let parts = size.div_ceil(a.part_size);
         let mut done: Vec<CompletedPart> = stream::iter(0..parts)
             .map(|i| {
-                let body = data.slice((i * PART) as usize..((i + 1) * PART).min(size) as usize);
+                let body = data
+                    .slice((i * a.part_size) as usize..((i + 1) * a.part_size).min(size) as usize);
                 let n = i as i32 + 1;
                 let id = &id;
                 async move {
-                    let r = c
+                    let req = c
                         .upload_part()
                         .bucket(bucket)
                         .key(key)
                         .upload_id(id)
                         .part_number(n)
-                        .body(ByteStream::from(body))
-                        .send()
-                        .await
-                        .map_err(sdk(format!("UploadPart {n} of {key}")))?;
-                    Ok::<_, anyhow::Error>(CompletedPart::builder().part_number(n).set_e_tag(r.e_tag).build())
+                        .body(ByteStream::from(body));
+                    let r = if a.unsigned_payload {
+                        req.customize().disable_payload_signing().send().await
+                    } else {
+                        req.send().await
+                    }
+                    .map_err(sdk(format!("UploadPart {n} of {key}")))?;
+                    Ok::<_, anyhow::Error>(
+                        CompletedPart::builder()
+                            .part_number(n)
+                            .set_e_tag(r.e_tag)
+                            .build(),
+                    )
                 }
             })
-            .buffer_unordered(IN_FLIGHT)
+            .buffer_unordered(a.jobs)
             .try_collect()
             .await?;
         done.sort_by_key(|p| p.part_number());
@@ -150,73 +206,98 @@ async fn put_big(c: &Client, bucket: &str, key: &str, size: u64) -> Result<()> {
             .bucket(bucket)
             .key(key)
             .upload_id(&id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
             .send()
             .await
             .map_err(sdk(format!("CompleteMultipartUpload {key}")))?;
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("put-big key={key} bytes={size} secs={secs:.3} MB/s={:.1}", size as f64 / secs / 1e6);
+    println!(
+        "put-big key={key} bytes={size} secs={secs:.3} MB/s={:.1}",
+        size as f64 / secs / 1e6
+    );
     Ok(())
 }
 
-async fn get_big(c: &Client, bucket: &str, key: &str) -> Result<()> {
+async fn get_big(a: &Args, c: &Client, bucket: &str, key: &str) -> Result<()> {
     let start = Instant::now();
-    let head = c.head_object().bucket(bucket).key(key).send().await.map_err(sdk(format!("HEAD {key}")))?;
+    let head = c
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(sdk(format!("HEAD {key}")))?;
     let size = head.content_length().unwrap_or(0).max(0) as u64;
-    let got: u64 = stream::iter(0..size.div_ceil(PART))
+    let got: u64 = stream::iter(0..size.div_ceil(a.part_size))
         .map(|i| {
-            let range = format!("bytes={}-{}", i * PART, ((i + 1) * PART).min(size) - 1);
+            let range = format!(
+                "bytes={}-{}",
+                i * a.part_size,
+                ((i + 1) * a.part_size).min(size) - 1
+            );
             drain(c, bucket, key, Some(range))
         })
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(a.jobs)
         .try_fold(0, |acc, n| async move { Ok(acc + n) })
         .await?;
     if got != size {
         bail!("GET {key}: got {got} bytes, expected {size}");
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("get-big key={key} bytes={size} secs={secs:.3} MB/s={:.1}", size as f64 / secs / 1e6);
+    println!(
+        "get-big key={key} bytes={size} secs={secs:.3} MB/s={:.1}",
+        size as f64 / secs / 1e6
+    );
     Ok(())
 }
 
-async fn put_many(c: &Client, bucket: &str, prefix: &str, n: usize, size: u64) -> Result<()> {
+async fn put_many(
+    a: &Args,
+    c: &Client,
+    bucket: &str,
+    prefix: &str,
+    n: usize,
+    size: u64,
+) -> Result<()> {
     let data = random_bytes(size * n as u64);
     let start = Instant::now();
     stream::iter(0..n)
         .map(|i| {
             let body = data.slice(i * size as usize..(i + 1) * size as usize);
             let key = many_key(prefix, i);
-            async move {
-                c.put_object()
-                    .bucket(bucket)
-                    .key(&key)
-                    .body(ByteStream::from(body))
-                    .send()
-                    .await
-                    .map_err(sdk(format!("PUT {key}")))
-            }
+            async move { put(a, c, bucket, &key, body).await }
         })
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(a.jobs)
         .try_for_each(|_| async { Ok(()) })
         .await?;
     let secs = start.elapsed().as_secs_f64();
-    println!("put-many prefix={prefix} files={n} bytes={size} secs={secs:.3} files/s={:.1}", n as f64 / secs);
+    println!(
+        "put-many prefix={prefix} files={n} bytes={size} secs={secs:.3} files/s={:.1}",
+        n as f64 / secs
+    );
     Ok(())
 }
 
-async fn get_many(c: &Client, bucket: &str, prefix: &str, n: usize) -> Result<()> {
+async fn get_many(a: &Args, c: &Client, bucket: &str, prefix: &str, n: usize) -> Result<()> {
     let start = Instant::now();
     let bytes: u64 = stream::iter(0..n)
         .map(|i| {
             let key = many_key(prefix, i);
             async move { drain(c, bucket, &key, None).await }
         })
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(a.jobs)
         .try_fold(0, |acc, n| async move { Ok(acc + n) })
         .await?;
     let secs = start.elapsed().as_secs_f64();
-    println!("get-many prefix={prefix} files={n} total_bytes={bytes} secs={secs:.3} files/s={:.1}", n as f64 / secs);
+    println!(
+        "get-many prefix={prefix} files={n} total_bytes={bytes} secs={secs:.3} files/s={:.1}",
+        n as f64 / secs
+    );
     Ok(())
 }
 
@@ -242,24 +323,37 @@ async fn list(c: &Client, bucket: &str, prefix: &str) -> Result<()> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("list prefix={prefix} entries={entries} pages={pages} secs={secs:.3} entries/s={:.0}", entries as f64 / secs);
+    println!(
+        "list prefix={prefix} entries={entries} pages={pages} secs={secs:.3} entries/s={:.0}",
+        entries as f64 / secs
+    );
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let c = client().await;
+    let c = client(&args).await;
     let b = args.bucket.as_str();
     match &args.cmd {
-        Cmd::PutBig { key, size } => put_big(&c, b, key, *size).await,
-        Cmd::GetBig { key } => get_big(&c, b, key).await,
-        Cmd::PutMany { prefix, n, size } => put_many(&c, b, prefix, *n, *size).await,
-        Cmd::GetMany { prefix, n } => get_many(&c, b, prefix, *n).await,
+        Cmd::PutBig { key, size } => put_big(&args, &c, b, key, *size).await,
+        Cmd::GetBig { key } => get_big(&args, &c, b, key).await,
+        Cmd::PutMany { prefix, n, size } => put_many(&args, &c, b, prefix, *n, *size).await,
+        Cmd::GetMany { prefix, n } => get_many(&args, &c, b, prefix, *n).await,
         Cmd::List { prefix } => list(&c, b, prefix).await,
         Cmd::Head { key } => {
-            let h = c.head_object().bucket(b).key(key).send().await.map_err(sdk(format!("HEAD {key}")))?;
-            println!("head key={key} bytes={} etag={}", h.content_length().unwrap_or(0), h.e_tag().unwrap_or(""));
+            let h = c
+                .head_object()
+                .bucket(b)
+                .key(key)
+                .send()
+                .await
+                .map_err(sdk(format!("HEAD {key}")))?;
+            println!(
+                "head key={key} bytes={} etag={}",
+                h.content_length().unwrap_or(0),
+                h.e_tag().unwrap_or("")
+            );
             Ok(())
         }
     }

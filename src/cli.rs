@@ -15,7 +15,11 @@ use crate::layout::normalize_prefix;
 use crate::store::s3::{S3Settings, StaticCredentials};
 
 #[derive(Parser, Debug)]
-#[command(name = "s3mount", version, about = "Mount an S3 bucket prefix as a file system")]
+#[command(
+    name = "s3mount",
+    version,
+    about = "Mount an S3 bucket prefix as a file system"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -99,9 +103,27 @@ pub struct MountArgs {
 
 /// Generic mount(8) options that mean nothing to s3mount and are ignored.
 const IGNORED_MOUNT_OPTIONS: &[&str] = &[
-    "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail",
-    "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "atime", "noatime",
-    "relatime", "norelatime", "strictatime",
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "exec",
+    "noexec",
+    "async",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
 ];
 
 /// Rewrites the fstab form into long options, and inserts the `mount` subcommand when
@@ -131,7 +153,9 @@ pub fn expand_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
                     .to_string(),
             )
         } else {
-            arg.strip_prefix("-o").filter(|s| !s.is_empty()).map(str::to_string)
+            arg.strip_prefix("-o")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
         };
         match opts {
             Some(opts) => {
@@ -256,22 +280,22 @@ impl MountArgs {
                 "invalid value for --metadata-ttl: {ttl}; use 0 to 86400 seconds"
             ));
         }
-        if let Some(level) = &self.log_level {
-            if level.parse::<log::LevelFilter>().is_err() {
-                return Err(format!(
-                    "invalid value for --log-level: '{level}'; use error, warn, info, debug or trace"
-                ));
-            }
+        if let Some(level) = &self.log_level
+            && level.parse::<log::LevelFilter>().is_err()
+        {
+            return Err(format!(
+                "invalid value for --log-level: '{level}'; use error, warn, info, debug or trace"
+            ));
         }
         let endpoint_url = self
             .endpoint_url
             .or_else(|| env_any(&["AWS_ENDPOINT_URL", "S3_ENDPOINT_URL"]));
-        if let Some(url) = &endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!(
-                    "invalid value for --endpoint-url: '{url}' must start with http:// or https://"
-                ));
-            }
+        if let Some(url) = &endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "invalid value for --endpoint-url: '{url}' must start with http:// or https://"
+            ));
         }
         let profile = self
             .profile
@@ -378,7 +402,10 @@ mod tests {
             ])
         );
         let out = expand_args(args(&["s3mount", "mount", "b", "/m", "-opart-size=16MiB"])).unwrap();
-        assert_eq!(out, args(&["s3mount", "mount", "b", "/m", "--part-size=16MiB"]));
+        assert_eq!(
+            out,
+            args(&["s3mount", "mount", "b", "/m", "--part-size=16MiB"])
+        );
     }
 
     #[test]
@@ -394,8 +421,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_option() {
-        let cli = Cli::try_parse_from(args(&["s3mount", "mount", "b", "/m", "--part-size", "1MiB"]))
-            .unwrap();
+        let cli = Cli::try_parse_from(args(&[
+            "s3mount",
+            "mount",
+            "b",
+            "/m",
+            "--part-size",
+            "1MiB",
+        ]))
+        .unwrap();
         let Command::Mount(m) = cli.command;
         let err = m.into_config().unwrap_err();
         assert!(err.contains("--part-size"), "{err}");

@@ -35,7 +35,13 @@ pub fn default_cache_dir(bucket: &str, prefix: &str, mountpoint: &Path) -> PathB
     let name = format!("{bucket}/{prefix}{}", mount.display());
     let safe: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     base.join(safe)
 }

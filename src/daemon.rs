@@ -34,7 +34,10 @@ pub fn mount(cfg: MountConfig) -> ExitCode {
     let mut fds = [0i32; 2];
     // SAFETY: fds is a valid array of two ints for pipe(2) to fill.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        eprintln!("s3mount: cannot create a pipe: {}", std::io::Error::last_os_error());
+        eprintln!(
+            "s3mount: cannot create a pipe: {}",
+            std::io::Error::last_os_error()
+        );
         return ExitCode::from(1);
     }
     // SAFETY: both fds were just returned by pipe(2) and are owned by nobody else.
@@ -128,7 +131,8 @@ fn local_checks(cfg: &MountConfig) -> Result<(), String> {
 /// Holds the cache directory for this process: two mounts must not share one.
 fn lock_cache_dir(dir: &Path) -> Result<File, String> {
     let path = dir.join("lock");
-    let file = File::create(&path).map_err(|e| format!("cache directory {}: {e}", dir.display()))?;
+    let file =
+        File::create(&path).map_err(|e| format!("cache directory {}: {e}", dir.display()))?;
     // SAFETY: the fd is valid for the lifetime of `file`.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(format!(
@@ -148,7 +152,10 @@ fn describe(cfg: &MountConfig, err: &StoreError) -> String {
     match err {
         StoreError::NoSuchBucket => format!("no such bucket: {}", cfg.bucket),
         StoreError::AccessDenied(m) => {
-            format!("access denied to bucket {} (check the credentials): {m}", cfg.bucket)
+            format!(
+                "access denied to bucket {} (check the credentials): {m}",
+                cfg.bucket
+            )
         }
         StoreError::Unreachable(m) => format!("endpoint unreachable: {endpoint} ({m})"),
         other => format!("bucket {} at {endpoint}: {other}", cfg.bucket),
@@ -308,7 +315,11 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
 /// After the parent has exited, keep stderr only where it is a file or a socket
 /// (journald); a pipe or terminal would block or break once its reader is gone.
 fn detach_stdio() {
-    let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") else {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
         return;
     };
     let fd = null.as_raw_fd();

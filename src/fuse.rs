@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -198,7 +198,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
         {
             reply.error(Errno::EINVAL);
             return;
@@ -414,7 +415,14 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
                     let mut sent = Vec::with_capacity(entries.len());
                     for e in entries {
                         let attr = to_fuse_attr(&e.attr);
-                        if reply.add(INodeNo(e.attr.ino), e.offset, &e.name, &ttl, &attr, Generation(0)) {
+                        if reply.add(
+                            INodeNo(e.attr.ino),
+                            e.offset,
+                            &e.name,
+                            &ttl,
+                            &attr,
+                            Generation(0),
+                        ) {
                             break;
                         }
                         // The kernel counts a lookup for every entry but `.` and `..`.

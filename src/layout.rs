@@ -80,9 +80,9 @@ pub fn check_name(name: &std::ffi::OsStr) -> FsResult<&str> {
     if name.len() > MAX_NAME {
         return Err(FsError::NameTooLong);
     }
-    let name = name
-        .to_str()
-        .ok_or(FsError::Invalid("file names must be UTF-8 to become S3 keys"))?;
+    let name = name.to_str().ok_or(FsError::Invalid(
+        "file names must be UTF-8 to become S3 keys",
+    ))?;
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
         return Err(FsError::Invalid("bad file name"));
     }
@@ -127,7 +127,9 @@ pub fn parse_time(v: &str) -> Option<SystemTime> {
 }
 
 fn epoch_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The headers of a regular file with these attributes.

@@ -154,7 +154,12 @@ impl Stage {
 
     /// Writes `data` at `offset`, fetching the rest of the remote object first unless
     /// this write continues a rewrite from offset 0. Returns the new size.
-    pub async fn write<S: ObjectStore>(&self, store: &S, offset: u64, data: &[u8]) -> FsResult<u64> {
+    pub async fn write<S: ObjectStore>(
+        &self,
+        store: &S,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<u64> {
         self.prepare(store, Access::Write { offset }).await?;
         self.file.write_all_at(data, offset)?;
         let end = offset + data.len() as u64;
@@ -173,7 +178,12 @@ impl Stage {
         Ok(s.size)
     }
 
-    pub async fn read<S: ObjectStore>(&self, store: &S, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+    pub async fn read<S: ObjectStore>(
+        &self,
+        store: &S,
+        offset: u64,
+        len: u32,
+    ) -> FsResult<Vec<u8>> {
         self.prepare(store, Access::Other).await?;
         let size = self.size();
         if offset >= size {
@@ -229,10 +239,10 @@ impl Stage {
         let (base, from) = {
             let mut s = self.state.lock().unwrap();
             let Some(lazy) = &s.lazy else { return Ok(()) };
-            if let Access::Write { offset } = access {
-                if offset == lazy.filled_to {
-                    return Ok(());
-                }
+            if let Access::Write { offset } = access
+                && offset == lazy.filled_to
+            {
+                return Ok(());
             }
             if lazy.filled_to >= lazy.base.size {
                 s.lazy = None;
@@ -327,10 +337,10 @@ impl Stage {
 
     /// Removes the staged file; only once S3 has its content or the file is gone.
     pub fn discard(&self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("could not remove staged file {}: {e}", self.path.display());
-            }
+        if let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            log::warn!("could not remove staged file {}: {e}", self.path.display());
         }
     }
 }

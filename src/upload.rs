@@ -68,9 +68,10 @@ impl<S: ObjectStore> Uploader<S> {
                 }
                 let (store, key_owned, headers) =
                     (self.store.clone(), key.to_string(), headers.clone());
-                let id: SharedId = async move { store.create_multipart(&key_owned, &headers).await }
-                    .boxed()
-                    .shared();
+                let id: SharedId =
+                    async move { store.create_multipart(&key_owned, &headers).await }
+                        .boxed()
+                        .shared();
                 *slot = Some(Streaming {
                     key: key.to_string(),
                     id,
@@ -89,7 +90,8 @@ impl<S: ObjectStore> Uploader<S> {
                 let number = st.parts.len() as u32 + 1;
                 let range = (st.covered, st.part_size as usize);
                 st.covered += st.part_size;
-                st.parts.push(self.spawn_part(stage, key, st.id.clone(), number, range));
+                st.parts
+                    .push(self.spawn_part(stage, key, st.id.clone(), number, range));
             }
         });
     }
@@ -114,7 +116,9 @@ impl<S: ObjectStore> Uploader<S> {
             let body = stage
                 .read_exact_at(offset, len)
                 .map_err(|e| StoreError::Other(format!("reading the staged file: {e}")))?;
-            let etag = store.upload_part(&key, &id, number, Bytes::from(body)).await?;
+            let etag = store
+                .upload_part(&key, &id, number, Bytes::from(body))
+                .await?;
             Ok(CompletedPart { number, etag })
         })
     }

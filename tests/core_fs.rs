@@ -40,7 +40,10 @@ fn config(prefix: &str, cache: &std::path::Path) -> FsConfig {
     }
 }
 
-const ME: Caller = Caller { uid: 1000, gid: 1000 };
+const ME: Caller = Caller {
+    uid: 1000,
+    gid: 1000,
+};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -49,7 +52,10 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 async fn write_file(fs: &S3Fs<MemoryStore>, parent: u64, name: &str, data: &[u8]) -> u64 {
-    let (attr, fh) = fs.create(parent, OsStr::new(name), 0o644, ME).await.unwrap();
+    let (attr, fh) = fs
+        .create(parent, OsStr::new(name), 0o644, ME)
+        .await
+        .unwrap();
     for (i, chunk) in data.chunks(MIB).enumerate() {
         fs.write(fh, (i * MIB) as u64, chunk).await.unwrap();
     }
@@ -82,7 +88,9 @@ async fn small_file_is_one_put_with_s3fs_metadata() {
     assert!(meta.contains(&("mode".into(), (libc::S_IFREG | 0o644).to_string())));
     assert!(meta.contains(&("uid".into(), "1000".into())));
     // The stage is gone once S3 has the file.
-    let staged = std::fs::read_dir(f.cache.path().join("stage")).unwrap().count();
+    let staged = std::fs::read_dir(f.cache.path().join("stage"))
+        .unwrap()
+        .count();
     assert_eq!(staged, 0);
 }
 
@@ -90,13 +98,19 @@ async fn small_file_is_one_put_with_s3fs_metadata() {
 async fn large_file_streams_parts_while_writing() {
     let f = fixture("");
     let data = pattern(23 * MIB + 123, 7);
-    let (_, fh) = f.fs.create(ROOT, OsStr::new("big"), 0o644, ME).await.unwrap();
+    let (_, fh) =
+        f.fs.create(ROOT, OsStr::new("big"), 0o644, ME)
+            .await
+            .unwrap();
     for (i, chunk) in data.chunks(MIB).enumerate() {
         f.fs.write(fh, (i * MIB) as u64, chunk).await.unwrap();
     }
     // Parts started before close.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(f.store.count(Op::UploadPart) >= 2, "parts upload while writing");
+    assert!(
+        f.store.count(Op::UploadPart) >= 2,
+        "parts upload while writing"
+    );
     assert!(f.store.object("big").is_none(), "no half object is visible");
     f.fs.flush(fh).await.unwrap();
     f.fs.release(fh).await.unwrap();
@@ -119,7 +133,11 @@ async fn rewrite_in_the_middle_invalidates_streamed_parts() {
     f.fs.release(fh).await.unwrap();
     assert_eq!(f.store.object("f").unwrap(), &data[..]);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(f.store.pending_uploads(), 0, "the abandoned upload was aborted");
+    assert_eq!(
+        f.store.pending_uploads(),
+        0,
+        "the abandoned upload was aborted"
+    );
 }
 
 #[tokio::test]
@@ -147,7 +165,10 @@ async fn a_changed_object_fails_the_read_instead_of_mixing_versions() {
     let fh = f.fs.open(attr.ino, OpenMode::default()).await.unwrap();
     f.fs.read(fh, 0, 4096).await.unwrap();
     f.store.insert("v", &pattern(2 * MIB, 2));
-    let err = f.fs.read(fh, MIB as u64 + 512 * 1024, 4096).await.unwrap_err();
+    let err =
+        f.fs.read(fh, MIB as u64 + 512 * 1024, 4096)
+            .await
+            .unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
 }
 
@@ -160,7 +181,10 @@ async fn listing_merges_keys_prefixes_markers_and_staged_files() {
     f.store.insert("d/dup", b"file and dir");
     f.store.insert("d/dup/inner", b"x");
     f.store.insert("d/", b"");
-    let (_, fh) = f.fs.create(ROOT, OsStr::new("new.txt"), 0o644, ME).await.unwrap();
+    let (_, fh) =
+        f.fs.create(ROOT, OsStr::new("new.txt"), 0o644, ME)
+            .await
+            .unwrap();
     let dh = f.fs.opendir(ROOT).await.unwrap();
     let mut names = Vec::new();
     let mut offset = 0;
@@ -214,32 +238,44 @@ async fn long_listings_page_through() {
 #[tokio::test]
 async fn mkdir_rmdir_and_notempty() {
     let f = fixture("p/");
-    let dir = f.fs.mkdir(ROOT, OsStr::new("sub"), 0o755, ME).await.unwrap();
-    assert!(f.store.object("p/sub/").is_some(), "mkdir writes the marker");
+    let dir =
+        f.fs.mkdir(ROOT, OsStr::new("sub"), 0o755, ME)
+            .await
+            .unwrap();
+    assert!(
+        f.store.object("p/sub/").is_some(),
+        "mkdir writes the marker"
+    );
     write_file(&f.fs, dir.ino, "x", b"1").await;
     let err = f.fs.rmdir(ROOT, OsStr::new("sub")).await.unwrap_err();
     assert_eq!(err.errno(), libc::ENOTEMPTY);
     f.fs.unlink(dir.ino, OsStr::new("x")).await.unwrap();
     f.fs.rmdir(ROOT, OsStr::new("sub")).await.unwrap();
     assert!(f.store.keys().is_empty());
-    let err = f.fs.mkdir(ROOT, OsStr::new(&"n".repeat(256)), 0o755, ME).await.unwrap_err();
+    let err =
+        f.fs.mkdir(ROOT, OsStr::new(&"n".repeat(256)), 0o755, ME)
+            .await
+            .unwrap_err();
     assert_eq!(err.errno(), libc::ENAMETOOLONG);
 }
 
 #[tokio::test]
 async fn names_and_keys_that_are_too_long_write_nothing() {
     let f = fixture("p/");
-    let err = f
-        .fs
-        .create(ROOT, OsStr::new(&"n".repeat(256)), 0o644, ME)
-        .await
-        .unwrap_err();
+    let err =
+        f.fs.create(ROOT, OsStr::new(&"n".repeat(256)), 0o644, ME)
+            .await
+            .unwrap_err();
     assert_eq!(err.errno(), libc::ENAMETOOLONG);
     let mut parent = ROOT;
     let mut depth = 0;
     // Nest directories until the key limit is reached.
     loop {
-        match f.fs.mkdir(parent, OsStr::new(&"d".repeat(200)), 0o755, ME).await {
+        match f
+            .fs
+            .mkdir(parent, OsStr::new(&"d".repeat(200)), 0o755, ME)
+            .await
+        {
             Ok(a) => parent = a.ino,
             Err(e) => {
                 assert_eq!(e.errno(), libc::ENAMETOOLONG);
@@ -267,7 +303,10 @@ async fn rename_copies_then_deletes_and_replaces_the_target() {
 #[tokio::test]
 async fn rename_of_an_open_unuploaded_file_rekeys_the_stage() {
     let f = fixture("");
-    let (_, fh) = f.fs.create(ROOT, OsStr::new("tmp"), 0o644, ME).await.unwrap();
+    let (_, fh) =
+        f.fs.create(ROOT, OsStr::new("tmp"), 0o644, ME)
+            .await
+            .unwrap();
     f.fs.write(fh, 0, b"draft").await.unwrap();
     f.fs.rename(ROOT, OsStr::new("tmp"), ROOT, OsStr::new("final"), false)
         .await
@@ -291,7 +330,10 @@ async fn directory_rename_moves_every_key() {
         .await
         .unwrap();
     let keys = f.store.keys();
-    assert_eq!(keys.iter().filter(|k| k.starts_with("new/sub/")).count(), 30);
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("new/sub/")).count(),
+        30
+    );
     assert!(keys.contains(&"new/".to_string()));
     assert!(keys.contains(&"older".to_string()));
     assert!(!keys.iter().any(|k| k.starts_with("old/")));
@@ -300,7 +342,10 @@ async fn directory_rename_moves_every_key() {
 #[tokio::test]
 async fn failed_upload_returns_eio_keeps_the_stage_and_retries() {
     let f = fixture("");
-    let (attr, fh) = f.fs.create(ROOT, OsStr::new("doc"), 0o644, ME).await.unwrap();
+    let (attr, fh) =
+        f.fs.create(ROOT, OsStr::new("doc"), 0o644, ME)
+            .await
+            .unwrap();
     f.fs.write(fh, 0, b"precious").await.unwrap();
     f.store
         .fail_next(Op::Put, 1, StoreError::Transient("HTTP 500".into()));
@@ -329,9 +374,14 @@ async fn partial_rewrite_of_an_existing_object_keeps_the_rest() {
     let mut data = pattern(3 * MIB, 9);
     f.store.insert("e", &data);
     let attr = f.fs.lookup(ROOT, OsStr::new("e")).await.unwrap();
-    let fh = f
-        .fs
-        .open(attr.ino, OpenMode { write: true, truncate: false })
+    let fh =
+        f.fs.open(
+            attr.ino,
+            OpenMode {
+                write: true,
+                truncate: false,
+            },
+        )
         .await
         .unwrap();
     f.fs.write(fh, 0, b"HEAD").await.unwrap();
@@ -347,9 +397,14 @@ async fn truncating_open_needs_no_download() {
     f.store.insert("t", &pattern(2 * MIB, 9));
     let attr = f.fs.lookup(ROOT, OsStr::new("t")).await.unwrap();
     let gets = f.store.count(Op::Get);
-    let fh = f
-        .fs
-        .open(attr.ino, OpenMode { write: true, truncate: true })
+    let fh =
+        f.fs.open(
+            attr.ino,
+            OpenMode {
+                write: true,
+                truncate: true,
+            },
+        )
         .await
         .unwrap();
     f.fs.write(fh, 0, b"new").await.unwrap();
@@ -366,6 +421,9 @@ async fn read_only_mount_refuses_writes() {
     let mut cfg = config("", cache.path());
     cfg.read_only = true;
     let fs = S3Fs::new(store, cfg).unwrap();
-    let err = fs.create(ROOT, OsStr::new("x"), 0o644, ME).await.unwrap_err();
+    let err = fs
+        .create(ROOT, OsStr::new("x"), 0o644, ME)
+        .await
+        .unwrap_err();
     assert_eq!(err.errno(), libc::EROFS);
 }

@@ -82,7 +82,9 @@ impl DirStream {
         }
         // Skip forward (seekdir to a cookie we have not produced yet).
         while self.next_index < offset {
-            let batch = self.next_batch(fs, (offset - self.next_index) as usize).await?;
+            let batch = self
+                .next_batch(fs, (offset - self.next_index) as usize)
+                .await?;
             if batch.is_empty() {
                 return Ok(Vec::new());
             }

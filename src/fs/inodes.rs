@@ -140,7 +140,10 @@ impl InodeTable {
         authoritative: bool,
     ) -> u64 {
         if let Some(ino) = self.child(parent, name) {
-            let inode = self.inodes.get_mut(&ino).expect("child index is consistent");
+            let inode = self
+                .inodes
+                .get_mut(&ino)
+                .expect("child index is consistent");
             if inode.attr.kind == attr.kind {
                 // A listing knows less than HEAD: it keeps what HEAD said of the same object.
                 let same_object = inode.remote == remote;
@@ -204,25 +207,25 @@ impl InodeTable {
 
     /// Removes the name of `ino`; the inode lives on while the kernel or a handle uses it.
     pub fn detach(&mut self, ino: u64) {
-        if let Some(inode) = self.inodes.get_mut(&ino) {
-            if !inode.detached {
-                inode.detached = true;
-                let key = (inode.parent, inode.name.clone());
-                if self.children.get(&key) == Some(&ino) {
-                    self.children.remove(&key);
-                }
-                self.unlink_from_parent(key.0);
+        if let Some(inode) = self.inodes.get_mut(&ino)
+            && !inode.detached
+        {
+            inode.detached = true;
+            let key = (inode.parent, inode.name.clone());
+            if self.children.get(&key) == Some(&ino) {
+                self.children.remove(&key);
             }
+            self.unlink_from_parent(key.0);
         }
         self.remove_if_unused(ino);
     }
 
     /// Moves `ino` to `new_parent`/`new_name`, detaching whatever was there.
     pub fn rename(&mut self, ino: u64, new_parent: u64, new_name: &str) {
-        if let Some(existing) = self.child(new_parent, new_name) {
-            if existing != ino {
-                self.detach(existing);
-            }
+        if let Some(existing) = self.child(new_parent, new_name)
+            && existing != ino
+        {
+            self.detach(existing);
         }
         let Some(inode) = self.inodes.get_mut(&ino) else {
             return;
@@ -238,7 +241,8 @@ impl InodeTable {
         if !was_detached {
             self.unlink_from_parent(old.0);
         }
-        self.children.insert((new_parent, new_name.to_string()), ino);
+        self.children
+            .insert((new_parent, new_name.to_string()), ino);
         *self.kids.entry(new_parent).or_default() += 1;
     }
 

@@ -85,7 +85,7 @@ struct FileHandle<S> {
 
 enum Handle<S> {
     File(FileHandle<S>),
-    Dir(tokio::sync::Mutex<DirStream>),
+    Dir(Box<tokio::sync::Mutex<DirStream>>),
 }
 
 pub struct S3Fs<S: ObjectStore> {
@@ -281,21 +281,14 @@ impl<S: ObjectStore> S3Fs<S> {
                     etag: meta.etag.clone(),
                     size: meta.size,
                 };
-                let ino = table.upsert(
-                    parent,
-                    name,
-                    attr,
-                    Some(remote),
-                    self.valid_until(),
-                    true,
-                );
+                let ino = table.upsert(parent, name, attr, Some(remote), self.valid_until(), true);
                 Ok(Self::current_attr(&table, ino).expect("just inserted"))
             }
             Err(StoreError::NotFound) => {
-                if let Some(ino) = table.child(parent, name) {
-                    if table.stage(ino).is_none() {
-                        table.detach(ino);
-                    }
+                if let Some(ino) = table.child(parent, name)
+                    && table.stage(ino).is_none()
+                {
+                    table.detach(ino);
                 }
                 Err(FsError::NotFound)
             }
@@ -567,9 +560,12 @@ impl<S: ObjectStore> S3Fs<S> {
             }
         };
         if let Some((key, attr)) = key {
-            let mut headers = layout::file_headers(attr.perm as u32, attr.uid, attr.gid, attr.mtime);
+            let mut headers =
+                layout::file_headers(attr.perm as u32, attr.uid, attr.gid, attr.mtime);
             // The upload completes at close; its Last-Modified is then the better mtime.
-            headers.user_meta.retain(|(k, _)| k != "mtime" && k != "ctime");
+            headers
+                .user_meta
+                .retain(|(k, _)| k != "mtime" && k != "ctime");
             self.uploader.stream_parts(&stage, &key, &headers);
         }
         Ok(data.len() as u32)
@@ -806,7 +802,7 @@ impl<S: ObjectStore> S3Fs<S> {
             .get(ino)
             .map_or(ROOT, |i| i.parent);
         let stream = DirStream::new(ino, parent, self.layout.dir_prefix(&path), local);
-        Ok(self.add_handle(Handle::Dir(tokio::sync::Mutex::new(stream))))
+        Ok(self.add_handle(Handle::Dir(Box::new(tokio::sync::Mutex::new(stream)))))
     }
 
     /// Entries of an open directory from cookie `offset` on (a batch; call again with
@@ -862,10 +858,10 @@ impl<S: ObjectStore> S3Fs<S> {
         let mut upload_now = false;
         match source.kind {
             Kind::File => {
-                if let Some(t) = &target {
-                    if t.kind == Kind::Dir {
-                        return Err(FsError::IsDir);
-                    }
+                if let Some(t) = &target
+                    && t.kind == Kind::Dir
+                {
+                    return Err(FsError::IsDir);
                 }
                 self.layout.check_path(&new_path, false)?;
                 upload_now = self
@@ -997,7 +993,8 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         if !moved_marker {
             // Keep the directory itself, even if it existed only as a prefix.
-            let headers = layout::dir_headers(self.cfg.dir_mode as u32, self.cfg.uid, self.cfg.gid, now());
+            let headers =
+                layout::dir_headers(self.cfg.dir_mode as u32, self.cfg.uid, self.cfg.gid, now());
             self.store.put(new_prefix, Bytes::new(), &headers).await?;
         }
         Ok(())

@@ -38,10 +38,13 @@ pub enum Op {
     Delete,
 }
 
+/// A multipart upload in progress: its key, headers and the parts received.
+type Upload = (String, ObjectHeaders, BTreeMap<u32, Bytes>);
+
 #[derive(Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, Object>>,
-    uploads: Mutex<HashMap<String, (String, ObjectHeaders, BTreeMap<u32, Bytes>)>>,
+    uploads: Mutex<HashMap<String, Upload>>,
     faults: Mutex<HashMap<Op, (u32, StoreError)>>,
     counts: Mutex<HashMap<Op, u64>>,
     next_id: AtomicU64,
@@ -71,7 +74,11 @@ impl MemoryStore {
     }
 
     pub fn object(&self, key: &str) -> Option<Bytes> {
-        self.objects.lock().unwrap().get(key).map(|o| o.data.clone())
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|o| o.data.clone())
     }
 
     pub fn user_meta(&self, key: &str) -> Option<Vec<(String, String)>> {
@@ -112,11 +119,11 @@ impl MemoryStore {
     fn enter(&self, op: Op) -> StoreResult<()> {
         *self.counts.lock().unwrap().entry(op).or_default() += 1;
         let mut faults = self.faults.lock().unwrap();
-        if let Some((times, err)) = faults.get_mut(&op) {
-            if *times > 0 {
-                *times -= 1;
-                return Err(err.clone());
-            }
+        if let Some((times, err)) = faults.get_mut(&op)
+            && *times > 0
+        {
+            *times -= 1;
+            return Err(err.clone());
         }
         Ok(())
     }
@@ -192,16 +199,14 @@ impl ObjectStore for MemoryStore {
                 break;
             }
             let rest = &key[prefix.len()..];
-            if delimited {
-                if let Some(i) = rest.find('/') {
-                    let p = format!("{prefix}{}", &rest[..=i]);
-                    if last_prefix.as_deref() != Some(p.as_str()) {
-                        last_prefix = Some(p.clone());
-                        page.prefixes.push(p);
-                        count += 1;
-                    }
-                    continue;
+            if delimited && let Some(i) = rest.find('/') {
+                let p = format!("{prefix}{}", &rest[..=i]);
+                if last_prefix.as_deref() != Some(p.as_str()) {
+                    last_prefix = Some(p.clone());
+                    page.prefixes.push(p);
+                    count += 1;
                 }
+                continue;
             }
             page.objects.push(ListedObject {
                 key: key.clone(),
