@@ -81,7 +81,7 @@ pub struct MountArgs {
     /// Multipart upload part size (5MiB..5GiB, default 8MiB).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub part_size: Option<u64>,
-    /// Parts uploaded in parallel (1..=64, default 8).
+    /// Parts uploaded in parallel (1..=64, default 4).
     #[arg(long, value_name = "N")]
     pub upload_concurrency: Option<usize>,
     /// Seconds attributes and listings are trusted before S3 is asked again (default 1).
@@ -264,7 +264,7 @@ impl MountArgs {
                 "invalid value for --part-size: {part_size} bytes; S3 needs 5MiB to 5GiB"
             ));
         }
-        let upload_concurrency = self.upload_concurrency.unwrap_or(8);
+        let upload_concurrency = self.upload_concurrency.unwrap_or(4);
         if !(1..=64).contains(&upload_concurrency) {
             return Err(format!(
                 "invalid value for --upload-concurrency: {upload_concurrency}; use 1 to 64"

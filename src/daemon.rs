@@ -162,6 +162,17 @@ fn describe(cfg: &MountConfig, err: &StoreError) -> String {
     }
 }
 
+/// Large buffers (parts, read blocks) come and go all the time; a fixed mmap threshold
+/// returns them to the system at once instead of letting glibc's adaptive threshold
+/// keep them in per-thread arenas, which would let the resident size creep up.
+fn limit_heap_growth() {
+    // SAFETY: mallopt only changes allocator tuning parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Blocks the termination signals in this thread and every thread it starts; a
 /// dedicated thread receives them with sigwait.
 fn block_signals() -> libc::sigset_t {
@@ -202,6 +213,7 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(&mut ready, e),
     };
+    limit_heap_growth();
     let signals = block_signals();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
