@@ -61,7 +61,7 @@ enum Cmd {
     },
     /// Download the N objects PREFIX000000.., --jobs at a time
     GetMany { prefix: String, n: usize },
-    /// List PREFIX with ListObjectsV2 and delimiter `/`, counting entries
+    /// List PREFIX with ListObjectsV2 and delimiter `/`, counting entries (not the `PREFIX` marker)
     List { prefix: String },
     /// Print the size and ETag of KEY
     Head { key: String },
@@ -316,7 +316,9 @@ async fn list(c: &Client, bucket: &str, prefix: &str) -> Result<()> {
             .await
             .map_err(sdk(format!("LIST {prefix}")))?;
         pages += 1;
-        entries += page.contents().len() + page.common_prefixes().len();
+        // the directory's own marker object (key == prefix) is not an entry of it
+        let objects = page.contents().iter().filter(|o| o.key() != Some(prefix));
+        entries += objects.count() + page.common_prefixes().len();
         token = page.next_continuation_token().map(str::to_string);
         if token.is_none() {
             break;

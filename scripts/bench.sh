@@ -138,7 +138,6 @@ if [ "$RAW_ONLY" != 1 ]; then
     echo "  mount: $(calc "$t1 - $t0" 3) s, ${M[read]} MB/s, peak RSS ${M[rss_read]} MiB"
     if [ "$VERIFY" = 1 ]; then
         cmp "$DATA/big" "$MNT/big" && echo "  mount: content verified (cmp)"
-        M[rss_read]=$(peak_rss_mib)
     fi
     unmount_daemon
     out=$(raw get-big bench/big)

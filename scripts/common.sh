@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by setup.sh, test.sh and bench.sh: package installs and a free local port base.
 
 # Debian packages the project needs: fusermount3 (fuse3), a C compiler for crates and the
@@ -7,7 +8,7 @@ S3MOUNT_APT_PACKAGES=(fuse3 build-essential pkg-config curl ca-certificates attr
 # apt-get install only what is missing (a second run does not touch apt at all).
 ensure_apt_packages() {
     local missing=() p
-    for p in "${S3MOUNT_APT_PACKAGES[@]}" "$@"; do
+    for p in "${S3MOUNT_APT_PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
