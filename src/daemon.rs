@@ -277,6 +277,7 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
         cfg.mountpoint.display(),
         cfg.fs.cache_dir.display()
     );
+    raise_kernel_readahead(&cfg.mountpoint);
     if let Some(mut pipe) = ready.take() {
         let _ = writeln!(pipe, "OK");
         detach_stdio();
@@ -306,6 +307,7 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
         loop {
             tokio::time::sleep(RETRY_INTERVAL).await;
             retry_fs.retry_failed_uploads().await;
+            retry_fs.sweep_inodes();
         }
     });
 
@@ -322,6 +324,40 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
     }
     log::info!("unmounted {}", cfg.mountpoint.display());
     ExitCode::SUCCESS
+}
+
+/// Kernel read-ahead on the mount, in KiB. FUSE offers only 128 KiB at init; a larger
+/// window makes the kernel send 1 MiB reads, an eighth of the requests for the same data.
+const KERNEL_READAHEAD_KB: u32 = 1024;
+
+/// Raises the read-ahead of the mount's backing device (root only; best effort). The
+/// device is found in mountinfo, since a stat of the mount point would need the
+/// session that is not serving yet.
+fn raise_kernel_readahead(mountpoint: &Path) {
+    let Ok(mp) = std::fs::canonicalize(mountpoint) else {
+        return;
+    };
+    let escaped = mp
+        .to_string_lossy()
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let device = info
+        .lines()
+        .rev()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[4] == escaped)
+        .map(|f| f[2].to_string());
+    if let Some(device) = device {
+        let path = format!("/sys/class/bdi/{device}/read_ahead_kb");
+        if let Err(e) = std::fs::write(&path, KERNEL_READAHEAD_KB.to_string()) {
+            log::debug!("could not raise the kernel read-ahead ({path}): {e}");
+        }
+    }
 }
 
 /// After the parent has exited, keep stderr only where it is a file or a socket

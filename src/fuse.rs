@@ -299,6 +299,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _in_runtime = self.runtime.enter();
+        match self.fs.try_write_now(fh.0, offset, data) {
+            Some(Ok(n)) => return reply.written(n),
+            Some(Err(e)) => return reply.error(errno("write", &e)),
+            None => {}
+        }
         let (fs, data) = (self.fs.clone(), data.to_vec());
         self.runtime.spawn(async move {
             match fs.write(fh.0, offset, &data).await {

@@ -161,6 +161,19 @@ impl Stage {
         data: &[u8],
     ) -> FsResult<u64> {
         self.prepare(store, Access::Write { offset }).await?;
+        self.write_filled(offset, data)
+    }
+
+    /// Writes at once if no part of the file still has to come from S3 (the common
+    /// case); None means the caller must use [`Stage::write`].
+    pub fn try_write_now(&self, offset: u64, data: &[u8]) -> Option<FsResult<u64>> {
+        if self.state.lock().unwrap().lazy.is_some() {
+            return None;
+        }
+        Some(self.write_filled(offset, data))
+    }
+
+    fn write_filled(&self, offset: u64, data: &[u8]) -> FsResult<u64> {
         self.file.write_all_at(data, offset)?;
         let end = offset + data.len() as u64;
         let mut s = self.state.lock().unwrap();

@@ -6,20 +6,62 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::SystemTime;
 
+use std::time::Instant;
+
 use super::inodes::Remote;
 use super::{DirEntry, FsResult, S3Fs};
+use crate::layout::Layout;
 use crate::store::{ListPage, ObjectStore};
 
 /// Entries handed out per call; the kernel takes what fits in its buffer.
 const BATCH: usize = 256;
 
-enum Listed {
+/// What a listing says about one name.
+pub(super) enum Listed {
     File {
         size: u64,
         remote: Remote,
         mtime: SystemTime,
     },
     Dir,
+}
+
+/// A page's entries under `prefix` in name order, skipping the directory's own marker
+/// and unusable names; a directory wins over a file of the same name (as in lookup).
+pub(super) fn page_entries(
+    layout: &Layout,
+    prefix: &str,
+    page: &ListPage,
+) -> Vec<(String, Listed)> {
+    let dirs: HashSet<&str> = page
+        .prefixes
+        .iter()
+        .filter_map(|p| layout.child_name(prefix, p))
+        .collect();
+    let mut entries: Vec<(String, Listed)> = page
+        .objects
+        .iter()
+        .filter(|o| !o.key.ends_with('/'))
+        .filter_map(|o| {
+            let name = layout.child_name(prefix, &o.key)?;
+            (!dirs.contains(name)).then(|| {
+                (
+                    name.to_string(),
+                    Listed::File {
+                        size: o.size,
+                        remote: Remote {
+                            etag: o.etag.clone(),
+                            size: o.size,
+                        },
+                        mtime: o.last_modified,
+                    },
+                )
+            })
+        })
+        .collect();
+    entries.extend(dirs.into_iter().map(|d| (d.to_string(), Listed::Dir)));
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
 }
 
 pub struct DirStream {
@@ -37,6 +79,9 @@ pub struct DirStream {
     next_index: u64,
     last_batch: Vec<DirEntry>,
     last_batch_start: u64,
+    /// Attributes from this pass are valid until then (first page time + TTL).
+    until: Instant,
+    pages: u32,
 }
 
 impl DirStream {
@@ -55,6 +100,8 @@ impl DirStream {
             next_index: 0,
             last_batch: Vec::new(),
             last_batch_start: 0,
+            until: Instant::now(),
+            pages: 0,
         }
     }
 
@@ -66,6 +113,7 @@ impl DirStream {
         self.next_index = 0;
         self.last_batch.clear();
         self.last_batch_start = 0;
+        self.pages = 0;
     }
 
     pub async fn entries_from<S: ObjectStore>(
@@ -122,12 +170,21 @@ impl DirStream {
             } else {
                 if self.pending.is_empty() {
                     if self.exhausted {
+                        if self.pages > 0 {
+                            // A whole pass: every child is in the table until `until`.
+                            let mut table = fs.inodes.lock().unwrap();
+                            table.mark_listed(self.ino, self.until, self.pages > 1);
+                        }
                         break;
+                    }
+                    if self.pages == 0 {
+                        self.until = fs.valid_until();
                     }
                     let page = fs
                         .store()
                         .list_page(&self.prefix, true, self.token.take(), None)
                         .await?;
+                    self.pages += 1;
                     self.token = page.next_token.clone();
                     self.exhausted = self.token.is_none();
                     self.take_page(fs, page);
@@ -136,29 +193,7 @@ impl DirStream {
                 let (name, listed) = self.pending.pop_front().expect("not empty");
                 let attr = {
                     let mut table = fs.inodes.lock().unwrap();
-                    let until = fs.valid_until();
-                    let ino = match listed {
-                        Listed::File {
-                            size,
-                            remote,
-                            mtime,
-                        } => table.upsert(
-                            self.ino,
-                            &name,
-                            fs.file_attr(size, mtime),
-                            Some(remote),
-                            until,
-                            false,
-                        ),
-                        Listed::Dir => table.upsert(
-                            self.ino,
-                            &name,
-                            fs.default_dir_attr(SystemTime::now()),
-                            None,
-                            until,
-                            false,
-                        ),
-                    };
+                    let ino = fs.upsert_listed(&mut table, self.ino, &name, &listed, self.until);
                     S3Fs::<S>::current_attr(&table, ino).expect("just upserted")
                 };
                 (name, attr)
@@ -175,45 +210,23 @@ impl DirStream {
         Ok(batch)
     }
 
-    /// Queues a page's entries in name order, skipping the directory's own marker,
-    /// unusable names, names staged locally, and files shadowed by a directory.
+    /// Queues a page's entries, skipping names staged locally, and directories whose
+    /// name the previous page listed as a file.
     fn take_page<S: ObjectStore>(&mut self, fs: &S3Fs<S>, page: ListPage) {
         self.recent_files.swap(0, 1);
         self.recent_files[1].clear();
-        let layout = fs.layout();
-        let dirs: HashSet<&str> = page
-            .prefixes
-            .iter()
-            .filter_map(|p| layout.child_name(&self.prefix, p))
-            .collect();
-        let mut entries: Vec<(String, Listed)> = Vec::new();
-        for o in &page.objects {
-            let Some(name) = layout.child_name(&self.prefix, &o.key) else {
-                continue;
-            };
-            if o.key.ends_with('/') || dirs.contains(name) || self.local_names.contains(name) {
+        for (name, listed) in page_entries(fs.layout(), &self.prefix, &page) {
+            if self.local_names.contains(&name) {
                 continue;
             }
-            self.recent_files[1].insert(name.to_string());
-            entries.push((
-                name.to_string(),
-                Listed::File {
-                    size: o.size,
-                    remote: Remote {
-                        etag: o.etag.clone(),
-                        size: o.size,
-                    },
-                    mtime: o.last_modified,
-                },
-            ));
-        }
-        for name in dirs {
-            if self.local_names.contains(name) || self.recent_files[0].contains(name) {
-                continue;
+            match listed {
+                Listed::Dir if self.recent_files[0].contains(&name) => continue,
+                Listed::File { .. } => {
+                    self.recent_files[1].insert(name.clone());
+                }
+                Listed::Dir => {}
             }
-            entries.push((name.to_string(), Listed::Dir));
+            self.pending.push_back((name, listed));
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        self.pending.extend(entries);
     }
 }

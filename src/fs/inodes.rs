@@ -50,6 +50,12 @@ pub struct Inode {
     stage: Option<Arc<Stage>>,
     /// Unlinked or replaced: no longer reachable by name.
     pub detached: bool,
+    /// Directories: every child is in the table until then (a full listing, or created
+    /// empty here), so a name that is not there does not exist.
+    pub listed_until: Option<Instant>,
+    /// Directories: the last listing needed more than one page, so a lookup miss asks
+    /// S3 about the one name instead of listing the directory again.
+    pub large: bool,
 }
 
 pub struct InodeTable {
@@ -77,6 +83,8 @@ impl InodeTable {
                 open_handles: 0,
                 stage: None,
                 detached: false,
+                listed_until: None,
+                large: false,
             },
         );
         InodeTable {
@@ -172,6 +180,8 @@ impl InodeTable {
                 open_handles: 0,
                 stage: None,
                 detached: false,
+                listed_until: None,
+                large: false,
             },
         );
         self.children.insert((parent, name.to_string()), ino);
@@ -244,6 +254,43 @@ impl InodeTable {
         self.children
             .insert((new_parent, new_name.to_string()), ino);
         *self.kids.entry(new_parent).or_default() += 1;
+    }
+
+    /// Records a complete listing of directory `ino` (or that it was created empty).
+    pub fn mark_listed(&mut self, ino: u64, until: Instant, large: bool) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.listed_until = Some(until);
+            inode.large = large;
+        }
+    }
+
+    /// Is every child of directory `ino` known right now?
+    pub fn listing_fresh(&self, ino: u64) -> bool {
+        self.inodes
+            .get(&ino)
+            .and_then(|i| i.listed_until)
+            .is_some_and(|t| t > Instant::now())
+    }
+
+    /// Drops inodes the kernel never heard of (listed but not looked up) once their
+    /// attributes are stale, so long listings do not accumulate.
+    pub fn sweep(&mut self) {
+        let now = Instant::now();
+        let stale: Vec<u64> = self
+            .inodes
+            .iter()
+            .filter(|(ino, i)| {
+                **ino != ROOT
+                    && i.lookups == 0
+                    && i.open_handles == 0
+                    && i.stage.is_none()
+                    && i.valid_until < now
+            })
+            .map(|(ino, _)| *ino)
+            .collect();
+        for ino in stale {
+            self.remove_if_unused(ino);
+        }
     }
 
     pub fn add_lookup(&mut self, ino: u64) {

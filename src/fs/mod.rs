@@ -21,10 +21,14 @@ use crate::read::{BlockCache, Reader};
 use crate::stage::{RemoteBase, Stage, StageDir};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::upload::Uploader;
-use dir::DirStream;
+use dir::{DirStream, Listed};
 pub use error::{FsError, FsResult};
 pub use inodes::{Attr, Kind, ROOT};
 use inodes::{InodeTable, Remote};
+
+/// A lookup miss lists a directory of up to this many pages (of 1000 names) instead
+/// of asking about the one name: it answers the lookups of all its siblings too.
+const LOOKUP_LIST_PAGES: usize = 2;
 
 /// Settings of the core, validated by the command line.
 #[derive(Clone, Debug)]
@@ -230,26 +234,97 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok(attr)
     }
 
+    /// Records one entry of a listing of `parent` in the table.
+    fn upsert_listed(
+        &self,
+        table: &mut InodeTable,
+        parent: u64,
+        name: &str,
+        listed: &Listed,
+        until: Instant,
+    ) -> u64 {
+        match listed {
+            Listed::File {
+                size,
+                remote,
+                mtime,
+            } => table.upsert(
+                parent,
+                name,
+                self.file_attr(*size, *mtime),
+                Some(remote.clone()),
+                until,
+                false,
+            ),
+            Listed::Dir => table.upsert(
+                parent,
+                name,
+                self.default_dir_attr(now()),
+                None,
+                until,
+                false,
+            ),
+        }
+    }
+
     /// Finds `name` under `parent`: from the table while its attributes are fresh (or
-    /// it is staged here), otherwise from S3 (HEAD of the file key and a one-key LIST of
-    /// the directory prefix, in parallel; a directory wins over a file of the same name).
+    /// it is staged here) or while the parent's listing is complete; otherwise by
+    /// listing a small parent directory in one request (which answers the lookups of
+    /// its siblings too), or for a large one by a HEAD of the file key and a one-key
+    /// LIST of the directory prefix in parallel. A directory wins over a file.
     async fn resolve(&self, parent: u64, name: &str) -> FsResult<Attr> {
-        let path = {
-            let table = self.inodes.lock().unwrap();
+        let (dir, large) = {
+            let mut table = self.inodes.lock().unwrap();
             let dir = self.dir_path(&table, parent)?;
-            if let Some(ino) = table.child(parent, name) {
-                let inode = table.get(ino).expect("indexed");
-                if table.stage(ino).is_some() || inode.valid_until > Instant::now() {
-                    return Ok(Self::current_attr(&table, ino).expect("indexed"));
-                }
+            if let Some(attr) = self.known_child(&mut table, parent, name)? {
+                return Ok(attr);
             }
-            if dir.is_empty() {
-                name.to_string()
-            } else {
-                format!("{dir}/{name}")
-            }
+            (dir, table.get(parent).is_some_and(|p| p.large))
+        };
+        let path = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
         };
         self.layout.check_path(&path, false)?;
+        if !large {
+            let prefix = self.layout.dir_prefix(&dir);
+            let until = self.valid_until();
+            let mut pages = Vec::new();
+            let mut token = None;
+            let complete = loop {
+                let page = self.store.list_page(&prefix, true, token, None).await?;
+                token = page.next_token.clone();
+                pages.push(page);
+                if token.is_none() {
+                    break true;
+                }
+                if pages.len() == LOOKUP_LIST_PAGES {
+                    break false;
+                }
+            };
+            let mut table = self.inodes.lock().unwrap();
+            for page in &pages {
+                for (child, listed) in dir::page_entries(&self.layout, &prefix, page) {
+                    self.upsert_listed(&mut table, parent, &child, &listed, until);
+                }
+            }
+            if complete {
+                table.mark_listed(parent, until, false);
+                if let Some(attr) = self.known_child(&mut table, parent, name)? {
+                    return Ok(attr);
+                }
+                return Err(FsError::NotFound);
+            }
+            table.mark_listed(parent, Instant::now(), true);
+            if let Some(ino) = table.child(parent, name)
+                && table
+                    .get(ino)
+                    .is_some_and(|i| i.valid_until > Instant::now())
+            {
+                return Ok(Self::current_attr(&table, ino).expect("indexed"));
+            }
+        }
         let file_key = self.layout.file_key(&path);
         let dir_prefix = self.layout.dir_prefix(&path);
         let (head, listing) = tokio::join!(
@@ -294,6 +369,32 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// What the table alone can say about `name` under `parent`: its attributes if
+    /// they are fresh or staged here, NotFound if the parent's listing is complete,
+    /// None if S3 must be asked.
+    fn known_child(
+        &self,
+        table: &mut InodeTable,
+        parent: u64,
+        name: &str,
+    ) -> FsResult<Option<Attr>> {
+        let child = table.child(parent, name);
+        if let Some(ino) = child {
+            let inode = table.get(ino).expect("indexed");
+            if table.stage(ino).is_some() || inode.valid_until > Instant::now() {
+                return Ok(Some(Self::current_attr(table, ino).expect("indexed")));
+            }
+        }
+        if table.listing_fresh(parent) {
+            // A complete listing refreshed every child; one it did not is gone.
+            if let Some(ino) = child {
+                table.detach(ino);
+            }
+            return Err(FsError::NotFound);
+        }
+        Ok(None)
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -532,7 +633,8 @@ impl<S: ObjectStore> S3Fs<S> {
         }
     }
 
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    /// The stage a write through `fh` goes to.
+    fn write_target(&self, fh: u64) -> FsResult<(u64, Arc<Stage>)> {
         let handle = self.handle(fh)?;
         let Handle::File(file) = &*handle else {
             return Err(FsError::IsDir);
@@ -540,19 +642,45 @@ impl<S: ObjectStore> S3Fs<S> {
         if !file.writable {
             return Err(FsError::BadHandle);
         }
-        let stage = self.stage_for_write(file.ino, false)?;
+        Ok((file.ino, self.stage_for_write(file.ino, false)?))
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (ino, stage) = self.write_target(fh)?;
         let size = stage.write(&*self.store, offset, data).await?;
+        self.after_write(ino, &stage, size);
+        Ok(data.len() as u32)
+    }
+
+    /// A write that needs no wait (nothing to fetch from S3 first), done in the calling
+    /// thread so the data is not copied once more; None means: call [`S3Fs::write`].
+    /// Must run inside the runtime (it may start part uploads).
+    pub fn try_write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<FsResult<u32>> {
+        let (ino, stage) = match self.write_target(fh) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        let size = match stage.try_write_now(offset, data)? {
+            Ok(size) => size,
+            Err(e) => return Some(Err(e)),
+        };
+        self.after_write(ino, &stage, size);
+        Some(Ok(data.len() as u32))
+    }
+
+    /// Updates size and times, and starts the parts a sequential writer has completed.
+    fn after_write(&self, ino: u64, stage: &Arc<Stage>, size: u64) {
         let key = {
             let mut table = self.inodes.lock().unwrap();
             let t = now();
-            if let Some(inode) = table.get_mut(file.ino) {
+            if let Some(inode) = table.get_mut(ino) {
                 inode.attr.size = size;
                 inode.attr.mtime = t;
                 inode.attr.ctime = t;
             }
             if size >= 2 * self.cfg.part_size && stage.may_stream() {
-                table.path(file.ino).map(|p| {
-                    let attr = Self::current_attr(&table, file.ino).expect("present");
+                table.path(ino).map(|p| {
+                    let attr = Self::current_attr(&table, ino).expect("present");
                     (self.layout.file_key(&p), attr)
                 })
             } else {
@@ -566,9 +694,8 @@ impl<S: ObjectStore> S3Fs<S> {
             headers
                 .user_meta
                 .retain(|(k, _)| k != "mtime" && k != "ctime");
-            self.uploader.stream_parts(&stage, &key, &headers);
+            self.uploader.stream_parts(stage, &key, &headers);
         }
-        Ok(data.len() as u32)
     }
 
     /// close(): uploads what this handle's file has staged, if it changed.
@@ -749,7 +876,9 @@ impl<S: ObjectStore> S3Fs<S> {
             .put(&self.layout.dir_prefix(&path), Bytes::new(), &headers)
             .await?;
         let mut table = self.inodes.lock().unwrap();
-        let ino = table.upsert(parent, name, attr, None, self.valid_until(), true);
+        let until = self.valid_until();
+        let ino = table.upsert(parent, name, attr, None, until, true);
+        table.mark_listed(ino, until, false); // created empty: every child is known
         table.add_lookup(ino);
         Ok(Self::current_attr(&table, ino).expect("present"))
     }
@@ -888,6 +1017,9 @@ impl<S: ObjectStore> S3Fs<S> {
                 table.detach(t.ino);
             }
             table.rename(source.ino, new_parent, new_name);
+            if let Some(inode) = table.get_mut(source.ino) {
+                inode.valid_until = Instant::now() + self.cfg.metadata_ttl;
+            }
         }
         if upload_now {
             self.sync(source.ino).await?;
@@ -1018,6 +1150,11 @@ impl<S: ObjectStore> S3Fs<S> {
 
     pub fn dirty_count(&self) -> usize {
         self.inodes.lock().unwrap().dirty_stages().len()
+    }
+
+    /// Forgets listed entries the kernel never looked up, once stale.
+    pub fn sweep_inodes(&self) {
+        self.inodes.lock().unwrap().sweep();
     }
 
     pub fn inode_count(&self) -> usize {
