@@ -372,11 +372,13 @@ pub fn md5_hex(data: &[u8]) -> String {
     format!("{:x}", Md5::digest(data))
 }
 
-/// A TCP proxy in front of the S3 server that can be switched off: then it refuses
-/// new connections' traffic and cuts the existing ones.
+/// A TCP proxy in front of the S3 server that can be switched off: then it cuts every
+/// open connection at once (socket shutdown, independent of scheduling) and drops new
+/// ones as soon as they are accepted.
 pub struct Proxy {
     pub addr: SocketAddr,
     down: Arc<AtomicBool>,
+    open: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -389,41 +391,45 @@ impl Proxy {
             .unwrap();
         let rt = runtime();
         let down = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(std::sync::Mutex::new(Vec::new()));
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let flag = down.clone();
+        let (flag, conns) = (down.clone(), open.clone());
         rt.spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if flag.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let flag = flag.clone();
+                let Ok(std_in) = inbound.into_std() else {
+                    continue;
+                };
+                let Ok(handle) = std_in.try_clone() else {
+                    continue;
+                };
+                conns.lock().unwrap().push(handle);
+                let Ok(mut inbound) = tokio::net::TcpStream::from_std(std_in) else {
+                    continue;
+                };
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
                     let _ = inbound.set_nodelay(true);
                     let _ = outbound.set_nodelay(true);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = async {
-                            while !flag.load(Ordering::SeqCst) {
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                        } => {}
-                    }
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 });
             }
         });
         Proxy {
             addr,
             down,
+            open,
             _rt: rt,
         }
     }
@@ -434,5 +440,10 @@ impl Proxy {
 
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+        if down {
+            for conn in self.open.lock().unwrap().drain(..) {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 }
