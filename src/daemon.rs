@@ -168,7 +168,7 @@ fn describe(cfg: &MountConfig, err: &StoreError) -> String {
 fn limit_heap_growth() {
     // SAFETY: mallopt only changes allocator tuning parameters.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

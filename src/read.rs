@@ -13,12 +13,17 @@ use lru::LruCache;
 use tokio::sync::watch;
 
 use crate::fs::error::{FsError, FsResult};
-use crate::store::{ETag, ObjectStore, StoreError};
+use crate::store::{ETag, ObjectStore, StoreError, get_bytes};
 
-/// Granularity of caching and of random reads.
-pub const BLOCK: u64 = 256 * 1024;
+/// Granularity of caching and read-ahead; the kernel's sequential reads are this large,
+/// so each is answered from one block without copying.
+pub const BLOCK: u64 = 1024 * 1024;
 /// Largest single ranged GET of a read-ahead.
-const MAX_REQUEST_BLOCKS: u64 = 16;
+const MAX_REQUEST_BLOCKS: u64 = 4;
+/// Random reads fetch their own range, aligned to this.
+const RANDOM_ALIGN: u64 = 64 * 1024;
+/// How far out of order the reads of one sequential run may arrive.
+const SEQUENTIAL_SLACK: u64 = 2 * 1024 * 1024;
 /// First read-ahead window of a sequential reader; it doubles up to the maximum.
 const INITIAL_WINDOW: u64 = 1024 * 1024;
 
@@ -56,7 +61,9 @@ impl BlockCache {
                 in_flight: HashMap::new(),
             }),
             capacity,
-            max_window: ((capacity as u64 / 2) / BLOCK * BLOCK).clamp(BLOCK, 64 * 1024 * 1024),
+            // Blocks a sequential reader has consumed leave the cache at once, so the
+            // cache mostly holds read-ahead: the window may use most of it.
+            max_window: ((capacity as u64 * 3 / 4) / BLOCK * BLOCK).clamp(BLOCK, 64 * 1024 * 1024),
         }
     }
 
@@ -71,6 +78,13 @@ impl BlockCache {
                 Some((_, evicted)) => inner.bytes -= evicted.len(),
                 None => break,
             }
+        }
+    }
+
+    fn remove(&self, key: &BlockKey) {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(b) = inner.blocks.pop(key) {
+            inner.bytes -= b.len();
         }
     }
 
@@ -137,6 +151,10 @@ impl<S: ObjectStore> Reader<S> {
         }
     }
 
+    pub fn etag(&self) -> &ETag {
+        &self.etag
+    }
+
     pub async fn read(&self, offset: u64, len: u32) -> FsResult<Bytes> {
         if offset >= self.size || len == 0 {
             return Ok(Bytes::new());
@@ -144,7 +162,10 @@ impl<S: ObjectStore> Reader<S> {
         let end = (offset + len as u64).min(self.size);
         let first = offset / BLOCK;
         let last = (end - 1) / BLOCK;
-        self.plan_read_ahead(offset, end);
+        let sequential = self.plan_read_ahead(offset, end);
+        if !sequential && !(first..=last).all(|i| self.is_cached(i)) {
+            return self.read_range(offset, end).await;
+        }
         let mut sources = Vec::with_capacity((last - first + 1) as usize);
         for index in first..=last {
             sources.push(self.block(index, last));
@@ -171,19 +192,55 @@ impl<S: ObjectStore> Reader<S> {
                     .extend_from_slice(&piece);
             }
         }
+        // Drop-behind: a sequential reader will not come back to the blocks it has
+        // consumed, and the kernel's page cache keeps them for repeated reads.
+        for index in first..=last {
+            if (index + 1) * BLOCK <= end || end == self.size {
+                self.cache.remove(&self.block_key(index));
+            }
+        }
         Ok(single.unwrap_or_else(|| out.map(BytesMut::freeze).unwrap_or_default()))
     }
 
-    /// Decides whether this read continues a sequential run and, if so, requests the
-    /// blocks of the read-ahead window that are not cached or coming yet.
-    fn plan_read_ahead(&self, offset: u64, end: u64) {
+    /// A random read: just its own range (64 KiB aligned), not cached.
+    async fn read_range(&self, offset: u64, end: u64) -> FsResult<Bytes> {
+        let start = offset / RANDOM_ALIGN * RANDOM_ALIGN;
+        let stop = end
+            .div_ceil(RANDOM_ALIGN)
+            .saturating_mul(RANDOM_ALIGN)
+            .min(self.size);
+        let data = get_bytes(&*self.store, &self.key, start..stop, Some(&self.etag))
+            .await
+            .map_err(|e| match e {
+                StoreError::PreconditionFailed => FsError::Stale,
+                other => FsError::Store(other),
+            })?;
+        let (from, to) = ((offset - start) as usize, (end - start) as usize);
+        if data.len() < to {
+            return Err(FsError::Io(format!("{}: short read from S3", self.key)));
+        }
+        Ok(data.slice(from..to))
+    }
+
+    fn is_cached(&self, index: u64) -> bool {
+        self.cache
+            .inner
+            .lock()
+            .unwrap()
+            .blocks
+            .contains(&self.block_key(index))
+    }
+
+    /// Decides whether this read continues a sequential run (true) and, if so,
+    /// requests the blocks of the read-ahead window that are not cached or coming yet.
+    fn plan_read_ahead(&self, offset: u64, end: u64) -> bool {
         let (from, to) = {
             let mut p = self.pattern.lock().unwrap();
             // Reads of one sequential run may arrive slightly out of order.
             let sequential = offset == p.next_offset
                 || (p.window > 0
-                    && offset + 4 * BLOCK >= p.next_offset
-                    && offset <= p.next_offset + BLOCK);
+                    && offset + SEQUENTIAL_SLACK >= p.next_offset
+                    && offset <= p.next_offset + SEQUENTIAL_SLACK);
             if sequential {
                 p.window = if p.window == 0 {
                     INITIAL_WINDOW
@@ -197,16 +254,16 @@ impl<S: ObjectStore> Reader<S> {
             p.next_offset = p.next_offset.max(end);
             if !sequential {
                 p.next_offset = end;
-                return;
+                return false;
             }
             let first = (end.div_ceil(BLOCK)).max(p.requested_to);
             let last = (end + p.window).min(self.size).div_ceil(BLOCK);
             if first >= last {
-                return;
+                return true;
             }
             // Top up in whole requests only, so GETs stay large.
             if last - first < (p.window / BLOCK / 2).max(1) && last * BLOCK < self.size {
-                return;
+                return true;
             }
             p.requested_to = last;
             (first, last)
@@ -217,6 +274,7 @@ impl<S: ObjectStore> Reader<S> {
             self.fetch_missing(index, index + n);
             index += n;
         }
+        true
     }
 
     /// The block `index`, from the cache, from a GET in flight, or from a new GET that

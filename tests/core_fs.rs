@@ -65,7 +65,7 @@ async fn write_file(fs: &S3Fs<MemoryStore>, parent: u64, name: &str, data: &[u8]
 }
 
 async fn read_all(fs: &S3Fs<MemoryStore>, ino: u64) -> Vec<u8> {
-    let fh = fs.open(ino, OpenMode::default()).await.unwrap();
+    let (fh, _) = fs.open(ino, OpenMode::default()).await.unwrap();
     let mut out = Vec::new();
     loop {
         let chunk = fs.read(fh, out.len() as u64, 128 * 1024).await.unwrap();
@@ -162,7 +162,7 @@ async fn a_changed_object_fails_the_read_instead_of_mixing_versions() {
     let f = fixture("");
     f.store.insert("v", &pattern(2 * MIB, 1));
     let attr = f.fs.lookup(ROOT, OsStr::new("v")).await.unwrap();
-    let fh = f.fs.open(attr.ino, OpenMode::default()).await.unwrap();
+    let (fh, _) = f.fs.open(attr.ino, OpenMode::default()).await.unwrap();
     f.fs.read(fh, 0, 4096).await.unwrap();
     f.store.insert("v", &pattern(2 * MIB, 2));
     let err =
@@ -374,7 +374,7 @@ async fn partial_rewrite_of_an_existing_object_keeps_the_rest() {
     let mut data = pattern(3 * MIB, 9);
     f.store.insert("e", &data);
     let attr = f.fs.lookup(ROOT, OsStr::new("e")).await.unwrap();
-    let fh =
+    let (fh, _) =
         f.fs.open(
             attr.ino,
             OpenMode {
@@ -397,7 +397,7 @@ async fn truncating_open_needs_no_download() {
     f.store.insert("t", &pattern(2 * MIB, 9));
     let attr = f.fs.lookup(ROOT, OsStr::new("t")).await.unwrap();
     let gets = f.store.count(Op::Get);
-    let fh =
+    let (fh, _) =
         f.fs.open(
             attr.ino,
             OpenMode {

@@ -53,6 +53,8 @@ pub struct Inode {
     /// Directories: every child is in the table until then (a full listing, or created
     /// empty here), so a name that is not there does not exist.
     pub listed_until: Option<Instant>,
+    /// Files: the version whose pages the kernel may still cache from the last open.
+    pub page_cache_etag: Option<ETag>,
     /// Directories: the last listing needed more than one page, so a lookup miss asks
     /// S3 about the one name instead of listing the directory again.
     pub large: bool,
@@ -85,6 +87,7 @@ impl InodeTable {
                 detached: false,
                 listed_until: None,
                 large: false,
+                page_cache_etag: None,
             },
         );
         InodeTable {
@@ -182,6 +185,7 @@ impl InodeTable {
                 detached: false,
                 listed_until: None,
                 large: false,
+                page_cache_etag: None,
             },
         );
         self.children.insert((parent, name.to_string()), ino);

@@ -535,7 +535,9 @@ impl<S: ObjectStore> S3Fs<S> {
             .ok_or(FsError::BadHandle)
     }
 
-    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
+    /// Opens a file; returns the handle and whether the kernel may keep the pages it
+    /// cached at an earlier open (the object is the same version, nothing was written).
+    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<(u64, bool)> {
         if mode.write {
             self.check_writable()?;
             if self.closing.load(Ordering::Relaxed) {
@@ -564,13 +566,18 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             _ => None,
         };
-        table.get_mut(ino).expect("present").open_handles += 1;
+        let inode = table.get_mut(ino).expect("present");
+        inode.open_handles += 1;
+        let seen = reader.as_ref().map(|r| r.etag().clone());
+        let keep_cache = seen.is_some() && inode.page_cache_etag == seen;
+        inode.page_cache_etag = seen;
         drop(table);
-        Ok(self.add_handle(Handle::File(FileHandle {
+        let fh = self.add_handle(Handle::File(FileHandle {
             ino,
             writable: mode.write,
             reader,
-        })))
+        }));
+        Ok((fh, keep_cache))
     }
 
     pub async fn create(
