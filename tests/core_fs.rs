@@ -160,15 +160,17 @@ async fn objects_of_other_clients_are_found_and_read() {
 #[tokio::test]
 async fn a_changed_object_fails_the_read_instead_of_mixing_versions() {
     let f = fixture("");
-    f.store.insert("v", &pattern(2 * MIB, 1));
+    let old = pattern(8 * MIB, 1);
+    f.store.insert("v", &old);
     let attr = f.fs.lookup(ROOT, OsStr::new("v")).await.unwrap();
     let (fh, _) = f.fs.open(attr.ino, OpenMode::default()).await.unwrap();
     f.fs.read(fh, 0, 4096).await.unwrap();
-    f.store.insert("v", &pattern(2 * MIB, 2));
-    let err =
-        f.fs.read(fh, MIB as u64 + 512 * 1024, 4096)
-            .await
-            .unwrap_err();
+    f.store.insert("v", &pattern(8 * MIB, 2));
+    // What was fetched before the change is the old version, consistently.
+    let early = f.fs.read(fh, 4096, 4096).await.unwrap();
+    assert_eq!(&early[..], &old[4096..8192]);
+    // Anything fetched after it fails instead of mixing in the new version.
+    let err = f.fs.read(fh, 6 * MIB as u64, 4096).await.unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
 }
 
