@@ -132,7 +132,7 @@ impl<S: ObjectStore> Uploader<S> {
         headers: &ObjectHeaders,
     ) -> FsResult<(ETag, u64, u64)> {
         stage.fill(&*self.store).await?;
-        let snap = stage.snapshot();
+        let snap = stage.snapshot()?;
         if let Some(streaming) = stage.take_streaming() {
             if !streaming.invalid && streaming.key == key && snap.size > streaming.covered {
                 match self.finish_streaming(stage, streaming, snap.size).await {
@@ -147,7 +147,7 @@ impl<S: ObjectStore> Uploader<S> {
         }
         let etag = if snap.size <= self.part_size {
             let body = stage.read_exact_at(0, snap.size as usize)?;
-            self.store.put(key, Bytes::from(body), headers).await?
+            self.store.put(key, body, headers).await?
         } else {
             self.multipart(stage, key, headers, snap.size).await?
         };

@@ -14,6 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 
+mod tail;
+
+use bytes::Bytes;
+use tail::{Direct, Tail};
+
 use crate::fs::error::{FsError, FsResult};
 use crate::store::{ETag, ObjectStore};
 use crate::upload::Streaming;
@@ -65,6 +70,7 @@ impl StageDir {
             .open(&path)?;
         let append_only = base.is_none();
         Ok(Stage {
+            direct: Direct::open(&path),
             path,
             file,
             state: Mutex::new(StageState {
@@ -78,6 +84,7 @@ impl StageDir {
                 append_only,
                 streaming: None,
                 deleted: false,
+                tail: None,
             }),
             fill_lock: tokio::sync::Mutex::new(()),
             upload_lock: tokio::sync::Mutex::new(()),
@@ -111,11 +118,14 @@ struct StageState {
     append_only: bool,
     streaming: Option<Streaming>,
     deleted: bool,
+    /// Appended bytes not on disk yet (large sequential writers only).
+    tail: Option<Tail>,
 }
 
 pub struct Stage {
     path: PathBuf,
     file: File,
+    direct: Direct,
     state: Mutex<StageState>,
     fill_lock: tokio::sync::Mutex<()>,
     /// Serialises uploads of this stage.
@@ -147,8 +157,14 @@ impl Stage {
         self.state.lock().unwrap().uploaded_version == 0
     }
 
-    pub fn pwrite_raw(&self, offset: u64, data: &[u8]) -> FsResult<()> {
-        self.file.write_all_at(data, offset)?;
+    /// Puts the bytes of the append tail on disk.
+    fn settle(&self, s: &mut StageState) -> FsResult<()> {
+        if let Some(tail) = s.tail.take() {
+            if let Err(e) = self.direct.flush(&self.file, &tail) {
+                s.tail = Some(tail);
+                return Err(e.into());
+            }
+        }
         Ok(())
     }
 
@@ -174,8 +190,20 @@ impl Stage {
     }
 
     fn write_filled(&self, offset: u64, data: &[u8]) -> FsResult<u64> {
-        self.file.write_all_at(data, offset)?;
         let end = offset + data.len() as u64;
+        let mut s = self.state.lock().unwrap();
+        let appending = offset == s.size && s.append_only && s.lazy.is_none();
+        if appending && (s.tail.is_some() || self.direct.can_start(s.size)) {
+            let size = s.size;
+            let tail = s.tail.get_or_insert_with(|| Direct::start_tail(size));
+            self.direct.append(&self.file, tail, data)?;
+            s.size = end;
+            s.version += 1;
+            return Ok(end);
+        }
+        self.settle(&mut s)?;
+        drop(s);
+        self.file.write_all_at(data, offset)?;
         let mut s = self.state.lock().unwrap();
         if offset != s.size {
             s.append_only = false;
@@ -198,7 +226,11 @@ impl Stage {
         len: u32,
     ) -> FsResult<Vec<u8>> {
         self.prepare(store, Access::Other).await?;
-        let size = self.size();
+        let size = {
+            let mut s = self.state.lock().unwrap();
+            self.settle(&mut s)?;
+            s.size
+        };
         if offset >= size {
             return Ok(Vec::new());
         }
@@ -225,8 +257,9 @@ impl Stage {
         } else {
             self.prepare(store, Access::Other).await?;
         }
-        self.file.set_len(size)?;
         let mut s = self.state.lock().unwrap();
+        self.settle(&mut s)?;
+        self.file.set_len(size)?;
         if size < s.size {
             s.append_only = size == 0 && s.streaming.is_none() && s.append_only;
             if let Some(st) = &mut s.streaming {
@@ -289,25 +322,25 @@ impl Stage {
     }
 
     /// Reads `len` bytes at `offset` from the staged file, for uploads.
-    pub fn read_exact_at(&self, offset: u64, len: usize) -> FsResult<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        let mut done = 0;
-        while done < len {
-            let n = self.file.read_at(&mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                break; // beyond the end of a sparse tail: zeros
-            }
-            done += n;
-        }
-        Ok(buf)
+    pub fn read_exact_at(&self, offset: u64, len: usize) -> FsResult<Bytes> {
+        // Bytes an upload reads no longer change (an append-only stage, or one whose
+        // changes invalidate the upload), so the tail may be read without the lock.
+        let tail = {
+            let s = self.state.lock().unwrap();
+            s.tail.as_ref().and_then(|t| t.overlap(offset, len))
+        };
+        Ok(self.direct.read(&self.file, offset, len, tail.as_ref())?)
     }
 
-    pub fn snapshot(&self) -> Snapshot {
-        let s = self.state.lock().unwrap();
-        Snapshot {
+    /// The size and version an upload starts from; the tail goes to disk first, so
+    /// the cache dir holds everything a failed upload leaves behind.
+    pub fn snapshot(&self) -> FsResult<Snapshot> {
+        let mut s = self.state.lock().unwrap();
+        self.settle(&mut s)?;
+        Ok(Snapshot {
             size: s.size,
             version: s.version,
-        }
+        })
     }
 
     /// Records that S3 now has the stage as it was at `version`.
@@ -317,6 +350,7 @@ impl Stage {
     }
 
     pub fn fsync(&self) -> FsResult<()> {
+        self.settle(&mut self.state.lock().unwrap())?;
         self.file.sync_data()?;
         Ok(())
     }

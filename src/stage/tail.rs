@@ -1,0 +1,218 @@
+//! Appending to a staged file around the page cache. A large file written front to
+//! back collects its newest bytes in an aligned in-memory tail and writes each full
+//! chunk with O_DIRECT, and its parts are read back the same way: on a disk file
+//! system the buffered copy through the page cache costs more CPU than the upload
+//! itself. Where O_DIRECT is unsupported, everything falls back to buffered I/O.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+
+/// Alignment O_DIRECT needs for offsets, lengths and memory.
+pub const ALIGN: usize = 4096;
+/// Bytes written per direct write.
+pub const CHUNK: usize = 1024 * 1024;
+/// Appends switch to the direct path once the file is this large (small files stay
+/// buffered: a tail buffer per file would cost more memory than it saves CPU).
+pub const DIRECT_FROM: u64 = 2 * CHUNK as u64;
+
+/// A buffer whose usable part starts at an ALIGN boundary in memory.
+pub struct AlignedBuf {
+    storage: Vec<u8>,
+    at: usize,
+    len: usize,
+    cap: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(cap: usize) -> AlignedBuf {
+        let cap = cap.div_ceil(ALIGN) * ALIGN;
+        let storage = vec![0u8; cap + ALIGN];
+        let at = storage.as_ptr().align_offset(ALIGN);
+        AlignedBuf {
+            storage,
+            at,
+            len: 0,
+            cap,
+        }
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.storage[self.at..self.at + self.len]
+    }
+
+    fn room(&mut self) -> &mut [u8] {
+        &mut self.storage[self.at + self.len..self.at + self.cap]
+    }
+
+    /// The whole capacity, for reads into it.
+    fn all_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.at..self.at + self.cap]
+    }
+
+    /// The first `len` bytes as shared bytes, without copying.
+    pub fn into_bytes(self, len: usize) -> Bytes {
+        let at = self.at;
+        Bytes::from(self.storage).slice(at..at + len)
+    }
+}
+
+/// The newest bytes of an append-only stage, not yet on disk: `[start, start + len)`.
+pub struct Tail {
+    start: u64,
+    buf: AlignedBuf,
+}
+
+impl Tail {
+    pub fn end(&self) -> u64 {
+        self.start + self.buf.len as u64
+    }
+
+    /// A copy of the bytes it holds within `[offset, offset + len)`.
+    pub fn overlap(&self, offset: u64, len: usize) -> Option<Overlay> {
+        let (from, to) = (
+            offset.max(self.start),
+            (offset + len as u64).min(self.end()),
+        );
+        (from < to).then(|| Overlay {
+            offset: from,
+            data: self.buf.data()[(from - self.start) as usize..(to - self.start) as usize]
+                .to_vec(),
+        })
+    }
+}
+
+/// Tail bytes to lay over what is read from disk.
+pub struct Overlay {
+    offset: u64,
+    data: Vec<u8>,
+}
+
+/// The O_DIRECT side of a staged file.
+pub struct Direct {
+    file: Option<File>,
+    working: AtomicBool,
+}
+
+impl Direct {
+    pub fn open(path: &Path) -> Direct {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok();
+        Direct {
+            working: AtomicBool::new(file.is_some()),
+            file,
+        }
+    }
+
+    fn file(&self) -> Option<&File> {
+        self.file
+            .as_ref()
+            .filter(|_| self.working.load(Ordering::Relaxed))
+    }
+
+    /// Can an append at `size` start a tail?
+    pub fn can_start(&self, size: u64) -> bool {
+        self.file().is_some() && size >= DIRECT_FROM && size % ALIGN as u64 == 0
+    }
+
+    /// Writes aligned data directly, or through `buffered` if direct I/O fails.
+    fn write(&self, buffered: &File, data: &[u8], offset: u64) -> io::Result<()> {
+        if let Some(file) = self.file() {
+            match file.write_all_at(data, offset) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    log::info!("the cache directory does not take O_DIRECT; using buffered writes");
+                    self.working.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        buffered.write_all_at(data, offset)
+    }
+
+    /// Appends `data` at the end of `tail`, writing out every full chunk.
+    pub fn append(&self, buffered: &File, tail: &mut Tail, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let room = tail.buf.room();
+            let n = room.len().min(data.len());
+            room[..n].copy_from_slice(&data[..n]);
+            tail.buf.len += n;
+            data = &data[n..];
+            if tail.buf.len == tail.buf.cap {
+                self.write(buffered, tail.buf.data(), tail.start)?;
+                tail.start += tail.buf.len as u64;
+                tail.buf.len = 0;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn start_tail(size: u64) -> Tail {
+        Tail {
+            start: size,
+            buf: AlignedBuf::new(CHUNK),
+        }
+    }
+
+    /// Puts what the tail holds on disk (directly if its length allows).
+    pub fn flush(&self, buffered: &File, tail: &Tail) -> io::Result<()> {
+        let data = tail.buf.data();
+        if data.is_empty() {
+            return Ok(());
+        }
+        if data.len() % ALIGN == 0 {
+            self.write(buffered, data, tail.start)
+        } else {
+            buffered.write_all_at(data, tail.start)
+        }
+    }
+
+    /// Reads `len` bytes at `offset` for an upload: directly where aligned, with the
+    /// bytes still in `tail` laid over what the disk has.
+    pub fn read(
+        &self,
+        buffered: &File,
+        offset: u64,
+        len: usize,
+        overlay: Option<&Overlay>,
+    ) -> io::Result<Bytes> {
+        let mut buf = AlignedBuf::new(len.max(1));
+        let mut done = 0;
+        if let (Some(file), 0) = (self.file(), offset % ALIGN as u64) {
+            let target = buf.all_mut();
+            while done < len {
+                match file.read_at(&mut target[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+                    Err(e) => return Err(e),
+                }
+                if done % ALIGN != 0 {
+                    break; // a short read ends at end of file
+                }
+            }
+            done = done.min(len);
+        }
+        let target = buf.all_mut();
+        while done < len {
+            let n = buffered.read_at(&mut target[done..len], offset + done as u64)?;
+            if n == 0 {
+                break; // beyond the end of a sparse file: zeros
+            }
+            done += n;
+        }
+        if let Some(o) = overlay {
+            let at = (o.offset - offset) as usize;
+            target[at..at + o.data.len()].copy_from_slice(&o.data);
+        }
+        Ok(buf.into_bytes(len))
+    }
+}
