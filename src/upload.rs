@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::Semaphore;
@@ -116,9 +115,7 @@ impl<S: ObjectStore> Uploader<S> {
             let body = stage
                 .read_exact_at(offset, len)
                 .map_err(|e| StoreError::Other(format!("reading the staged file: {e}")))?;
-            let etag = store
-                .upload_part(&key, &id, number, Bytes::from(body))
-                .await?;
+            let etag = store.upload_part(&key, &id, number, body).await?;
             Ok(CompletedPart { number, etag })
         })
     }

@@ -159,11 +159,11 @@ impl Stage {
 
     /// Puts the bytes of the append tail on disk.
     fn settle(&self, s: &mut StageState) -> FsResult<()> {
-        if let Some(tail) = s.tail.take() {
-            if let Err(e) = self.direct.flush(&self.file, &tail) {
-                s.tail = Some(tail);
-                return Err(e.into());
-            }
+        if let Some(tail) = s.tail.take()
+            && let Err(e) = self.direct.flush(&self.file, &tail)
+        {
+            s.tail = Some(tail);
+            return Err(e.into());
         }
         Ok(())
     }

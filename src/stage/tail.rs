@@ -120,7 +120,7 @@ impl Direct {
 
     /// Can an append at `size` start a tail?
     pub fn can_start(&self, size: u64) -> bool {
-        self.file().is_some() && size >= DIRECT_FROM && size % ALIGN as u64 == 0
+        self.file().is_some() && size >= DIRECT_FROM && size.is_multiple_of(ALIGN as u64)
     }
 
     /// Writes aligned data directly, or through `buffered` if direct I/O fails.
@@ -168,7 +168,7 @@ impl Direct {
         if data.is_empty() {
             return Ok(());
         }
-        if data.len() % ALIGN == 0 {
+        if data.len().is_multiple_of(ALIGN) {
             self.write(buffered, data, tail.start)
         } else {
             buffered.write_all_at(data, tail.start)
