@@ -55,7 +55,7 @@ pub struct MountArgs {
     /// Local write-back cache directory.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Bound on the in-memory read cache (e.g. 32MiB).
+    /// Bound on the in-memory read cache (default 40MiB; reads in flight add at most as much).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub cache_size: Option<u64>,
     /// Refuse all writes with EROFS.
@@ -270,9 +270,9 @@ impl MountArgs {
                 "invalid value for --upload-concurrency: {upload_concurrency}; use 1 to 64"
             ));
         }
-        let cache_size = self.cache_size.unwrap_or(32 << 20);
-        if cache_size < 1 << 20 {
-            return Err("invalid value for --cache-size: use at least 1MiB".into());
+        let cache_size = self.cache_size.unwrap_or(40 << 20);
+        if cache_size < 4 << 20 {
+            return Err("invalid value for --cache-size: use at least 4MiB".into());
         }
         let ttl = self.metadata_ttl.unwrap_or(1.0);
         if !(0.0..=86_400.0).contains(&ttl) {

@@ -260,7 +260,7 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
     } else {
         SessionACL::Owner
     };
-    fuse_config.n_threads = Some(4);
+    fuse_config.n_threads = Some(2);
     fuse_config.clone_fd = true;
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let mut session = match fuser::Session::new(adapter, &cfg.mountpoint, &fuse_config) {

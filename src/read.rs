@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use lru::LruCache;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::fs::error::{FsError, FsResult};
 use crate::store::{ETag, ObjectStore, StoreError, get_bytes};
@@ -47,6 +47,9 @@ pub struct BlockCache {
     inner: Mutex<CacheInner>,
     capacity: usize,
     max_window: u64,
+    /// Blocks being downloaded, across all readers: at most a cache's worth, so the
+    /// read path holds at most twice the cache size however many files are read.
+    downloads: Arc<Semaphore>,
 }
 
 impl BlockCache {
@@ -64,6 +67,7 @@ impl BlockCache {
             // Blocks a sequential reader has consumed leave the cache at once, so the
             // cache mostly holds read-ahead: the window may use most of it.
             max_window: ((capacity as u64 * 3 / 4) / BLOCK * BLOCK).clamp(BLOCK, 64 * 1024 * 1024),
+            downloads: Arc::new(Semaphore::new(capacity / BLOCK as usize)),
         }
     }
 
@@ -339,7 +343,14 @@ impl<S: ObjectStore> Reader<S> {
             self.etag.clone(),
         );
         tokio::spawn(async move {
+            let permits = cache
+                .downloads
+                .clone()
+                .acquire_many_owned(senders.len() as u32)
+                .await
+                .expect("never closed");
             let result = fetch_blocks(&*store, &cache, &key, &etag, range, start, &senders).await;
+            drop(permits);
             let mut inner = cache.inner.lock().unwrap();
             for (i, tx) in senders.iter().enumerate() {
                 let bk = BlockKey {
