@@ -76,8 +76,10 @@ pub fn mount(cfg: MountConfig) -> ExitCode {
 
 fn init_logging(level: Option<&str>) {
     let filters = match level {
-        Some(l) => format!("warn,s3mount={l}"),
-        None => std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,s3mount=info".into()),
+        Some(l) => format!("warn,fuser=error,s3mount={l}"),
+        None => {
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,fuser=error,s3mount=info".into())
+        }
     };
     let _ = env_logger::Builder::new()
         .parse_filters(&filters)
