@@ -61,6 +61,10 @@ pub struct MountArgs {
     /// Refuse all writes with EROFS.
     #[arg(long)]
     pub read_only: bool,
+    /// close() returns once the data is durable in the cache dir; uploads continue in
+    /// the background (default: close() returns once S3 has the object).
+    #[arg(long)]
+    pub write_back: bool,
     /// Owner of files without stored ownership (default: the mounting user).
     #[arg(long)]
     pub uid: Option<u32>,
@@ -339,6 +343,7 @@ impl MountArgs {
                 upload_concurrency,
                 cache_dir,
                 cache_size: cache_size as usize,
+                write_back: self.write_back,
             },
             bucket,
             mountpoint,

@@ -9,7 +9,6 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fuser::{MountOption, SessionACL};
 
@@ -18,9 +17,6 @@ use crate::fs::S3Fs;
 use crate::fuse::FuseAdapter;
 use crate::store::s3::S3Store;
 use crate::store::{ObjectStore, StoreError};
-
-/// How often uploads that failed at close are tried again.
-const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
 pub fn mount(cfg: MountConfig) -> ExitCode {
     init_logging(cfg.log_level.as_deref());
@@ -243,6 +239,27 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
             return fail(&mut ready, format!("cache directory {dir}: {e}"));
         }
     };
+    let recovery = runtime.block_on(fs.recover());
+    if recovery != Default::default() {
+        log::info!(
+            "recovery: {} file(s) ({} bytes) uploaded from the cache dir, {} unfinished file(s) moved to {}, {} stale multipart upload(s) aborted",
+            recovery.uploaded,
+            recovery.bytes,
+            recovery.orphaned,
+            cfg.fs.cache_dir.join("orphaned").display(),
+            recovery.aborted
+        );
+    }
+    if recovery.failed > 0 {
+        return fail(
+            &mut ready,
+            format!(
+                "{} file(s) saved before the last stop could not be uploaded yet; they stay in {} (mount again when S3 is reachable)",
+                recovery.failed,
+                cfg.fs.cache_dir.join("stage").display()
+            ),
+        );
+    }
     let mut options = vec![
         MountOption::FSName(format!("s3mount:{}/{}", cfg.bucket, cfg.fs.prefix)),
         MountOption::Subtype("s3mount".into()),
@@ -304,14 +321,10 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
             }
         })
         .expect("spawning the signal thread");
-    let retry_fs = fs.clone();
-    runtime.spawn(async move {
-        loop {
-            tokio::time::sleep(RETRY_INTERVAL).await;
-            retry_fs.retry_failed_uploads().await;
-            retry_fs.sweep_inodes();
-        }
-    });
+    {
+        let _in_runtime = runtime.enter();
+        fs.start_background();
+    }
 
     if let Err(e) = session.run() {
         log::error!("FUSE session ended with an error: {e}");

@@ -20,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
+pub mod journal;
 pub mod layout;
 pub mod read;
 pub mod stage;

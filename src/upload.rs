@@ -65,12 +65,19 @@ impl<S: ObjectStore> Uploader<S> {
                 if size < 2 * self.part_size {
                     return; // might still fit in one PUT, or is too young to tell
                 }
-                let (store, key_owned, headers) =
-                    (self.store.clone(), key.to_string(), headers.clone());
-                let id: SharedId =
-                    async move { store.create_multipart(&key_owned, &headers).await }
-                        .boxed()
-                        .shared();
+                let (store, key_owned, headers, owner) = (
+                    self.store.clone(),
+                    key.to_string(),
+                    headers.clone(),
+                    stage.clone(),
+                );
+                let id: SharedId = async move {
+                    let id = store.create_multipart(&key_owned, &headers).await?;
+                    owner.note_upload(&key_owned, Some(&id.0));
+                    Ok(id)
+                }
+                .boxed()
+                .shared();
                 *slot = Some(Streaming {
                     key: key.to_string(),
                     id,
@@ -160,6 +167,7 @@ impl<S: ObjectStore> Uploader<S> {
     ) -> Result<ETag, StoreError> {
         let part_size = self.part_size.max(size.div_ceil(MAX_PARTS));
         let id = self.store.create_multipart(key, headers).await?;
+        stage.note_upload(key, Some(&id.0));
         let shared: SharedId = futures::future::ready(Ok(id.clone())).boxed().shared();
         let mut parts = Vec::new();
         let mut offset = 0;
@@ -177,6 +185,7 @@ impl<S: ObjectStore> Uploader<S> {
         if result.is_err() {
             let _ = self.store.abort_multipart(key, &id).await;
         }
+        stage.note_upload(key, None);
         result
     }
 
@@ -203,6 +212,7 @@ impl<S: ObjectStore> Uploader<S> {
         if result.is_err() {
             let _ = self.store.abort_multipart(&st.key, &id).await;
         }
+        stage.note_upload(&st.key, None);
         result
     }
 

@@ -37,6 +37,7 @@ fn config(prefix: &str, cache: &std::path::Path) -> FsConfig {
         upload_concurrency: 4,
         cache_dir: cache.to_path_buf(),
         cache_size: 16 * MIB,
+        write_back: false,
     }
 }
 
@@ -362,8 +363,11 @@ async fn failed_upload_returns_eio_keeps_the_stage_and_retries() {
     assert!(f.fs.release(fh).await.is_err());
     let staged: Vec<_> = std::fs::read_dir(f.cache.path().join("stage"))
         .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none())
         .collect();
     assert_eq!(staged.len(), 1, "the staged data is kept");
+    assert_eq!(records(f.cache.path()).len(), 1, "and journaled");
     f.fs.retry_failed_uploads().await;
     assert_eq!(f.store.object("doc").unwrap(), &b"precious"[..]);
     assert_eq!(f.fs.dirty_count(), 0);
@@ -428,4 +432,135 @@ async fn read_only_mount_refuses_writes() {
         .await
         .unwrap_err();
     assert_eq!(err.errno(), libc::EROFS);
+}
+
+fn write_back_fixture(store: Arc<MemoryStore>, cache: &std::path::Path) -> Arc<S3Fs<MemoryStore>> {
+    let mut cfg = config("", cache);
+    cfg.write_back = true;
+    Arc::new(S3Fs::new(store, cfg).unwrap())
+}
+
+fn records(cache: &std::path::Path) -> Vec<s3mount::journal::Record> {
+    std::fs::read_dir(cache.join("stage"))
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            (p.extension().is_some_and(|x| x == "rec"))
+                .then(|| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn write_back_close_returns_once_durable_and_uploads_in_the_background() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let fs = write_back_fixture(store.clone(), cache.path());
+    fs.start_background();
+    store.fail_next(Op::Put, 2, StoreError::Throttled("503 SlowDown".into()));
+    let (attr, fh) = fs
+        .create(ROOT, OsStr::new("wb.txt"), 0o600, ME)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"saved").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let recs = records(cache.path());
+    assert_eq!(recs.len(), 1, "close committed a journal record");
+    assert_eq!(recs[0].key, "wb.txt");
+    assert_eq!(recs[0].state, s3mount::journal::State::Committed);
+    // Visible through the mount at once, before S3 has it.
+    assert_eq!(fs.getattr(attr.ino).await.unwrap().size, 5);
+    for _ in 0..100 {
+        if store.object("wb.txt").is_some() && fs.dirty_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.object("wb.txt").unwrap(), &b"saved"[..]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        records(cache.path()).is_empty(),
+        "the record goes once S3 has the file"
+    );
+}
+
+#[tokio::test]
+async fn recovery_uploads_committed_files_and_sets_unfinished_ones_aside() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let big = pattern(12 * MIB, 5);
+    {
+        // A life that ends abruptly: S3 refuses everything, nothing is shut down.
+        let fs = write_back_fixture(store.clone(), cache.path());
+        store.fail_next(Op::Put, 100, StoreError::Transient("down".into()));
+        store.fail_next(
+            Op::CreateMultipart,
+            100,
+            StoreError::Transient("down".into()),
+        );
+        let (_, fh) = fs
+            .create(ROOT, OsStr::new("done.txt"), 0o640, ME)
+            .await
+            .unwrap();
+        fs.write(fh, 0, b"close returned").await.unwrap();
+        fs.flush(fh).await.unwrap();
+        let (_, fh2) = fs
+            .create(ROOT, OsStr::new("half.txt"), 0o644, ME)
+            .await
+            .unwrap();
+        fs.write(fh2, 0, b"never closed").await.unwrap();
+        store.fail_next(Op::CreateMultipart, 0, StoreError::Transient("down".into()));
+        let (_, fh3) = fs
+            .create(ROOT, OsStr::new("big-half"), 0o644, ME)
+            .await
+            .unwrap();
+        for (i, chunk) in big.chunks(MIB).enumerate() {
+            fs.write(fh3, (i * MIB) as u64, chunk).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(store.pending_uploads(), 1, "a streaming upload was started");
+        std::mem::forget(fs); // no release, no shutdown: as after kill -9
+    }
+    store.fail_next(Op::Put, 0, StoreError::Transient("down".into()));
+    let fs = write_back_fixture(store.clone(), cache.path());
+    let report = fs.recover().await;
+    assert_eq!(report.uploaded, 1, "{report:?}");
+    assert_eq!(report.orphaned, 2, "{report:?}");
+    assert_eq!(report.aborted, 1, "{report:?}");
+    assert_eq!(store.object("done.txt").unwrap(), &b"close returned"[..]);
+    let meta = store.user_meta("done.txt").unwrap();
+    assert!(meta.contains(&("mode".into(), (libc::S_IFREG | 0o640).to_string())));
+    assert!(store.object("half.txt").is_none(), "never half a document");
+    assert!(store.object("big-half").is_none());
+    assert_eq!(
+        store.pending_uploads(),
+        0,
+        "the abandoned multipart upload was aborted"
+    );
+    let aside = std::fs::read_dir(cache.path().join("orphaned"))
+        .unwrap()
+        .count();
+    assert_eq!(aside, 2, "unfinished data is kept aside, not deleted");
+    assert!(records(cache.path()).is_empty());
+    // A second recovery finds nothing more to do.
+    assert_eq!(fs.recover().await, Default::default());
+}
+
+#[tokio::test]
+async fn a_failed_upload_is_journaled_so_a_crash_cannot_lose_it() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    {
+        let fs = S3Fs::new(store.clone(), config("", cache.path())).unwrap();
+        store.fail_next(Op::Put, 100, StoreError::Transient("down".into()));
+        let (_, fh) = fs.create(ROOT, OsStr::new("x"), 0o644, ME).await.unwrap();
+        fs.write(fh, 0, b"eio at close").await.unwrap();
+        assert_eq!(fs.flush(fh).await.unwrap_err().errno(), libc::EIO);
+        std::mem::forget(fs);
+    }
+    store.fail_next(Op::Put, 0, StoreError::Transient("down".into()));
+    let fs = S3Fs::new(store.clone(), config("", cache.path())).unwrap();
+    assert_eq!(fs.recover().await.uploaded, 1);
+    assert_eq!(store.object("x").unwrap(), &b"eio at close"[..]);
 }

@@ -355,6 +355,14 @@ impl InodeTable {
             .collect()
     }
 
+    /// Every inode with a stage.
+    pub fn staged(&self) -> Vec<(u64, Arc<Stage>)> {
+        self.staged
+            .iter()
+            .filter_map(|ino| Some((*ino, self.inodes.get(ino)?.stage.clone()?)))
+            .collect()
+    }
+
     /// Every inode with a stage that still has data S3 does not have.
     pub fn dirty_stages(&self) -> Vec<(u64, Arc<Stage>)> {
         self.staged

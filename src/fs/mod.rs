@@ -16,15 +16,23 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::journal;
 use crate::layout::{self, Layout, check_name};
 use crate::read::{BlockCache, Reader};
-use crate::stage::{RemoteBase, Stage, StageDir};
-use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::stage::{RecordAttrs, RemoteBase, Stage, StageDir};
+use crate::store::{ObjectMeta, ObjectStore, StoreError, UploadId};
 use crate::upload::Uploader;
 use dir::{DirStream, Listed};
 pub use error::{FsError, FsResult};
 pub use inodes::{Attr, Kind, ROOT};
 use inodes::{InodeTable, Remote};
+
+/// Files uploaded at once by the write-back queue.
+const BACKGROUND_UPLOADS: usize = 8;
+/// How often uploads that failed at close are tried again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest wait between two tries of a background upload.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A lookup miss lists a directory of up to this many pages (of 1000 names) instead
 /// of asking about the one name: it answers the lookups of all its siblings too.
@@ -45,6 +53,9 @@ pub struct FsConfig {
     pub cache_dir: PathBuf,
     /// Bytes of the in-memory block cache.
     pub cache_size: usize,
+    /// close() returns once the data is durable in the cache dir; uploads run in the
+    /// background.
+    pub write_back: bool,
 }
 
 /// Who asks: the caller's ids, for ownership of new files.
@@ -104,6 +115,23 @@ pub struct S3Fs<S: ObjectStore> {
     uploader: Uploader<S>,
     /// Set when the mount is going away: no new writers.
     closing: AtomicBool,
+    /// Files whose close returned in write-back mode, for the background uploader.
+    pending_tx: tokio::sync::mpsc::UnboundedSender<u64>,
+    pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
+}
+
+/// What recovery found in the cache dir.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Recovery {
+    /// Committed files uploaded now.
+    pub uploaded: usize,
+    pub bytes: u64,
+    /// Committed files that could not be uploaded (they stay).
+    pub failed: usize,
+    /// Files whose close never returned, moved aside to `orphaned/`.
+    pub orphaned: usize,
+    /// Multipart uploads of an earlier run that were aborted.
+    pub aborted: usize,
 }
 
 fn now() -> SystemTime {
@@ -113,14 +141,7 @@ fn now() -> SystemTime {
 impl<S: ObjectStore> S3Fs<S> {
     pub fn new(store: Arc<S>, cfg: FsConfig) -> FsResult<S3Fs<S>> {
         let stages = StageDir::open(&cfg.cache_dir)?;
-        let leftovers = stages.leftovers();
-        if !leftovers.is_empty() {
-            log::warn!(
-                "{} staged file(s) from an earlier run are kept in {} (not uploaded by this version)",
-                leftovers.len(),
-                cfg.cache_dir.join("stage").display()
-            );
-        }
+        let (pending_tx, pending_rx) = tokio::sync::mpsc::unbounded_channel();
         let started = now();
         let root = Attr {
             ino: ROOT,
@@ -144,6 +165,8 @@ impl<S: ObjectStore> S3Fs<S> {
             stages,
             cfg,
             closing: AtomicBool::new(false),
+            pending_tx,
+            pending_rx: Mutex::new(Some(pending_rx)),
         })
     }
 
@@ -705,13 +728,39 @@ impl<S: ObjectStore> S3Fs<S> {
         }
     }
 
-    /// close(): uploads what this handle's file has staged, if it changed.
+    /// close(): uploads what this handle's file has staged, if it changed; with
+    /// write-back, makes it durable in the cache dir and leaves the upload to the
+    /// background.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let handle = self.handle(fh)?;
         match &*handle {
+            Handle::File(file) if file.writable && self.cfg.write_back => {
+                self.commit(file.ino)?;
+                let _ = self.pending_tx.send(file.ino);
+                Ok(())
+            }
             Handle::File(file) if file.writable => self.sync(file.ino).await,
             _ => Ok(()),
         }
+    }
+
+    /// Makes the staged data of `ino` durable and journals it as committed.
+    fn commit(&self, ino: u64) -> FsResult<()> {
+        let (stage, key, attr) = {
+            let table = self.inodes.lock().unwrap();
+            let Some(stage) = table.stage(ino) else {
+                return Ok(());
+            };
+            let Some(path) = table.path(ino) else {
+                return Ok(()); // unlinked: nothing to keep
+            };
+            let attr = Self::current_attr(&table, ino).ok_or(FsError::NotFound)?;
+            (stage, self.layout.file_key(&path), attr)
+        };
+        if !stage.is_dirty() {
+            return Ok(());
+        }
+        stage.commit(&key, record_attrs(&attr))
     }
 
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
@@ -739,8 +788,13 @@ impl<S: ObjectStore> S3Fs<S> {
         };
         let mut result = Ok(());
         if file.writable && last {
-            // flush() normally uploaded already; this catches writes after it (mmap).
-            result = self.sync(ino).await;
+            // flush() normally did it already; this catches writes after it (mmap).
+            if self.cfg.write_back {
+                result = self.commit(ino);
+                let _ = self.pending_tx.send(ino);
+            } else {
+                result = self.sync(ino).await;
+            }
         }
         if last {
             self.drop_clean_stage(ino);
@@ -762,11 +816,13 @@ impl<S: ObjectStore> S3Fs<S> {
             return;
         }
         if stage.is_dirty() {
-            log::warn!(
-                "{}: not in S3 yet; its data stays staged in {}",
-                table.path(ino).unwrap_or_default(),
-                stage.path().display()
-            );
+            if !self.cfg.write_back {
+                log::warn!(
+                    "{}: not in S3 yet; its data stays staged in {}",
+                    table.path(ino).unwrap_or_default(),
+                    stage.path().display()
+                );
+            }
             return;
         }
         table.set_stage(ino, None);
@@ -801,6 +857,7 @@ impl<S: ObjectStore> S3Fs<S> {
         match self.uploader.upload(&stage, &key, &headers).await {
             Ok((etag, size, version)) => {
                 stage.mark_uploaded(version);
+                stage.settle_record(version);
                 self.cache.invalidate(&key);
                 let until = self.valid_until();
                 let mut table = self.inodes.lock().unwrap();
@@ -813,9 +870,13 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             Err(e) => {
                 log::error!(
-                    "upload of {key} failed: {e}; the application gets EIO and the data stays staged in {}",
+                    "upload of {key} failed: {e}; the data stays staged in {} and is retried",
                     stage.path().display()
                 );
+                // Kept for good: journaled, so that a crash before the retry cannot lose it.
+                if let Err(c) = stage.commit(&key, record_attrs(&attr)) {
+                    log::error!("could not journal {key} in the cache dir: {c}");
+                }
                 Err(match e {
                     FsError::NoSpace => FsError::NoSpace,
                     _ => FsError::Io(e.to_string()),
@@ -1028,9 +1089,31 @@ impl<S: ObjectStore> S3Fs<S> {
                 inode.valid_until = Instant::now() + self.cfg.metadata_ttl;
             }
         }
+        self.rekey_journal(&new_path)?;
         if upload_now {
             self.sync(source.ino).await?;
             self.drop_clean_stage(source.ino);
+        }
+        Ok(())
+    }
+
+    /// After a rename to `new_path`: journal records of staged files at or under it
+    /// name their new keys, so a recovery uploads them where they now are.
+    fn rekey_journal(&self, new_path: &str) -> FsResult<()> {
+        let moved: Vec<(String, Arc<Stage>)> = {
+            let table = self.inodes.lock().unwrap();
+            table
+                .staged()
+                .into_iter()
+                .filter_map(|(ino, stage)| {
+                    let path = table.path(ino)?;
+                    let under = path == new_path || path.starts_with(&format!("{new_path}/"));
+                    under.then(|| (self.layout.file_key(&path), stage))
+                })
+                .collect()
+        };
+        for (key, stage) in moved {
+            stage.rekey(&key)?;
         }
         Ok(())
     }
@@ -1168,6 +1251,133 @@ impl<S: ObjectStore> S3Fs<S> {
         self.inodes.lock().unwrap().len()
     }
 
+    /// Starts the background work: the write-back upload queue, retries of failed
+    /// uploads and the sweep of stale inodes. Call once, inside the runtime.
+    pub fn start_background(self: &Arc<Self>) {
+        let mut rx = self
+            .pending_rx
+            .lock()
+            .unwrap()
+            .take()
+            .expect("background work starts once");
+        let fs = self.clone();
+        tokio::spawn(async move {
+            let permits = Arc::new(tokio::sync::Semaphore::new(BACKGROUND_UPLOADS));
+            while let Some(ino) = rx.recv().await {
+                let permit = permits.clone().acquire_owned().await.expect("never closed");
+                let fs = fs.clone();
+                tokio::spawn(async move {
+                    fs.upload_in_background(ino).await;
+                    drop(permit);
+                });
+            }
+        });
+        let fs = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETRY_INTERVAL).await;
+                fs.retry_failed_uploads().await;
+                fs.sweep_inodes();
+            }
+        });
+    }
+
+    /// Uploads a committed file, retrying with backoff until S3 has it or it is gone.
+    async fn upload_in_background(&self, ino: u64) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.sync(ino).await {
+                Ok(()) => {
+                    self.drop_clean_stage(ino);
+                    return;
+                }
+                Err(e) => {
+                    let pending = self
+                        .inodes
+                        .lock()
+                        .unwrap()
+                        .stage(ino)
+                        .is_some_and(|s| s.is_dirty());
+                    if !pending {
+                        return;
+                    }
+                    log::warn!("background upload failed ({e}); next try in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Before serving: uploads every file an earlier run committed (its close or
+    /// fsync returned), aborts the multipart uploads it left, and moves the data of
+    /// files whose close never returned to `orphaned/` in the cache dir.
+    pub async fn recover(&self) -> Recovery {
+        let mut report = Recovery::default();
+        for path in self.stages.leftovers() {
+            let record = journal::read(&path);
+            if let Ok(Some(id)) = record.as_ref().map(|r| r.upload_id.clone()) {
+                let key = &record.as_ref().expect("checked").key;
+                match self.store.abort_multipart(key, &UploadId(id)).await {
+                    Ok(()) => report.aborted += 1,
+                    Err(e) => log::debug!("abort of an earlier upload of {key}: {e}"),
+                }
+            }
+            match record {
+                Ok(r) if r.state == journal::State::Committed => {
+                    match self.recover_committed(&path, &r).await {
+                        Ok(size) => {
+                            log::info!("recovered {} ({size} bytes) from the cache dir", r.key);
+                            report.uploaded += 1;
+                            report.bytes += size;
+                        }
+                        Err(e) => {
+                            log::error!(
+                                "could not upload {} from the cache dir ({e}); it stays in {}",
+                                r.key,
+                                path.display()
+                            );
+                            report.failed += 1;
+                        }
+                    }
+                }
+                _ => {
+                    let aside = self.cfg.cache_dir.join("orphaned");
+                    let moved = std::fs::create_dir_all(&aside).and_then(|()| {
+                        std::fs::rename(&path, aside.join(path.file_name().unwrap_or_default()))
+                    });
+                    match moved {
+                        Ok(()) => report.orphaned += 1,
+                        Err(e) => log::warn!("could not move {} aside: {e}", path.display()),
+                    }
+                    let _ = journal::remove(&path);
+                }
+            }
+        }
+        report
+    }
+
+    async fn recover_committed(
+        &self,
+        path: &std::path::Path,
+        r: &journal::Record,
+    ) -> FsResult<u64> {
+        let stage = Arc::new(self.stages.adopt(path)?);
+        if stage.size() != r.size {
+            log::warn!(
+                "{}: the journal says {} bytes, the cache dir has {}; uploading what is there",
+                r.key,
+                r.size,
+                stage.size()
+            );
+        }
+        let mtime = std::time::UNIX_EPOCH + Duration::from_secs(r.mtime);
+        let headers = layout::file_headers(r.mode, r.uid, r.gid, mtime);
+        let (_, size, _) = self.uploader.upload(&stage, &r.key, &headers).await?;
+        stage.discard();
+        Ok(size)
+    }
+
     /// Retries the uploads of stages nobody has open (their close already got EIO).
     pub async fn retry_failed_uploads(&self) {
         let dirty = self.inodes.lock().unwrap().dirty_stages();
@@ -1193,5 +1403,18 @@ impl<S: ObjectStore> S3Fs<S> {
 
     fn layout(&self) -> &Layout {
         &self.layout
+    }
+}
+
+fn record_attrs(attr: &Attr) -> RecordAttrs {
+    RecordAttrs {
+        mode: attr.perm as u32,
+        uid: attr.uid,
+        gid: attr.gid,
+        mtime: attr
+            .mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     }
 }

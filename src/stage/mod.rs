@@ -20,6 +20,7 @@ use bytes::Bytes;
 use tail::{Direct, Tail};
 
 use crate::fs::error::{FsError, FsResult};
+use crate::journal::{self, Record};
 use crate::store::{ETag, ObjectStore};
 use crate::upload::Streaming;
 
@@ -40,23 +41,38 @@ impl StageDir {
         Ok(StageDir {
             dir,
             next: AtomicU64::new(1),
-            run_id: format!("{}-{}", now.as_secs(), std::process::id()),
+            // Unique per open, also when one process opens the same dir twice.
+            run_id: format!("{:x}-{}", now.as_nanos(), std::process::id()),
         })
     }
 
-    /// Staged files left by an earlier run (not uploaded when it stopped).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Staged data files left by an earlier run (not uploaded when it stopped).
     pub fn leftovers(&self) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
-        entries
+        let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| !journal::is_record(p))
             .filter(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| !n.starts_with(&self.run_id))
             })
-            .collect()
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// A stage over a data file an earlier run left, for recovery.
+    pub fn adopt(&self, path: &Path) -> FsResult<Stage> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Stage::new(path.to_path_buf(), file, None, size))
     }
 
     /// A new, empty stage; `base` is the object it stands for, fetched on demand.
@@ -68,28 +84,17 @@ impl StageDir {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        let append_only = base.is_none();
-        Ok(Stage {
-            direct: Direct::open(&path),
-            path,
-            file,
-            state: Mutex::new(StageState {
-                size: base.as_ref().map_or(0, |b| b.size),
-                version: 1,
-                uploaded_version: if base.is_some() { 1 } else { 0 },
-                lazy: base.map(|b| Lazy {
-                    base: b,
-                    filled_to: 0,
-                }),
-                append_only,
-                streaming: None,
-                deleted: false,
-                tail: None,
-            }),
-            fill_lock: tokio::sync::Mutex::new(()),
-            upload_lock: tokio::sync::Mutex::new(()),
-        })
+        Ok(Stage::new(path, file, base, 0))
     }
+}
+
+/// The attributes a committed record carries to the object.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordAttrs {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u64,
 }
 
 /// The remote object a stage was opened on.
@@ -126,6 +131,8 @@ pub struct Stage {
     path: PathBuf,
     file: File,
     direct: Direct,
+    /// The journal record as last written (None: there is no record file).
+    record: Mutex<Option<Record>>,
     state: Mutex<StageState>,
     fill_lock: tokio::sync::Mutex<()>,
     /// Serialises uploads of this stage.
@@ -139,6 +146,31 @@ pub struct Snapshot {
 }
 
 impl Stage {
+    fn new(path: PathBuf, file: File, base: Option<RemoteBase>, size: u64) -> Stage {
+        let append_only = base.is_none() && size == 0;
+        Stage {
+            direct: Direct::open(&path),
+            record: Mutex::new(None),
+            path,
+            file,
+            state: Mutex::new(StageState {
+                size: base.as_ref().map_or(size, |b| b.size),
+                version: 1,
+                uploaded_version: if base.is_some() { 1 } else { 0 },
+                lazy: base.map(|b| Lazy {
+                    base: b,
+                    filled_to: 0,
+                }),
+                append_only,
+                streaming: None,
+                deleted: false,
+                tail: None,
+            }),
+            fill_lock: tokio::sync::Mutex::new(()),
+            upload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -357,6 +389,7 @@ impl Stage {
 
     /// The file was deleted: nothing of it may be uploaded any more.
     pub fn mark_deleted(&self) -> Option<Streaming> {
+        self.forget_record();
         let mut s = self.state.lock().unwrap();
         s.deleted = true;
         s.streaming.take()
@@ -384,11 +417,98 @@ impl Stage {
 
     /// Removes the staged file; only once S3 has its content or the file is gone.
     pub fn discard(&self) {
+        self.forget_record();
         if let Err(e) = std::fs::remove_file(&self.path)
             && e.kind() != io::ErrorKind::NotFound
         {
             log::warn!("could not remove staged file {}: {e}", self.path.display());
         }
+    }
+
+    /// Makes the current content durable in the cache dir and records that it must
+    /// reach S3 under `key` (the promise of a returned close or fsync).
+    pub fn commit(&self, key: &str, attrs: RecordAttrs) -> FsResult<()> {
+        let (size, version) = {
+            let mut s = self.state.lock().unwrap();
+            self.settle(&mut s)?;
+            (s.size, s.version)
+        };
+        self.file.sync_data()?;
+        let mut record = self.record.lock().unwrap();
+        let upload_id = record.as_ref().and_then(|r| r.upload_id.clone());
+        let new = Record {
+            key: key.to_string(),
+            state: journal::State::Committed,
+            size,
+            version,
+            mode: attrs.mode,
+            uid: attrs.uid,
+            gid: attrs.gid,
+            mtime: attrs.mtime,
+            upload_id,
+        };
+        journal::write(&self.path, &new, true)?;
+        *record = Some(new);
+        Ok(())
+    }
+
+    /// Notes a multipart upload started for this file (so a crash cannot leave it
+    /// behind), or that it ended (`None`).
+    pub fn note_upload(&self, key: &str, upload_id: Option<&str>) {
+        let mut record = self.record.lock().unwrap();
+        let new = match record.clone() {
+            Some(mut r) => {
+                r.upload_id = upload_id.map(str::to_string);
+                r
+            }
+            None if upload_id.is_none() => return,
+            None => Record {
+                key: key.to_string(),
+                state: journal::State::Open,
+                size: 0,
+                version: 0,
+                mode: 0,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                upload_id: upload_id.map(str::to_string),
+            },
+        };
+        let durable = new.state == journal::State::Committed;
+        match journal::write(&self.path, &new, durable) {
+            Ok(()) => *record = Some(new),
+            Err(e) => log::warn!("journal {}: {e}", self.path.display()),
+        }
+    }
+
+    /// The committed record follows a rename.
+    pub fn rekey(&self, key: &str) -> FsResult<()> {
+        let mut record = self.record.lock().unwrap();
+        if let Some(r) = record.as_mut() {
+            r.key = key.to_string();
+            journal::write(&self.path, r, r.state == journal::State::Committed)?;
+        }
+        Ok(())
+    }
+
+    /// S3 has the stage up to `version`: a record promising no more than that goes.
+    pub fn settle_record(&self, version: u64) {
+        let mut record = self.record.lock().unwrap();
+        if record.as_ref().is_some_and(|r| r.version <= version) {
+            if let Err(e) = journal::remove(&self.path) {
+                log::warn!("journal {}: {e}", self.path.display());
+            }
+            *record = None;
+        }
+    }
+
+    /// The file is gone: its record must not bring it back after a crash.
+    pub fn forget_record(&self) {
+        let mut record = self.record.lock().unwrap();
+        if let Err(e) = journal::remove(&self.path) {
+            log::warn!("journal {}: {e}", self.path.display());
+        }
+        *record = None;
     }
 }
 

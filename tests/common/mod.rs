@@ -281,10 +281,13 @@ impl TestMount {
         }
     }
 
-    /// Files still staged (not confirmed by S3) in the cache dir.
+    /// Data files still staged (not confirmed by S3) in the cache dir.
     pub fn staged_files(&self) -> usize {
         std::fs::read_dir(self.cache.join("stage"))
-            .map(|d| d.count())
+            .map(|d| {
+                d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_none()))
+                    .count()
+            })
             .unwrap_or(0)
     }
 
