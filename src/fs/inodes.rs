@@ -371,7 +371,7 @@ impl InodeTable {
                 self.inodes
                     .get(ino)
                     .and_then(|i| i.stage.as_ref())
-                    .filter(|s| s.is_dirty())
+                    .filter(|s| s.is_dirty() && s.broken().is_none())
                     .map(|s| (*ino, s.clone()))
             })
             .collect()

@@ -760,6 +760,9 @@ impl<S: ObjectStore> S3Fs<S> {
         if !stage.is_dirty() {
             return Ok(());
         }
+        if let Some(e) = stage.broken() {
+            return Err(e);
+        }
         stage.commit(&key, record_attrs(&attr))
     }
 
@@ -815,7 +818,7 @@ impl<S: ObjectStore> S3Fs<S> {
         if open {
             return;
         }
-        if stage.is_dirty() {
+        if stage.is_dirty() && stage.broken().is_none() {
             if !self.cfg.write_back {
                 log::warn!(
                     "{}: not in S3 yet; its data stays staged in {}",
@@ -824,6 +827,16 @@ impl<S: ObjectStore> S3Fs<S> {
                 );
             }
             return;
+        }
+        if stage.broken().is_some() {
+            // The failed write is forgotten: the file is what S3 has, if anything.
+            match table.get_mut(ino) {
+                Some(inode) if inode.remote.is_some() => {
+                    inode.attr.size = inode.remote.as_ref().map_or(0, |r| r.size);
+                    inode.valid_until = Instant::now();
+                }
+                _ => table.detach(ino),
+            }
         }
         table.set_stage(ino, None);
         drop(table);
@@ -842,6 +855,11 @@ impl<S: ObjectStore> S3Fs<S> {
         let _upload = stage.upload_lock.lock().await;
         if !stage.is_dirty() {
             return Ok(());
+        }
+        if let Some(e) = stage.broken() {
+            // What the application wrote is not all there: upload nothing (S3 keeps
+            // the previous version) and tell it again.
+            return Err(e);
         }
         let (key, attr) = {
             let table = self.inodes.lock().unwrap();
@@ -1233,6 +1251,15 @@ impl<S: ObjectStore> S3Fs<S> {
         for (ino, _) in dirty {
             if self.sync(ino).await.is_err() {
                 failed += 1;
+            }
+        }
+        // Staged files S3 now has are of no further use (the mount is going away, so
+        // handles still listed will not be used again).
+        let staged = self.inodes.lock().unwrap().staged();
+        for (ino, stage) in staged {
+            if !stage.is_dirty() || stage.broken().is_some() {
+                self.inodes.lock().unwrap().set_stage(ino, None);
+                stage.discard();
             }
         }
         failed

@@ -125,6 +125,9 @@ struct StageState {
     deleted: bool,
     /// Appended bytes not on disk yet (large sequential writers only).
     tail: Option<Tail>,
+    /// A write failed (a full cache disk): the stage no longer holds what the
+    /// application wrote, so it must never be uploaded.
+    broken: Option<FsError>,
 }
 
 pub struct Stage {
@@ -165,6 +168,7 @@ impl Stage {
                 streaming: None,
                 deleted: false,
                 tail: None,
+                broken: None,
             }),
             fill_lock: tokio::sync::Mutex::new(()),
             upload_lock: tokio::sync::Mutex::new(()),
@@ -222,6 +226,24 @@ impl Stage {
     }
 
     fn write_filled(&self, offset: u64, data: &[u8]) -> FsResult<u64> {
+        if let Some(e) = self.broken() {
+            return Err(e);
+        }
+        self.write_unchecked(offset, data).inspect_err(|e| {
+            log::error!(
+                "write to the staged file {} failed: {e}; the file will not be uploaded",
+                self.path.display()
+            );
+            self.state.lock().unwrap().broken = Some(e.clone());
+        })
+    }
+
+    /// Why this stage may not be uploaded, if a write to it failed.
+    pub fn broken(&self) -> Option<FsError> {
+        self.state.lock().unwrap().broken.clone()
+    }
+
+    fn write_unchecked(&self, offset: u64, data: &[u8]) -> FsResult<u64> {
         let end = offset + data.len() as u64;
         let mut s = self.state.lock().unwrap();
         let appending = offset == s.size && s.append_only && s.lazy.is_none();

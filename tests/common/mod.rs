@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
@@ -375,43 +375,67 @@ pub fn md5_hex(data: &[u8]) -> String {
     format!("{:x}", Md5::digest(data))
 }
 
-/// A TCP proxy in front of the S3 server that can be switched off: then it cuts every
-/// open connection at once (socket shutdown, independent of scheduling) and drops new
-/// ones as soon as they are accepted.
+/// What the proxy does to connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    /// Pass traffic through.
+    None = 0,
+    /// Accept, then reset at once (RST).
+    Reset = 1,
+    /// Answer every request with 503 SlowDown and close.
+    SlowDown = 2,
+    /// Pass traffic through with a delay on every chunk.
+    Slow = 3,
+}
+
+/// A TCP proxy in front of the S3 server that injects faults. Switching to a fault cuts
+/// every open connection at once (socket shutdown, independent of scheduling); a
+/// fault then hits a share (`percent`) of the new connections.
 pub struct Proxy {
     pub addr: SocketAddr,
-    down: Arc<AtomicBool>,
+    fault: Arc<std::sync::atomic::AtomicU8>,
+    percent: Arc<std::sync::atomic::AtomicU8>,
     open: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
     _rt: tokio::runtime::Runtime,
 }
 
+const SLOW_DOWN: &[u8] = b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: 92\r\nConnection: close\r\n\r\n<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>";
+
 impl Proxy {
     pub fn start(upstream: &str) -> Proxy {
+        use std::sync::atomic::AtomicU8;
         let upstream: SocketAddr = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .parse()
             .unwrap();
         let rt = runtime();
-        let down = Arc::new(AtomicBool::new(false));
+        let fault = Arc::new(AtomicU8::new(0));
+        let percent = Arc::new(AtomicU8::new(100));
         let open = Arc::new(std::sync::Mutex::new(Vec::new()));
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let (flag, conns) = (down.clone(), open.clone());
+        let (mode, share, conns) = (fault.clone(), percent.clone(), open.clone());
         rt.spawn(async move {
+            let mut n: u64 = 0;
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
-                if flag.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
+                n += 1;
+                let hit = (n * 37 % 100) < share.load(Ordering::SeqCst) as u64;
+                let fault = if hit { mode.load(Ordering::SeqCst) } else { 0 };
                 let Ok(std_in) = inbound.into_std() else {
                     continue;
                 };
+                if fault == Fault::Reset as u8 {
+                    let _ = socket_reset(&std_in);
+                    drop(std_in);
+                    continue;
+                }
                 let Ok(handle) = std_in.try_clone() else {
                     continue;
                 };
@@ -419,19 +443,59 @@ impl Proxy {
                 let Ok(mut inbound) = tokio::net::TcpStream::from_std(std_in) else {
                     continue;
                 };
+                let _ = inbound.set_nodelay(true);
                 tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    if fault == Fault::SlowDown as u8 {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut seen = Vec::new();
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match inbound.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let _ = inbound.write_all(SLOW_DOWN).await;
+                        let _ = inbound.shutdown().await;
+                        return;
+                    }
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
-                    let _ = inbound.set_nodelay(true);
                     let _ = outbound.set_nodelay(true);
+                    if fault == Fault::Slow as u8 {
+                        let (mut ri, mut wi) = inbound.into_split();
+                        let (mut ro, mut wo) = outbound.into_split();
+                        let up = async move {
+                            let mut buf = vec![0u8; 256 * 1024];
+                            while let Ok(n) = ri.read(&mut buf).await {
+                                if n == 0 || wo.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = wo.shutdown().await;
+                        };
+                        let down = async move {
+                            let mut buf = vec![0u8; 64 * 1024];
+                            while let Ok(n) = ro.read(&mut buf).await {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                if n == 0 || wi.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = wi.shutdown().await;
+                        };
+                        tokio::join!(up, down);
+                        return;
+                    }
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 });
             }
         });
         Proxy {
             addr,
-            down,
+            fault,
+            percent,
             open,
             _rt: rt,
         }
@@ -441,12 +505,47 @@ impl Proxy {
         format!("http://{}", self.addr)
     }
 
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-        if down {
+    /// Injects `fault` into `percent`% of the connections from now on.
+    pub fn set_fault(&self, fault: Fault, percent: u8) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+        self.percent.store(percent, Ordering::SeqCst);
+        if fault != Fault::None {
             for conn in self.open.lock().unwrap().drain(..) {
                 let _ = conn.shutdown(std::net::Shutdown::Both);
             }
         }
+    }
+
+    /// All connections fail (reset) or all pass.
+    pub fn set_down(&self, down: bool) {
+        if down {
+            self.set_fault(Fault::Reset, 100);
+        } else {
+            self.set_fault(Fault::None, 100);
+        }
+    }
+}
+
+/// Closes a socket with RST instead of FIN.
+fn socket_reset(stream: &std::net::TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the fd is valid while `stream` lives and `linger` is a valid option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
