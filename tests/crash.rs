@@ -30,9 +30,17 @@ fn no_committed_file_is_lost_when_the_daemon_is_killed() {
     let prefix = unique_prefix("crash");
     let cache_root = tempfile::tempdir().unwrap();
     let cache = cache_root.path().join("cache");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut committed: Vec<(String, Vec<u8>)> = Vec::new();
-    let cycles = 6;
+    // CRASH_CYCLES raises the count for a soak run (scripts/crash-soak.sh).
+    let cycles: usize = std::env::var("CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for cycle in 0..cycles {
         let m = TestMount::with_cache(
             &prefix,
@@ -81,6 +89,10 @@ fn no_committed_file_is_lost_when_the_daemon_is_killed() {
             lost += 1;
         }
     }
+    eprintln!(
+        "crash test: {cycles} kill -9 cycles, {} documents committed, {lost} lost",
+        committed.len()
+    );
     assert_eq!(lost, 0, "{lost} of {} documents lost", committed.len());
     // And through a mount.
     for (name, data) in committed.iter().step_by(7) {
