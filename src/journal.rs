@@ -33,9 +33,40 @@ pub struct Record {
     pub gid: u32,
     /// Seconds since the epoch.
     pub mtime: u64,
+    /// An upload of this file is under way.
+    #[serde(default)]
+    pub uploading: bool,
     /// A multipart upload started for this file, to abort if it is never completed.
     #[serde(default)]
     pub upload_id: Option<String>,
+}
+
+impl Record {
+    /// The record of a file being written, before anything was promised.
+    pub fn open(key: &str) -> Record {
+        Record {
+            key: key.to_string(),
+            state: State::Open,
+            size: 0,
+            version: 0,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            uploading: false,
+            upload_id: None,
+        }
+    }
+}
+
+thread_local! {
+    static INJECTED_FAILURES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Fault injection for tests: the next `n` record writes on this thread fail.
+#[doc(hidden)]
+pub fn fail_next_writes(n: u32) {
+    INJECTED_FAILURES.with(|c| c.set(n));
 }
 
 pub fn record_path(stage: &Path) -> PathBuf {
@@ -48,9 +79,13 @@ pub fn is_record(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "rec" || e == "tmp")
 }
 
-/// Replaces the record of `stage`; `durable` makes it survive a power cut before
-/// returning (needed when the record is a promise: committed).
-pub fn write(stage: &Path, record: &Record, durable: bool) -> io::Result<()> {
+/// Replaces the record of `stage`. A committed record (a promise) is made to survive a
+/// power cut before this returns; an open one need not be.
+pub fn write(stage: &Path, record: &Record) -> io::Result<()> {
+    if INJECTED_FAILURES.with(|n| n.replace(n.get().saturating_sub(1))) > 0 {
+        return Err(io::Error::other("injected journal failure"));
+    }
+    let durable = record.state == State::Committed;
     let path = record_path(stage);
     let mut tmp = path.clone().into_os_string();
     tmp.push(".tmp");
@@ -97,13 +132,14 @@ mod tests {
             uid: 1,
             gid: 2,
             mtime: 3,
+            uploading: false,
             upload_id: None,
         };
-        write(&stage, &rec, false).unwrap();
+        write(&stage, &rec).unwrap();
         assert_eq!(read(&stage).unwrap(), rec);
         rec.state = State::Committed;
         rec.upload_id = Some("u".into());
-        write(&stage, &rec, true).unwrap();
+        write(&stage, &rec).unwrap();
         assert_eq!(read(&stage).unwrap(), rec);
         assert!(is_record(&record_path(&stage)));
         remove(&stage).unwrap();

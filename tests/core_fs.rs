@@ -564,3 +564,79 @@ async fn a_failed_upload_is_journaled_so_a_crash_cannot_lose_it() {
     assert_eq!(fs.recover().await.uploaded, 1);
     assert_eq!(store.object("x").unwrap(), &b"eio at close"[..]);
 }
+
+#[tokio::test]
+async fn a_failed_part_fails_close_aborts_the_upload_and_a_retry_completes_it() {
+    let f = fixture("");
+    let data = pattern(22 * MIB, 4);
+    f.store.fail_after(
+        Op::UploadPart,
+        2,
+        100,
+        StoreError::Transient("HTTP 500".into()),
+    );
+    let (_, fh) =
+        f.fs.create(ROOT, OsStr::new("parts"), 0o644, ME)
+            .await
+            .unwrap();
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        f.fs.write(fh, (i * MIB) as u64, chunk).await.unwrap();
+    }
+    assert_eq!(f.fs.flush(fh).await.unwrap_err().errno(), libc::EIO);
+    assert!(f.store.object("parts").is_none(), "no half object");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.store.pending_uploads(), 0, "failed uploads are aborted");
+    f.store.fail_after(
+        Op::UploadPart,
+        0,
+        0,
+        StoreError::Transient("HTTP 500".into()),
+    );
+    f.fs.flush(fh).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(f.store.object("parts").unwrap(), &data[..]);
+}
+
+#[tokio::test]
+async fn a_failed_complete_leaves_no_object_and_no_upload() {
+    let f = fixture("");
+    let data = pattern(12 * MIB, 6);
+    f.store.fail_next(
+        Op::CompleteMultipart,
+        2,
+        StoreError::Transient("HTTP 503".into()),
+    );
+    let (_, fh) = f.fs.create(ROOT, OsStr::new("c"), 0o644, ME).await.unwrap();
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        f.fs.write(fh, (i * MIB) as u64, chunk).await.unwrap();
+    }
+    assert_eq!(f.fs.flush(fh).await.unwrap_err().errno(), libc::EIO);
+    assert!(f.store.object("c").is_none());
+    assert_eq!(f.store.pending_uploads(), 0);
+    f.fs.flush(fh).await.unwrap();
+    assert_eq!(f.store.object("c").unwrap(), &data[..]);
+    f.fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_journal_write_fails_a_write_back_close() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let fs = write_back_fixture(store.clone(), cache.path());
+    let (_, fh) = fs.create(ROOT, OsStr::new("j"), 0o644, ME).await.unwrap();
+    fs.write(fh, 0, b"data").await.unwrap();
+    s3mount::journal::fail_next_writes(1);
+    let err = fs.flush(fh).await.unwrap_err();
+    assert_eq!(
+        err.errno(),
+        libc::EIO,
+        "close must not claim durability it lacks"
+    );
+    // The next close succeeds and is durable.
+    fs.flush(fh).await.unwrap();
+    assert_eq!(
+        records(cache.path())[0].state,
+        s3mount::journal::State::Committed
+    );
+    fs.release(fh).await.unwrap();
+}

@@ -201,3 +201,38 @@ fn sigterm_finishes_pending_uploads_then_unmounts() {
     }
     assert_eq!(m.staged_files(), 0);
 }
+
+#[test]
+fn a_bucket_that_disappears_gives_errors_not_hangs() {
+    let bucket = Bucket::new();
+    let name = format!(
+        "vanish-{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    bucket.create_bucket(&name);
+    let cache_root = tempfile::tempdir().unwrap();
+    let cache = cache_root.path().join("cache");
+    let m = TestMount::of_bucket(&name, "", &cache, &[], None);
+    std::fs::write(m.path("before.txt"), b"ok").unwrap();
+    bucket.destroy_bucket(&name);
+    std::thread::sleep(Duration::from_millis(1100));
+    let started = std::time::Instant::now();
+    let err = std::fs::read_dir(m.mountpoint())
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    match save(&m.path("after.txt"), b"lost?", || {}) {
+        Saved::Yes => panic!("a save into a deleted bucket cannot succeed"),
+        Saved::Refused | Saved::CloseFailed(_) => {}
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "errors come quickly"
+    );
+    // The daemon still serves and unmounts.
+    assert!(std::fs::metadata(m.mountpoint()).is_ok());
+    drop(m);
+}

@@ -531,6 +531,9 @@ impl<S: ObjectStore> S3Fs<S> {
             })
         };
         let stage = Arc::new(self.stages.create(base)?);
+        if let Some(path) = table.path(ino) {
+            stage.note_open(&self.layout.file_key(&path));
+        }
         table.set_stage(ino, Some(stage.clone()));
         Ok(stage)
     }
@@ -629,6 +632,7 @@ impl<S: ObjectStore> S3Fs<S> {
         attr.perm = (mode & 0o7777) as u16;
         attr.uid = caller.uid;
         attr.gid = caller.gid;
+        stage.note_open(&self.layout.file_key(&path));
         let ino = table.upsert(parent, name, attr, None, self.valid_until(), true);
         if let Some(old) = table.stage(ino) {
             // The kernel believed the name free while it was staged here: replace it.
@@ -872,6 +876,8 @@ impl<S: ObjectStore> S3Fs<S> {
             }
         };
         let headers = layout::file_headers(attr.perm as u32, attr.uid, attr.gid, attr.mtime);
+        // (A success removes the record, a failure rewrites it as committed.)
+        stage.note_uploading(true);
         match self.uploader.upload(&stage, &key, &headers).await {
             Ok((etag, size, version)) => {
                 stage.mark_uploaded(version);

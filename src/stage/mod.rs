@@ -467,11 +467,42 @@ impl Stage {
             uid: attrs.uid,
             gid: attrs.gid,
             mtime: attrs.mtime,
+            uploading: false,
             upload_id,
         };
-        journal::write(&self.path, &new, true)?;
+        journal::write(&self.path, &new)?;
         *record = Some(new);
         Ok(())
+    }
+
+    /// Journals a new staged file as open (nothing promised yet).
+    pub fn note_open(&self, key: &str) {
+        let mut record = self.record.lock().unwrap();
+        if record.is_some() {
+            return;
+        }
+        let new = Record::open(key);
+        match journal::write(&self.path, &new) {
+            Ok(()) => *record = Some(new),
+            Err(e) => log::warn!("journal {}: {e}", self.path.display()),
+        }
+    }
+
+    /// Journals that an upload of this file starts or stopped.
+    pub fn note_uploading(&self, uploading: bool) {
+        self.update_record(|r| r.uploading = uploading);
+    }
+
+    fn update_record(&self, change: impl FnOnce(&mut Record)) {
+        let mut record = self.record.lock().unwrap();
+        let Some(mut new) = record.clone() else {
+            return;
+        };
+        change(&mut new);
+        match journal::write(&self.path, &new) {
+            Ok(()) => *record = Some(new),
+            Err(e) => log::warn!("journal {}: {e}", self.path.display()),
+        }
     }
 
     /// Notes a multipart upload started for this file (so a crash cannot leave it
@@ -485,19 +516,11 @@ impl Stage {
             }
             None if upload_id.is_none() => return,
             None => Record {
-                key: key.to_string(),
-                state: journal::State::Open,
-                size: 0,
-                version: 0,
-                mode: 0,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
                 upload_id: upload_id.map(str::to_string),
+                ..Record::open(key)
             },
         };
-        let durable = new.state == journal::State::Committed;
-        match journal::write(&self.path, &new, durable) {
+        match journal::write(&self.path, &new) {
             Ok(()) => *record = Some(new),
             Err(e) => log::warn!("journal {}: {e}", self.path.display()),
         }
@@ -508,7 +531,7 @@ impl Stage {
         let mut record = self.record.lock().unwrap();
         if let Some(r) = record.as_mut() {
             r.key = key.to_string();
-            journal::write(&self.path, r, r.state == journal::State::Committed)?;
+            journal::write(&self.path, r)?;
         }
         Ok(())
     }

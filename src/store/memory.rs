@@ -45,7 +45,8 @@ type Upload = (String, ObjectHeaders, BTreeMap<u32, Bytes>);
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, Object>>,
     uploads: Mutex<HashMap<String, Upload>>,
-    faults: Mutex<HashMap<Op, (u32, StoreError)>>,
+    /// Per kind of operation: how many to let pass, then how many to fail, and how.
+    faults: Mutex<HashMap<Op, (u32, u32, StoreError)>>,
     counts: Mutex<HashMap<Op, u64>>,
     next_id: AtomicU64,
 }
@@ -65,7 +66,12 @@ impl MemoryStore {
 
     /// The next `times` operations of kind `op` fail with `error`.
     pub fn fail_next(&self, op: Op, times: u32, error: StoreError) {
-        self.faults.lock().unwrap().insert(op, (times, error));
+        self.fail_after(op, 0, times, error);
+    }
+
+    /// After `pass` more operations of kind `op` succeed, the next `times` fail.
+    pub fn fail_after(&self, op: Op, pass: u32, times: u32, error: StoreError) {
+        self.faults.lock().unwrap().insert(op, (pass, times, error));
     }
 
     /// How many operations of kind `op` were attempted.
@@ -119,11 +125,13 @@ impl MemoryStore {
     fn enter(&self, op: Op) -> StoreResult<()> {
         *self.counts.lock().unwrap().entry(op).or_default() += 1;
         let mut faults = self.faults.lock().unwrap();
-        if let Some((times, err)) = faults.get_mut(&op)
-            && *times > 0
-        {
-            *times -= 1;
-            return Err(err.clone());
+        if let Some((pass, times, err)) = faults.get_mut(&op) {
+            if *pass > 0 {
+                *pass -= 1;
+            } else if *times > 0 {
+                *times -= 1;
+                return Err(err.clone());
+            }
         }
         Ok(())
     }

@@ -156,6 +156,46 @@ impl Bucket {
         })
     }
 
+    /// Creates bucket `name` (the test key may create buckets).
+    pub fn create_bucket(&self, name: &str) {
+        self.rt.block_on(async {
+            self.client
+                .create_bucket()
+                .bucket(name)
+                .send()
+                .await
+                .unwrap();
+        })
+    }
+
+    /// Deletes every object of bucket `name`, then the bucket.
+    pub fn destroy_bucket(&self, name: &str) {
+        self.rt.block_on(async {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(name)
+                .send()
+                .await
+                .unwrap();
+            for o in out.contents() {
+                self.client
+                    .delete_object()
+                    .bucket(name)
+                    .key(o.key().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            self.client
+                .delete_bucket()
+                .bucket(name)
+                .send()
+                .await
+                .unwrap();
+        })
+    }
+
     /// Every key under `prefix`, all pages.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         self.rt.block_on(async {
@@ -252,9 +292,20 @@ impl TestMount {
         extra: &[&str],
         endpoint: Option<&str>,
     ) -> TestMount {
+        Self::of_bucket(&S3Env::get().bucket, prefix, cache, extra, endpoint)
+    }
+
+    /// Mounts `prefix` of another bucket.
+    pub fn of_bucket(
+        bucket: &str,
+        prefix: &str,
+        cache: &Path,
+        extra: &[&str],
+        endpoint: Option<&str>,
+    ) -> TestMount {
         let env = S3Env::get();
         let dir = tempfile::tempdir().unwrap();
-        let source = format!("s3://{}/{}", env.bucket, prefix);
+        let source = format!("s3://{bucket}/{prefix}");
         let endpoint = endpoint.map(String::from).unwrap_or(env.endpoint.clone());
         let mut args = vec![
             "mount",
