@@ -141,3 +141,27 @@ fn fstab_form_and_s3_environment_names_mount() {
     assert!(out.status.success());
     wait_daemon_gone(cache.path());
 }
+
+#[test]
+fn two_mounts_cannot_share_a_cache_dir() {
+    let prefix = unique_prefix("lock");
+    let first = TestMount::new(&prefix, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let env = S3Env::get();
+    let out = Command::new(s3mount_bin())
+        .args([
+            "mount",
+            &format!("s3://{}/{prefix}", env.bucket),
+            dir.path().to_str().unwrap(),
+            "--force-path-style",
+            "--cache-dir",
+            first.cache.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another s3mount"), "{err}");
+    assert!(!is_mounted(dir.path()));
+    std::fs::write(first.path("still.txt"), b"served").unwrap();
+}

@@ -8,8 +8,11 @@ use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
 use aws_config::BehaviorVersion;
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::future::ProvideCredentials as CredentialsFuture;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
@@ -56,6 +59,31 @@ impl std::fmt::Debug for StaticCredentials {
     }
 }
 
+/// The standard AWS credential chain (environment, profile files, web identity,
+/// container and instance roles), built afresh whenever the SDK's credential cache asks:
+/// temporary credentials are renewed before they expire, and keys without an expiry are
+/// asked for again every 15 minutes, so keys rotated in the shared credentials file are
+/// picked up without a remount.
+#[derive(Debug)]
+pub struct FreshChain {
+    pub profile: Option<String>,
+}
+
+impl ProvideCredentials for FreshChain {
+    fn provide_credentials<'a>(&'a self) -> CredentialsFuture<'a>
+    where
+        Self: 'a,
+    {
+        CredentialsFuture::new(async move {
+            let mut builder = DefaultCredentialsChain::builder();
+            if let Some(profile) = &self.profile {
+                builder = builder.profile_name(profile);
+            }
+            builder.build().await.provide_credentials().await
+        })
+    }
+}
+
 pub struct S3Store {
     client: Client,
     bucket: String,
@@ -93,6 +121,10 @@ impl S3Store {
                 None,
                 "s3mount-environment",
             ));
+        } else {
+            loader = loader.credentials_provider(FreshChain {
+                profile: settings.profile.clone(),
+            });
         }
         let shared = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&shared)
