@@ -19,7 +19,7 @@ use crate::store::{ETag, ObjectStore, StoreError, get_bytes};
 /// so each is answered from one block without copying.
 pub const BLOCK: u64 = 1024 * 1024;
 /// Largest single ranged GET of a read-ahead.
-const MAX_REQUEST_BLOCKS: u64 = 4;
+const MAX_REQUEST_BLOCKS: u64 = 8;
 /// Random reads fetch their own range, aligned to this.
 const RANDOM_ALIGN: u64 = 64 * 1024;
 /// How far out of order the reads of one sequential run may arrive.
