@@ -104,6 +104,14 @@ async fn client(a: &Args) -> Client {
         .region(
             aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1"),
         )
+        // A server in trouble (Garage's sqlite answering "database is locked") must end
+        // the benchmark with an error, not hang it.
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(std::time::Duration::from_secs(60))
+                .operation_timeout(std::time::Duration::from_secs(300))
+                .build(),
+        )
         .load()
         .await;
     let conf = aws_sdk_s3::config::Builder::from(&shared)
