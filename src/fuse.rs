@@ -476,8 +476,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         );
     }
 
-    // Extended attributes are not stored yet: files have none, and setting one is
-    // refused rather than silently dropped.
+    // Extended attributes are not stored yet. ENOSYS makes the kernel stop asking
+    // (it answers EOPNOTSUPP itself from then on), which spares `ls -l` two requests
+    // per file (ACL and SELinux probes).
     fn getxattr(
         &self,
         _req: &Request,
@@ -486,15 +487,11 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::NO_XATTR);
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn setxattr(

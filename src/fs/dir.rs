@@ -9,9 +9,11 @@ use std::time::SystemTime;
 use std::time::Instant;
 
 use super::inodes::Remote;
-use super::{DirEntry, FsResult, S3Fs};
+use tokio::task::JoinHandle;
+
+use super::{DirEntry, FsError, FsResult, S3Fs};
 use crate::layout::Layout;
-use crate::store::{ListPage, ObjectStore};
+use crate::store::{ListPage, ObjectStore, StoreResult};
 
 /// Entries handed out per call; the kernel takes what fits in its buffer.
 const BATCH: usize = 256;
@@ -82,6 +84,8 @@ pub struct DirStream {
     /// Attributes from this pass are valid until then (first page time + TTL).
     until: Instant,
     pages: u32,
+    /// The next page, already requested.
+    next_page: Option<JoinHandle<StoreResult<ListPage>>>,
 }
 
 impl DirStream {
@@ -102,6 +106,7 @@ impl DirStream {
             last_batch_start: 0,
             until: Instant::now(),
             pages: 0,
+            next_page: None,
         }
     }
 
@@ -114,6 +119,9 @@ impl DirStream {
         self.last_batch.clear();
         self.last_batch_start = 0;
         self.pages = 0;
+        if let Some(prefetch) = self.next_page.take() {
+            prefetch.abort();
+        }
     }
 
     pub async fn entries_from<S: ObjectStore>(
@@ -180,13 +188,26 @@ impl DirStream {
                     if self.pages == 0 {
                         self.until = fs.valid_until();
                     }
-                    let page = fs
-                        .store()
-                        .list_page(&self.prefix, true, self.token.take(), None)
-                        .await?;
+                    let page = match self.next_page.take() {
+                        Some(prefetch) => prefetch
+                            .await
+                            .map_err(|e| FsError::Io(format!("listing task: {e}")))??,
+                        None => {
+                            fs.store()
+                                .list_page(&self.prefix, true, self.token.take(), None)
+                                .await?
+                        }
+                    };
                     self.pages += 1;
                     self.token = page.next_token.clone();
                     self.exhausted = self.token.is_none();
+                    if let Some(token) = self.token.take() {
+                        // Fetch the next page while the kernel takes this one.
+                        let (store, prefix) = (fs.store_arc(), self.prefix.clone());
+                        self.next_page = Some(tokio::spawn(async move {
+                            store.list_page(&prefix, true, Some(token), None).await
+                        }));
+                    }
                     self.take_page(fs, page);
                     continue;
                 }

@@ -1434,6 +1434,10 @@ impl<S: ObjectStore> S3Fs<S> {
         &self.store
     }
 
+    fn store_arc(&self) -> Arc<S> {
+        self.store.clone()
+    }
+
     fn layout(&self) -> &Layout {
         &self.layout
     }
