@@ -455,8 +455,14 @@ impl Stage {
             self.settle(&mut s)?;
             (s.size, s.version)
         };
-        self.file.sync_data()?;
         let mut record = self.record.lock().unwrap();
+        let already = record.as_ref().is_some_and(|r| {
+            r.state == journal::State::Committed && r.version == version && r.key == key
+        });
+        if already {
+            return Ok(()); // this very content is committed already (close, then release)
+        }
+        self.file.sync_data()?;
         let upload_id = record.as_ref().and_then(|r| r.upload_id.clone());
         let new = Record {
             key: key.to_string(),
