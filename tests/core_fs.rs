@@ -640,3 +640,34 @@ async fn a_failed_journal_write_fails_a_write_back_close() {
     );
     fs.release(fh).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_in_one_directory_share_one_listing() {
+    let f = Arc::new(fixture(""));
+    for i in 0..200 {
+        f.store.insert(&format!("d/f{i}"), b"x");
+    }
+    let dir = f.fs.lookup(ROOT, OsStr::new("d")).await.unwrap();
+    let lists = f.store.count(Op::List);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            f.fs.lookup(dir.ino, OsStr::new(&format!("f{i}")))
+                .await
+                .unwrap();
+            f.fs.lookup(dir.ino, OsStr::new(&format!("missing{i}")))
+                .await
+                .unwrap_err();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        f.store.count(Op::List) - lists,
+        1,
+        "one listing answered all 32 lookups"
+    );
+    assert_eq!(f.store.count(Op::Head), 0);
+}

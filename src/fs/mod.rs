@@ -118,6 +118,8 @@ pub struct S3Fs<S: ObjectStore> {
     /// Files whose close returned in write-back mode, for the background uploader.
     pending_tx: tokio::sync::mpsc::UnboundedSender<u64>,
     pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
+    /// Directories being listed for lookups.
+    listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What recovery found in the cache dir.
@@ -167,6 +169,7 @@ impl<S: ObjectStore> S3Fs<S> {
             closing: AtomicBool::new(false),
             pending_tx,
             pending_rx: Mutex::new(Some(pending_rx)),
+            listing_gates: Mutex::new(HashMap::new()),
         })
     }
 
@@ -311,6 +314,16 @@ impl<S: ObjectStore> S3Fs<S> {
         };
         self.layout.check_path(&path, false)?;
         if !large {
+            // One listing per directory at a time: lookups racing into the same
+            // directory wait for it and are answered from it.
+            let gate = self.listing_gate(parent);
+            let _listing = gate.lock().await;
+            {
+                let mut table = self.inodes.lock().unwrap();
+                if let Some(attr) = self.known_child(&mut table, parent, name)? {
+                    return Ok(attr);
+                }
+            }
             let prefix = self.layout.dir_prefix(&dir);
             let until = self.valid_until();
             let mut pages = Vec::new();
@@ -392,6 +405,14 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The lock under which directory `parent` is listed for lookups.
+    fn listing_gate(&self, parent: u64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.listing_gates.lock().unwrap();
+        // Forget gates nobody holds, so the map stays as small as the lookups in flight.
+        gates.retain(|_, g| Arc::strong_count(g) > 1);
+        gates.entry(parent).or_default().clone()
     }
 
     /// What the table alone can say about `name` under `parent`: its attributes if
