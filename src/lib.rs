@@ -4,13 +4,16 @@
 //! ```text
 //!  kernel ─ fuse (adapter) ─ fs::S3Fs (POSIX rules, inode table, handles)
 //!                              ├─ read   (block cache, read-ahead)  ─┐
-//!                              ├─ stage  (write-back cache files)    ├─ store::ObjectStore ─ S3
+//!                              ├─ stage  (write-back cache, journal) ├─ store::ObjectStore ─ S3
 //!                              └─ upload (PUT / multipart)          ─┘
 //! ```
 //!
-//! Write path: create/open stages the file in the cache dir, writes land there, close
-//! (flush) uploads it and returns once S3 acknowledged it; large files written front to
-//! back upload their parts while writing continues.
+//! Write path: create/open stages the file in the cache dir (journaled beside it),
+//! writes land there, close (flush) uploads it and returns once S3 acknowledged it;
+//! large files written front to back upload their parts while writing continues. With
+//! `--write-back`, close makes the stage durable, journals it as committed and leaves
+//! the upload to a background queue; recovery uploads committed stages before a mount
+//! serves.
 //! Read path: ranged GETs with If-Match into a bounded LRU of blocks, with growing
 //! read-ahead windows for sequential readers.
 #![deny(clippy::undocumented_unsafe_blocks)]
