@@ -107,10 +107,6 @@ impl BlockCache {
             }
         }
     }
-
-    pub fn cached_bytes(&self) -> usize {
-        self.inner.lock().unwrap().bytes
-    }
 }
 
 /// Where a block comes from when a read needs it.

@@ -376,14 +376,6 @@ impl InodeTable {
             })
             .collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.inodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inodes.is_empty()
-    }
 }
 
 pub fn far_future() -> Instant {

@@ -173,10 +173,6 @@ impl<S: ObjectStore> S3Fs<S> {
         })
     }
 
-    pub fn config(&self) -> &FsConfig {
-        &self.cfg
-    }
-
     pub fn ttl(&self) -> Duration {
         self.cfg.metadata_ttl
     }
@@ -1299,10 +1295,6 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Forgets listed entries the kernel never looked up, once stale.
     pub fn sweep_inodes(&self) {
         self.inodes.lock().unwrap().sweep();
-    }
-
-    pub fn inode_count(&self) -> usize {
-        self.inodes.lock().unwrap().len()
     }
 
     /// Starts the background work: the write-back upload queue, retries of failed

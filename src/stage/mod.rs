@@ -417,10 +417,6 @@ impl Stage {
         s.streaming.take()
     }
 
-    pub fn is_deleted(&self) -> bool {
-        self.state.lock().unwrap().deleted
-    }
-
     pub fn may_stream(&self) -> bool {
         let s = self.state.lock().unwrap();
         s.append_only && s.lazy.is_none() && !s.deleted
