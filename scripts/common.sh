@@ -3,7 +3,7 @@
 
 # Debian packages the project needs: fusermount3 (fuse3), a C compiler for crates and the
 # TCP_NODELAY shim, curl for health checks, attr/rsync for tests that use getfattr or rsync.
-S3MOUNT_APT_PACKAGES=(fuse3 build-essential pkg-config curl ca-certificates attr rsync util-linux)
+S3MOUNT_APT_PACKAGES=(fuse3 build-essential pkg-config curl ca-certificates attr rsync util-linux procps diffutils)
 
 # apt-get install only what is missing (a second run does not touch apt at all).
 ensure_apt_packages() {
