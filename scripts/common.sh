@@ -2,8 +2,9 @@
 # Sourced by setup.sh, test.sh and bench.sh: package installs and a free local port base.
 
 # Debian packages the project needs: fusermount3 (fuse3), a C compiler for crates and the
-# TCP_NODELAY shim, curl for health checks, attr/rsync for tests that use getfattr or rsync.
-S3MOUNT_APT_PACKAGES=(fuse3 build-essential pkg-config curl ca-certificates attr rsync util-linux procps diffutils)
+# TCP_NODELAY shim, curl for health checks; attr, rsync, git, tar and s3fs (the real s3fs-fuse,
+# for the interop tests) are used by the tests.
+S3MOUNT_APT_PACKAGES=(fuse3 build-essential pkg-config curl ca-certificates attr rsync git tar s3fs util-linux procps diffutils)
 
 # apt-get install only what is missing (a second run does not touch apt at all).
 ensure_apt_packages() {
