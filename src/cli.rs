@@ -91,6 +91,10 @@ pub struct MountArgs {
     /// Seconds attributes and listings are trusted before S3 is asked again (default 1).
     #[arg(long, value_name = "SECS")]
     pub metadata_ttl: Option<f64>,
+    /// Seconds the presigned URL in the `user.s3.url` attribute stays valid
+    /// (1..=604800, default 3600).
+    #[arg(long, value_name = "SECS")]
+    pub url_expiry: Option<u64>,
     /// Allow mounting over a non-empty directory.
     #[arg(long)]
     pub nonempty: bool,
@@ -284,6 +288,12 @@ impl MountArgs {
                 "invalid value for --metadata-ttl: {ttl}; use 0 to 86400 seconds"
             ));
         }
+        let url_expiry = self.url_expiry.unwrap_or(3600);
+        if !(1..=604_800).contains(&url_expiry) {
+            return Err(format!(
+                "invalid value for --url-expiry: {url_expiry}; use 1 to 604800 seconds (7 days)"
+            ));
+        }
         if let Some(level) = &self.log_level
             && level.parse::<log::LevelFilter>().is_err()
         {
@@ -344,6 +354,7 @@ impl MountArgs {
                 cache_dir,
                 cache_size: cache_size as usize,
                 write_back: self.write_back,
+                url_expiry: Duration::from_secs(url_expiry),
             },
             bucket,
             mountpoint,

@@ -28,11 +28,21 @@ impl<S: ObjectStore> FuseAdapter<S> {
     }
 }
 
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
 fn to_fuse_attr(attr: &Attr) -> FileAttr {
-    let (kind, nlink) = match attr.kind {
-        Kind::File => (FileType::RegularFile, 1),
-        Kind::Dir => (FileType::Directory, 2),
-    };
+    let kind = file_type(attr.kind);
+    let nlink = if attr.kind == Kind::Dir { 2 } else { 1 };
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
@@ -46,7 +56,7 @@ fn to_fuse_attr(attr: &Attr) -> FileAttr {
         nlink,
         uid: attr.uid,
         gid: attr.gid,
-        rdev: 0,
+        rdev: attr.rdev,
         blksize: 4096,
         flags: 0,
     }
@@ -397,10 +407,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             match fs.readdir(fh.0, offset).await {
                 Ok(entries) => {
                     for e in entries {
-                        let kind = match e.attr.kind {
-                            Kind::File => FileType::RegularFile,
-                            Kind::Dir => FileType::Directory,
-                        };
+                        let kind = file_type(e.attr.kind);
                         if reply.add(INodeNo(e.attr.ino), e.offset, kind, &e.name) {
                             break;
                         }
@@ -476,43 +483,142 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         );
     }
 
-    // Extended attributes are not stored yet. ENOSYS makes the kernel stop asking
-    // (it answers EOPNOTSUPP itself from then on), which spares `ls -l` two requests
-    // per file (ACL and SELinux probes).
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // Only user.* attributes exist; the kernel's ACL and security probes (two per
+        // file in `ls -l`) are answered here without asking S3.
+        let Some(name) = name.to_str().filter(|n| n.starts_with("user.")) else {
+            reply.error(Errno::NO_XATTR);
+            return;
+        };
+        let (fs, name) = (self.fs.clone(), name.to_string());
+        self.runtime.spawn(async move {
+            match fs.getxattr(ino.0, &name).await {
+                Ok(value) => reply_xattr(reply, size, &value),
+                Err(e) => reply.error(errno("getxattr", &e)),
+            }
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move {
+            match fs.listxattr(ino.0).await {
+                Ok(names) => {
+                    let mut list = Vec::new();
+                    for name in names {
+                        list.extend_from_slice(name.as_bytes());
+                        list.push(0);
+                    }
+                    reply_xattr(reply, size, &list)
+                }
+                Err(e) => reply.error(errno("listxattr", &e)),
+            }
+        });
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOTSUP);
+        let Some(name) = name.to_str() else {
+            reply.error(Errno::ENOTSUP);
+            return;
+        };
+        let (fs, name, value) = (self.fs.clone(), name.to_string(), value.to_vec());
+        self.runtime.spawn(async move {
+            match fs.setxattr(ino.0, &name, &value, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("setxattr", &e)),
+            }
+        });
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::NO_XATTR);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str().filter(|n| n.starts_with("user.")) else {
+            reply.error(Errno::NO_XATTR);
+            return;
+        };
+        let (fs, name) = (self.fs.clone(), name.to_string());
+        self.runtime.spawn(async move {
+            match fs.removexattr(ino.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("removexattr", &e)),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let (fs, name, target, who) = (
+            self.fs.clone(),
+            link_name.to_owned(),
+            target.to_owned(),
+            caller(req),
+        );
+        self.runtime.spawn(async move {
+            match fs.symlink(parent.0, &name, &target, who).await {
+                Ok(attr) => reply.entry(&fs.ttl(), &to_fuse_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno("symlink", &e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move {
+            match fs.readlink(ino.0).await {
+                Ok(target) => reply.data(target.as_bytes()),
+                Err(e) => reply.error(errno("readlink", &e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (fs, name, who) = (self.fs.clone(), name.to_owned(), caller(req));
+        let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
+        self.runtime.spawn(async move {
+            match fs.mknod(parent.0, &name, mode, rdev, who).await {
+                Ok(attr) => reply.entry(&fs.ttl(), &to_fuse_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno("mknod", &e)),
+            }
+        });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         // Permissions are checked by the kernel (default_permissions).
         reply.ok();
+    }
+}
+
+/// Answers a getxattr or listxattr: the size when asked for it (size 0), ERANGE when
+/// the caller's buffer is too small, the bytes otherwise.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
     }
 }

@@ -28,10 +28,18 @@ pub struct Record {
     /// does not discharge it).
     #[serde(default)]
     pub version: u64,
+    /// The object's user metadata (`x-amz-meta-*` without the prefix).
+    #[serde(default)]
+    pub meta: Vec<(String, String)>,
+    /// Attributes as records before `meta` carried them (read, not written).
+    #[serde(default)]
     pub mode: u32,
+    #[serde(default)]
     pub uid: u32,
+    #[serde(default)]
     pub gid: u32,
     /// Seconds since the epoch.
+    #[serde(default)]
     pub mtime: u64,
     /// An upload of this file is under way.
     #[serde(default)]
@@ -49,6 +57,7 @@ impl Record {
             state: State::Open,
             size: 0,
             version: 0,
+            meta: Vec::new(),
             mode: 0,
             uid: 0,
             gid: 0,
@@ -128,6 +137,7 @@ mod tests {
             state: State::Open,
             size: 5,
             version: 2,
+            meta: vec![("mode".into(), "33188".into())],
             mode: 0o644,
             uid: 1,
             gid: 2,

@@ -2,7 +2,10 @@
 //! key length limits, `dir/` markers, and the s3fs-fuse metadata conventions
 //! (`x-amz-meta-mode`, `-uid`, `-gid`, `-mtime`). Pure functions only.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
 
 use crate::fs::error::{FsError, FsResult};
 use crate::store::{ObjectHeaders, ObjectMeta};
@@ -89,23 +92,60 @@ pub fn check_name(name: &std::ffi::OsStr) -> FsResult<&str> {
     Ok(name)
 }
 
-/// POSIX attributes carried in object metadata (s3fs-fuse conventions).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// POSIX attributes carried in object metadata (s3fs-fuse conventions), as far as an
+/// object has them.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StoredAttrs {
     /// Full st_mode (type bits included), as s3fs writes it.
     pub mode: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    pub atime: Option<SystemTime>,
     pub mtime: Option<SystemTime>,
+    pub ctime: Option<SystemTime>,
+    pub rdev: Option<u32>,
+    /// `user.*` (and other) extended attributes from `x-amz-meta-xattr`.
+    pub xattrs: Xattrs,
 }
 
+/// Extended attributes by name, in the order s3fs writes them.
+pub type Xattrs = BTreeMap<String, Vec<u8>>;
+
 pub fn parse_attrs(meta: &ObjectMeta) -> StoredAttrs {
-    let num = |k: &str| meta.meta(k).and_then(|v| v.trim().parse::<u32>().ok());
+    let num = |k: &str| meta.meta(k).and_then(|v| parse_number(v.trim()));
+    let time = |k: &str| meta.meta(k).and_then(parse_time);
+    let mut mode = num("mode");
+    if let Some(m) = mode.as_mut()
+        && *m & libc::S_IFMT == 0
+        && matches!(
+            meta.content_type
+                .as_deref()
+                .map(|c| c.split(';').next().unwrap_or("").trim()),
+            Some("application/x-directory" | "httpd/unix-directory")
+        )
+    {
+        *m |= libc::S_IFDIR;
+    }
     StoredAttrs {
-        mode: num("mode"),
+        mode,
         uid: num("uid"),
         gid: num("gid"),
-        mtime: meta.meta("mtime").and_then(parse_time),
+        atime: time("atime"),
+        mtime: time("mtime"),
+        ctime: time("ctime"),
+        rdev: num("rdev"),
+        xattrs: meta.meta("xattr").map(parse_xattrs).unwrap_or_default(),
+    }
+}
+
+/// A number as s3fs reads it (strtol base 0: decimal, `0x` hex or leading-0 octal).
+fn parse_number(v: &str) -> Option<u32> {
+    if let Some(hex) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16).ok()
+    } else if v.len() > 1 && v.starts_with('0') {
+        u32::from_str_radix(&v[1..], 8).ok()
+    } else {
+        v.parse().ok()
     }
 }
 
@@ -126,40 +166,120 @@ pub fn parse_time(v: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
-fn epoch_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The headers of a regular file with these attributes.
-pub fn file_headers(mode: u32, uid: u32, gid: u32, mtime: SystemTime) -> ObjectHeaders {
-    let mtime = epoch_secs(mtime).to_string();
-    ObjectHeaders {
-        user_meta: vec![
-            ("mode".into(), (libc::S_IFREG | (mode & 0o7777)).to_string()),
-            ("uid".into(), uid.to_string()),
-            ("gid".into(), gid.to_string()),
-            ("mtime".into(), mtime.clone()),
-            ("ctime".into(), mtime),
-        ],
-        content_type: Some("application/octet-stream".into()),
+/// A time as s3fs writes it: whole seconds, or seconds and nine digits of nanoseconds.
+pub fn format_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
     }
 }
 
-/// The headers of a directory marker (`dir/`), as s3fs writes them.
-pub fn dir_headers(mode: u32, uid: u32, gid: u32, mtime: SystemTime) -> ObjectHeaders {
-    let mtime = epoch_secs(mtime).to_string();
-    ObjectHeaders {
-        user_meta: vec![
-            ("mode".into(), (libc::S_IFDIR | (mode & 0o7777)).to_string()),
-            ("uid".into(), uid.to_string()),
-            ("gid".into(), gid.to_string()),
-            ("mtime".into(), mtime.clone()),
-            ("ctime".into(), mtime),
-        ],
-        content_type: Some("application/x-directory".into()),
+/// s3fs's `x-amz-meta-xattr`: URL-encoded `{"name":"base64(value)",...}`.
+pub fn parse_xattrs(header: &str) -> Xattrs {
+    let json = percent_encoding::percent_decode_str(header).decode_utf8_lossy();
+    let mut out = Xattrs::new();
+    let (Some(start), Some(end)) = (json.find('{'), json.rfind('}')) else {
+        return out;
+    };
+    if end <= start {
+        return out;
     }
+    for pair in json[start + 1..end].split(',') {
+        // Names may contain ':'; base64 values cannot.
+        let Some((name, value)) = pair.rsplit_once(':') else {
+            continue;
+        };
+        let unquote = |s: &str| s.trim().trim_matches('"').to_string();
+        let (name, value) = (unquote(name), unquote(value));
+        if name.is_empty() {
+            continue;
+        }
+        if let Ok(v) = base64::engine::general_purpose::STANDARD.decode(value.as_bytes()) {
+            out.insert(name, v);
+        }
+    }
+    out
+}
+
+pub fn format_xattrs(xattrs: &Xattrs) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b'/');
+    let body: Vec<String> = xattrs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "\"{k}\":\"{}\"",
+                base64::engine::general_purpose::STANDARD.encode(v)
+            )
+        })
+        .collect();
+    let json = format!("{{{}}}", body.join(","));
+    percent_encoding::utf8_percent_encode(&json, KEEP).to_string()
+}
+
+/// Everything the metadata of one object says about its inode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PosixMeta {
+    /// Full st_mode, type bits included.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub rdev: u32,
+    pub xattrs: Xattrs,
+}
+
+/// The headers of an object with these attributes, as s3fs writes them. Without
+/// `times`, the times are left to the object's Last-Modified (an upload started before
+/// the file is complete cannot know its final mtime).
+pub fn object_headers(meta: &PosixMeta, times: bool) -> ObjectHeaders {
+    let mut user_meta = vec![
+        ("mode".to_string(), meta.mode.to_string()),
+        ("uid".to_string(), meta.uid.to_string()),
+        ("gid".to_string(), meta.gid.to_string()),
+    ];
+    if times {
+        user_meta.push(("atime".into(), format_time(meta.atime)));
+        user_meta.push(("mtime".into(), format_time(meta.mtime)));
+        user_meta.push(("ctime".into(), format_time(meta.ctime)));
+    }
+    let kind = meta.mode & libc::S_IFMT;
+    if (kind == libc::S_IFCHR || kind == libc::S_IFBLK) && meta.rdev != 0 {
+        user_meta.push(("rdev".into(), meta.rdev.to_string()));
+    }
+    if !meta.xattrs.is_empty() {
+        user_meta.push(("xattr".into(), format_xattrs(&meta.xattrs)));
+    }
+    user_meta.sort();
+    let content_type = if kind == libc::S_IFDIR {
+        "application/x-directory"
+    } else {
+        "application/octet-stream"
+    };
+    ObjectHeaders {
+        user_meta,
+        content_type: Some(content_type.into()),
+    }
+}
+
+/// Bytes of user metadata S3 accepts on one object (keys and values, `x-amz-meta-` not
+/// counted).
+pub const MAX_USER_META: usize = 2048;
+
+pub fn user_meta_len(headers: &ObjectHeaders) -> usize {
+    headers
+        .user_meta
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum()
 }
 
 #[cfg(test)]
@@ -215,5 +335,32 @@ mod tests {
             Some(UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000))
         );
         assert_eq!(parse_time("x"), None);
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        assert_eq!(format_time(t), "1700000000.000000005");
+        assert_eq!(parse_time(&format_time(t)), Some(t));
+    }
+
+    #[test]
+    fn xattrs_use_the_s3fs_format() {
+        let mut x = Xattrs::new();
+        x.insert("user.foo".into(), b"bar".to_vec());
+        x.insert("user.a:b".into(), vec![0, 255]);
+        let header = format_xattrs(&x);
+        assert_eq!(
+            percent_encoding::percent_decode_str(&header).decode_utf8_lossy(),
+            r#"{"user.a:b":"AP8=","user.foo":"YmFy"}"#
+        );
+        assert_eq!(parse_xattrs(&header), x);
+        assert_eq!(parse_xattrs(r#"{"foo":"YmFy"}"#)["foo"], b"bar");
+        assert!(parse_xattrs("{}").is_empty());
+        assert!(parse_xattrs("garbage").is_empty());
+    }
+
+    #[test]
+    fn numbers_parse_like_strtol() {
+        assert_eq!(parse_number("33188"), Some(33188));
+        assert_eq!(parse_number("0755"), Some(0o755));
+        assert_eq!(parse_number("0x1ff"), Some(0x1ff));
+        assert_eq!(parse_number("0"), Some(0));
     }
 }

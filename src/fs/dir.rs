@@ -226,6 +226,7 @@ impl DirStream {
                 offset: self.next_index,
             });
         }
+        fs.complete_meta(&mut batch).await?;
         self.last_batch = batch.clone();
         self.last_batch_start = start;
         Ok(batch)

@@ -30,6 +30,10 @@ pub enum FsError {
     NoSpace,
     #[error("the object changed while it was open")]
     Stale,
+    #[error("the object's metadata would exceed what S3 stores (2 KiB)")]
+    TooBig,
+    #[error("no such extended attribute")]
+    NoXattr,
     #[error("local I/O error: {0}")]
     Io(String),
     #[error("S3: {0}")]
@@ -53,6 +57,8 @@ impl FsError {
             FsError::Unsupported(_) => libc::ENOTSUP,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::NoSpace => libc::ENOSPC,
+            FsError::TooBig => libc::E2BIG,
+            FsError::NoXattr => libc::ENODATA,
             FsError::Stale | FsError::Io(_) => libc::EIO,
             FsError::Store(StoreError::NotFound) => libc::ENOENT,
             FsError::Store(StoreError::AccessDenied(_)) => libc::EACCES,
@@ -71,6 +77,7 @@ impl FsError {
                 | FsError::NameTooLong
                 | FsError::NotDir
                 | FsError::IsDir
+                | FsError::NoXattr
         )
     }
 }

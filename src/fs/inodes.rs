@@ -15,6 +15,38 @@ pub const ROOT: u64 = 1;
 pub enum Kind {
     File,
     Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl Kind {
+    /// The kind of an st_mode; objects without type bits are regular files.
+    pub fn from_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDevice,
+            libc::S_IFBLK => Kind::BlockDevice,
+            _ => Kind::File,
+        }
+    }
+
+    pub fn type_bits(self) -> u32 {
+        match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::Socket => libc::S_IFSOCK,
+            Kind::CharDevice => libc::S_IFCHR,
+            Kind::BlockDevice => libc::S_IFBLK,
+        }
+    }
 }
 
 /// Attributes as the core reports them (the adapter converts them for the kernel).
@@ -29,6 +61,24 @@ pub struct Attr {
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
+    /// Device number of character and block devices.
+    pub rdev: u32,
+}
+
+impl Attr {
+    /// st_mode with the type bits.
+    pub fn mode(&self) -> u32 {
+        self.kind.type_bits() | u32::from(self.perm)
+    }
+}
+
+/// What only the object's metadata (or its body) tells, beyond [`Attr`]: known once the
+/// object was HEAD (or created here), not from a listing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extras {
+    pub xattrs: crate::layout::Xattrs,
+    /// A symlink's target, once read.
+    pub link: Option<String>,
 }
 
 /// The object in S3 that a file inode stands for.
@@ -43,6 +93,10 @@ pub struct Inode {
     pub name: String,
     pub attr: Attr,
     pub remote: Option<Remote>,
+    /// The object's metadata was read (or written here): `attr` and `extras` are whole.
+    /// Entries known from a listing only have defaults until a HEAD.
+    pub meta_known: bool,
+    pub extras: Extras,
     /// Until when `attr` may be served without asking S3.
     pub valid_until: Instant,
     pub lookups: u64,
@@ -80,6 +134,8 @@ impl InodeTable {
                 name: String::new(),
                 attr: Attr { ino: ROOT, ..root },
                 remote: None,
+                meta_known: true,
+                extras: Extras::default(),
                 valid_until: far_future(),
                 lookups: 1,
                 open_handles: 0,
@@ -137,10 +193,12 @@ impl InodeTable {
         })
     }
 
-    /// Records that `name` under `parent` has attributes `attr`: `authoritative` ones
-    /// (from HEAD or a local change) replace what is known, a listing's only when the
-    /// object changed. An existing inode of the same kind keeps its number; one of
-    /// another kind is detached and replaced. Returns the inode number.
+    /// Records that `name` under `parent` has attributes `attr`: authoritative ones
+    /// (with `extras`, from HEAD or a local change) replace what is known, a listing's
+    /// only when the object changed. An existing inode keeps its number if the kind
+    /// agrees (a listing cannot tell files from symlinks, so it never changes a known
+    /// non-directory kind); one of another kind is detached and replaced. Returns the
+    /// inode number.
     pub fn upsert(
         &mut self,
         parent: u64,
@@ -148,20 +206,24 @@ impl InodeTable {
         mut attr: Attr,
         remote: Option<Remote>,
         valid_until: Instant,
-        authoritative: bool,
+        extras: Option<Extras>,
     ) -> u64 {
         if let Some(ino) = self.child(parent, name) {
             let inode = self
                 .inodes
                 .get_mut(&ino)
                 .expect("child index is consistent");
-            if inode.attr.kind == attr.kind {
+            let same_kind = inode.attr.kind == attr.kind
+                || (extras.is_none() && inode.attr.kind != Kind::Dir && attr.kind != Kind::Dir);
+            if same_kind {
                 // A listing knows less than HEAD: it keeps what HEAD said of the same object.
                 let same_object = inode.remote == remote;
-                if inode.stage.is_none() && (authoritative || !same_object) {
+                if inode.stage.is_none() && (extras.is_some() || !same_object) {
                     attr.ino = ino;
                     inode.attr = attr;
                     inode.remote = remote;
+                    inode.meta_known = extras.is_some();
+                    inode.extras = extras.unwrap_or_default();
                 }
                 inode.valid_until = valid_until;
                 return ino;
@@ -178,6 +240,8 @@ impl InodeTable {
                 name: name.to_string(),
                 attr,
                 remote,
+                meta_known: extras.is_some(),
+                extras: extras.unwrap_or_default(),
                 valid_until,
                 lookups: 0,
                 open_handles: 0,

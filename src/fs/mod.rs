@@ -20,11 +20,11 @@ use crate::journal;
 use crate::layout::{self, Layout, check_name};
 use crate::read::{BlockCache, Reader};
 use crate::stage::{RecordAttrs, RemoteBase, Stage, StageDir};
-use crate::store::{ObjectMeta, ObjectStore, StoreError, UploadId};
+use crate::store::{ObjectHeaders, ObjectMeta, ObjectStore, StoreError, UploadId};
 use crate::upload::Uploader;
 use dir::{DirStream, Listed};
 pub use error::{FsError, FsResult};
-pub use inodes::{Attr, Kind, ROOT};
+pub use inodes::{Attr, Extras, Kind, ROOT};
 use inodes::{InodeTable, Remote};
 
 /// Files uploaded at once by the write-back queue.
@@ -37,6 +37,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A lookup miss lists a directory of up to this many pages (of 1000 names) instead
 /// of asking about the one name: it answers the lookups of all its siblings too.
 const LOOKUP_LIST_PAGES: usize = 2;
+
+/// The read-only virtual extended attributes of every file.
+const XATTR_VIRTUAL: &str = "user.s3.";
+const XATTR_KEY: &str = "user.s3.key";
+const XATTR_ETAG: &str = "user.s3.etag";
+const XATTR_URL: &str = "user.s3.url";
+
+/// HEADs in flight to complete the attributes of one batch of directory entries.
+const META_FETCHES: usize = 32;
 
 /// Settings of the core, validated by the command line.
 #[derive(Clone, Debug)]
@@ -56,6 +65,8 @@ pub struct FsConfig {
     /// close() returns once the data is durable in the cache dir; uploads run in the
     /// background.
     pub write_back: bool,
+    /// How long the URL of `user.s3.url` is valid.
+    pub url_expiry: Duration,
 }
 
 /// Who asks: the caller's ids, for ownership of new files.
@@ -155,6 +166,7 @@ impl<S: ObjectStore> S3Fs<S> {
             perm: cfg.dir_mode,
             uid: cfg.uid,
             gid: cfg.gid,
+            rdev: 0,
         };
         Ok(S3Fs {
             layout: Layout::new(&cfg.prefix),
@@ -192,6 +204,7 @@ impl<S: ObjectStore> S3Fs<S> {
             perm: self.cfg.dir_mode,
             uid: self.cfg.uid,
             gid: self.cfg.gid,
+            rdev: 0,
         }
     }
 
@@ -206,20 +219,73 @@ impl<S: ObjectStore> S3Fs<S> {
             perm: self.cfg.file_mode,
             uid: self.cfg.uid,
             gid: self.cfg.gid,
+            rdev: 0,
         }
     }
 
-    /// Attributes of an object from HEAD: s3fs metadata where present, defaults otherwise.
-    fn attr_from_head(&self, meta: &ObjectMeta) -> Attr {
+    /// Attributes of an object from HEAD: s3fs metadata where present, defaults
+    /// otherwise. `dir` for a directory marker (whatever its mode says).
+    fn attr_from_head(&self, meta: &ObjectMeta, dir: bool) -> (Attr, Extras) {
         let stored = layout::parse_attrs(meta);
         let mtime = stored.mtime.unwrap_or(meta.last_modified);
-        let mut attr = self.file_attr(meta.size, mtime);
+        let mut attr = if dir {
+            self.default_dir_attr(mtime)
+        } else {
+            self.file_attr(meta.size, mtime)
+        };
         if let Some(mode) = stored.mode {
             attr.perm = (mode & 0o7777) as u16;
+            if !dir {
+                attr.kind = match Kind::from_mode(mode) {
+                    Kind::Dir => Kind::File, // a key without `/` holds bytes: a file
+                    kind => kind,
+                };
+            }
         }
         attr.uid = stored.uid.unwrap_or(attr.uid);
         attr.gid = stored.gid.unwrap_or(attr.gid);
-        attr
+        attr.ctime = stored.ctime.unwrap_or(mtime);
+        attr.atime = stored.atime.unwrap_or(mtime);
+        attr.rdev = stored.rdev.unwrap_or(0);
+        (
+            attr,
+            Extras {
+                xattrs: stored.xattrs,
+                link: None,
+            },
+        )
+    }
+
+    /// A directory's entries changed at `t`: its mtime and ctime say so (in memory; the
+    /// marker is not rewritten for every entry, as s3fs would).
+    fn touch_dir(table: &mut InodeTable, dir: u64, t: SystemTime) {
+        if let Some(inode) = table.get_mut(dir) {
+            inode.attr.mtime = t;
+            inode.attr.ctime = t;
+        }
+    }
+
+    /// The metadata headers of the object of `ino` as the table knows it now.
+    fn headers_for(table: &InodeTable, ino: u64, times: bool) -> Option<ObjectHeaders> {
+        let attr = Self::current_attr(table, ino)?;
+        Some(Self::headers_of(&attr, &table.get(ino)?.extras, times))
+    }
+
+    /// The metadata headers of an object with these attributes.
+    fn headers_of(attr: &Attr, extras: &Extras, times: bool) -> ObjectHeaders {
+        layout::object_headers(
+            &layout::PosixMeta {
+                mode: attr.mode(),
+                uid: attr.uid,
+                gid: attr.gid,
+                atime: attr.atime,
+                mtime: attr.mtime,
+                ctime: attr.ctime,
+                rdev: attr.rdev,
+                xattrs: extras.xattrs.clone(),
+            },
+            times,
+        )
     }
 
     /// The current attributes of an inode; a staged file reports its stage's size.
@@ -276,7 +342,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 self.file_attr(*size, *mtime),
                 Some(remote.clone()),
                 until,
-                false,
+                None,
             ),
             Listed::Dir => table.upsert(
                 parent,
@@ -284,9 +350,112 @@ impl<S: ObjectStore> S3Fs<S> {
                 self.default_dir_attr(now()),
                 None,
                 until,
-                false,
+                None,
             ),
         }
+    }
+
+    /// Finds `name` under `parent` with its whole attributes (see [`S3Fs::find`] and
+    /// [`S3Fs::ensure_meta`]).
+    async fn resolve(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let attr = self.find(parent, name).await?;
+        self.ensure_meta(attr.ino).await
+    }
+
+    /// The attributes of `ino` once its object's metadata is known: an entry known from
+    /// a listing only is completed by a HEAD of its key (or of its directory marker; a
+    /// directory without one keeps the defaults). Returns the attributes under the inode
+    /// number now in the table, which is a new one if the HEAD found another kind of
+    /// object than the kernel was told of.
+    async fn ensure_meta(&self, ino: u64) -> FsResult<Attr> {
+        let (key, dir) = {
+            let table = self.inodes.lock().unwrap();
+            let inode = table.get(ino).ok_or(FsError::NotFound)?;
+            let attr = Self::current_attr(&table, ino).expect("present");
+            if inode.meta_known || table.stage(ino).is_some() {
+                return Ok(attr);
+            }
+            let Some(path) = table.path(ino) else {
+                return Ok(attr); // unlinked: nothing to ask about
+            };
+            match attr.kind {
+                Kind::Dir => (self.layout.dir_prefix(&path), true),
+                _ => (self.layout.file_key(&path), false),
+            }
+        };
+        let head = self.store.head(&key).await;
+        let mut table = self.inodes.lock().unwrap();
+        let Some(inode) = table.get(ino) else {
+            return Err(FsError::NotFound);
+        };
+        if inode.meta_known || inode.detached {
+            return Ok(Self::current_attr(&table, ino).expect("present"));
+        }
+        let (parent, name) = (inode.parent, inode.name.clone());
+        let until = self.valid_until();
+        match head {
+            Ok(meta) => {
+                let (attr, extras) = self.attr_from_head(&meta, dir);
+                let remote = (!dir).then(|| Remote {
+                    etag: meta.etag.clone(),
+                    size: meta.size,
+                });
+                let ino = table.upsert(parent, &name, attr, remote, until, Some(extras));
+                Ok(Self::current_attr(&table, ino).expect("just upserted"))
+            }
+            Err(StoreError::NotFound) if dir => {
+                // A directory that exists only as a prefix: the mount's defaults.
+                let inode = table.get_mut(ino).expect("present");
+                inode.meta_known = true;
+                Ok(Self::current_attr(&table, ino).expect("present"))
+            }
+            Err(StoreError::NotFound) => {
+                table.detach(ino);
+                Err(FsError::NotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Completes the attributes of directory entries known from a listing only, with
+    /// HEADs in parallel. Entries whose object vanished meanwhile are left out.
+    async fn complete_meta(&self, entries: &mut Vec<DirEntry>) -> FsResult<()> {
+        let unknown: Vec<usize> = {
+            let table = self.inodes.lock().unwrap();
+            entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    table
+                        .get(e.attr.ino)
+                        .is_some_and(|i| !i.meta_known && table.stage(e.attr.ino).is_none())
+                })
+                .map(|(i, _)| i)
+                .collect()
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let fetched = futures::stream::iter(unknown.into_iter().map(|i| {
+            let ino = entries[i].attr.ino;
+            async move { (i, self.ensure_meta(ino).await) }
+        }))
+        .buffer_unordered(META_FETCHES)
+        .collect::<Vec<_>>()
+        .await;
+        let mut gone = Vec::new();
+        for (i, result) in fetched {
+            match result {
+                Ok(attr) => entries[i].attr = attr,
+                Err(FsError::NotFound) => gone.push(i),
+                Err(e) => return Err(e),
+            }
+        }
+        gone.sort_unstable();
+        for i in gone.into_iter().rev() {
+            entries.remove(i);
+        }
+        Ok(())
     }
 
     /// Finds `name` under `parent`: from the table while its attributes are fresh (or
@@ -294,7 +463,7 @@ impl<S: ObjectStore> S3Fs<S> {
     /// listing a small parent directory in one request (which answers the lookups of
     /// its siblings too), or for a large one by a HEAD of the file key and a one-key
     /// LIST of the directory prefix in parallel. A directory wins over a file.
-    async fn resolve(&self, parent: u64, name: &str) -> FsResult<Attr> {
+    async fn find(&self, parent: u64, name: &str) -> FsResult<Attr> {
         let (dir, large) = {
             let mut table = self.inodes.lock().unwrap();
             let dir = self.dir_path(&table, parent)?;
@@ -377,18 +546,19 @@ impl<S: ObjectStore> S3Fs<S> {
                 self.default_dir_attr(first),
                 None,
                 self.valid_until(),
-                false,
+                None,
             );
             return Ok(Self::current_attr(&table, ino).expect("just inserted"));
         }
         match head {
             Ok(meta) => {
-                let attr = self.attr_from_head(&meta);
+                let (attr, extras) = self.attr_from_head(&meta, false);
                 let remote = Remote {
                     etag: meta.etag.clone(),
                     size: meta.size,
                 };
-                let ino = table.upsert(parent, name, attr, Some(remote), self.valid_until(), true);
+                let until = self.valid_until();
+                let ino = table.upsert(parent, name, attr, Some(remote), until, Some(extras));
                 Ok(Self::current_attr(&table, ino).expect("just inserted"))
             }
             Err(StoreError::NotFound) => {
@@ -449,77 +619,159 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let (path, kind) = {
+        {
             let mut table = self.inodes.lock().unwrap();
             let inode = table.get(ino).ok_or(FsError::NotFound)?;
             let fresh = inode.valid_until > Instant::now();
-            let kind = inode.attr.kind;
-            if fresh || kind == Kind::Dir || table.stage(ino).is_some() || inode.detached {
-                if kind == Kind::Dir && !fresh {
-                    let until = self.valid_until();
-                    table.get_mut(ino).expect("present").valid_until = until;
-                }
+            if inode.detached || table.stage(ino).is_some() || (fresh && inode.meta_known) {
                 return Ok(Self::current_attr(&table, ino).expect("present"));
             }
-            (table.path(ino).ok_or(FsError::NotFound)?, kind)
-        };
-        debug_assert_eq!(kind, Kind::File);
-        let meta = self.store.head(&self.layout.file_key(&path)).await?;
-        let mut table = self.inodes.lock().unwrap();
-        let attr = self.attr_from_head(&meta);
-        let until = self.valid_until();
-        let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;
-        inode.attr = Attr { ino, ..attr };
-        inode.remote = Some(Remote {
-            etag: meta.etag,
-            size: meta.size,
-        });
-        inode.valid_until = until;
-        Ok(Self::current_attr(&table, ino).expect("present"))
+            let inode = table.get_mut(ino).expect("present");
+            if inode.attr.kind == Kind::Dir && inode.meta_known {
+                // Directories are not asked about again: their children are.
+                inode.valid_until = Instant::now() + self.cfg.metadata_ttl;
+                return Ok(Self::current_attr(&table, ino).expect("present"));
+            }
+            inode.meta_known = false;
+        }
+        let attr = self.ensure_meta(ino).await?;
+        if attr.ino != ino {
+            // The name now holds another kind of object than this inode.
+            return Err(FsError::NotFound);
+        }
+        Ok(attr)
     }
 
     pub async fn setattr(&self, ino: u64, change: SetAttr) -> FsResult<Attr> {
         self.check_writable()?;
-        let kind = {
-            let table = self.inodes.lock().unwrap();
-            table.get(ino).ok_or(FsError::NotFound)?.attr.kind
-        };
-        if let Some(size) = change.size {
-            if kind == Kind::Dir {
-                return Err(FsError::IsDir);
+        // The metadata is rewritten whole: what others stored (xattrs) must be known.
+        let attr = self.ensure_meta(ino).await?;
+        if attr.ino != ino {
+            return Err(FsError::NotFound);
+        }
+        if change.size.is_some() {
+            match attr.kind {
+                Kind::File => {}
+                Kind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("only regular files can be truncated")),
             }
+        }
+        {
+            let mut table = self.inodes.lock().unwrap();
+            let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;
+            let t = now();
+            if let Some(mode) = change.mode {
+                inode.attr.perm = (mode & 0o7777) as u16;
+            }
+            if let Some(uid) = change.uid {
+                inode.attr.uid = uid;
+            }
+            if let Some(gid) = change.gid {
+                inode.attr.gid = gid;
+            }
+            if let Some(atime) = change.atime {
+                inode.attr.atime = atime;
+            }
+            if let Some(mtime) = change.mtime {
+                inode.attr.mtime = mtime;
+            } else if change.size.is_some() {
+                inode.attr.mtime = t;
+            }
+            inode.attr.ctime = t;
+            inode.valid_until = Instant::now() + self.cfg.metadata_ttl;
+        }
+        if let Some(size) = change.size {
             let stage = self.stage_for_write(ino, false)?;
             stage.truncate(&*self.store, size).await?;
-            if !self.has_writer(ino) {
-                self.sync(ino).await?;
-                self.drop_clean_stage(ino);
+        }
+        self.persist_or_forget(ino).await?;
+        let table = self.inodes.lock().unwrap();
+        Self::current_attr(&table, ino).ok_or(FsError::NotFound)
+    }
+
+    /// Stores the table's attributes and xattrs of `ino` in S3: with the pending upload
+    /// of its staged data when there is one (now, unless a writer still has it open),
+    /// otherwise by copying the object onto itself with new metadata (rewriting the
+    /// marker of a directory).
+    async fn persist_meta(&self, ino: u64) -> FsResult<()> {
+        let stage = self.inodes.lock().unwrap().stage(ino);
+        if let Some(stage) = stage
+            && stage.is_dirty()
+        {
+            {
+                // An upload started while writing carries the old metadata: restart it.
+                let _upload = stage.upload_lock.lock().await;
+                if let Some(st) = stage.take_streaming() {
+                    self.uploader.abort_streaming(st);
+                }
             }
+            if self.has_writer(ino) {
+                return Ok(()); // the close uploads data and metadata together
+            }
+            if self.cfg.write_back {
+                self.commit(ino)?;
+                let _ = self.pending_tx.send(ino);
+                return Ok(());
+            }
+            self.sync(ino).await?;
+            self.drop_clean_stage(ino);
+            return Ok(());
         }
+        let (path, attr, extras, remote) = {
+            let table = self.inodes.lock().unwrap();
+            let inode = table.get(ino).ok_or(FsError::NotFound)?;
+            let Some(path) = table.path(ino) else {
+                return Ok(()); // unlinked: nothing to store
+            };
+            (
+                path,
+                inode.attr.clone(),
+                inode.extras.clone(),
+                inode.remote.clone(),
+            )
+        };
+        if ino == ROOT {
+            return Ok(()); // the mount point itself has no object; kept in memory
+        }
+        let headers = Self::headers_of(&attr, &extras, true);
+        if layout::user_meta_len(&headers) > layout::MAX_USER_META {
+            return Err(FsError::TooBig);
+        }
+        if attr.kind == Kind::Dir {
+            let marker = self.layout.dir_prefix(&path);
+            self.store.put(&marker, Bytes::new(), &headers).await?;
+            return Ok(());
+        }
+        let key = self.layout.file_key(&path);
+        let remote = match remote {
+            Some(r) => r,
+            None => {
+                let meta = self.store.head(&key).await?;
+                Remote {
+                    etag: meta.etag,
+                    size: meta.size,
+                }
+            }
+        };
+        let etag = self
+            .store
+            .copy(&key, &key, remote.size, Some(&headers), Some(&remote.etag))
+            .await
+            .map_err(|e| match e {
+                // Someone replaced the object meanwhile: the attributes were of the old one.
+                StoreError::PreconditionFailed => FsError::Stale,
+                e => e.into(),
+            })?;
+        let until = self.valid_until();
         let mut table = self.inodes.lock().unwrap();
-        let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;
-        let t = now();
-        if let Some(mode) = change.mode {
-            inode.attr.perm = (mode & 0o7777) as u16;
+        if let Some(inode) = table.get_mut(ino) {
+            inode.remote = Some(Remote {
+                etag,
+                size: remote.size,
+            });
+            inode.valid_until = until;
         }
-        if let Some(uid) = change.uid {
-            inode.attr.uid = uid;
-        }
-        if let Some(gid) = change.gid {
-            inode.attr.gid = gid;
-        }
-        if let Some(atime) = change.atime {
-            inode.attr.atime = atime;
-        }
-        if let Some(mtime) = change.mtime {
-            inode.attr.mtime = mtime;
-        } else if change.size.is_some() {
-            inode.attr.mtime = t;
-        }
-        inode.attr.ctime = t;
-        // Attribute-only changes travel with the next upload of the file; until then
-        // they live in memory for the metadata TTL.
-        inode.valid_until = Instant::now() + self.cfg.metadata_ttl;
-        Ok(Self::current_attr(&table, ino).expect("present"))
+        Ok(())
     }
 
     // ---- files ----------------------------------------------------------------------
@@ -587,8 +839,15 @@ impl<S: ObjectStore> S3Fs<S> {
                 return Err(FsError::ReadOnly);
             }
             let stage = self.stage_for_write(ino, mode.truncate)?;
-            if mode.truncate && stage.size() > 0 {
-                stage.truncate(&*self.store, 0).await?;
+            if mode.truncate {
+                if stage.size() > 0 {
+                    stage.truncate(&*self.store, 0).await?;
+                }
+                let t = now();
+                if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
+                    inode.attr.mtime = t;
+                    inode.attr.ctime = t;
+                }
             }
         }
         let mut table = self.inodes.lock().unwrap();
@@ -650,7 +909,15 @@ impl<S: ObjectStore> S3Fs<S> {
         attr.uid = caller.uid;
         attr.gid = caller.gid;
         stage.note_open(&self.layout.file_key(&path));
-        let ino = table.upsert(parent, name, attr, None, self.valid_until(), true);
+        let ino = table.upsert(
+            parent,
+            name,
+            attr,
+            None,
+            self.valid_until(),
+            Some(Extras::default()),
+        );
+        Self::touch_dir(&mut table, parent, t);
         if let Some(old) = table.stage(ino) {
             // The kernel believed the name free while it was staged here: replace it.
             old.mark_deleted();
@@ -730,21 +997,18 @@ impl<S: ObjectStore> S3Fs<S> {
                 inode.attr.ctime = t;
             }
             if size >= 2 * self.cfg.part_size && stage.may_stream() {
-                table.path(ino).map(|p| {
-                    let attr = Self::current_attr(&table, ino).expect("present");
-                    (self.layout.file_key(&p), attr)
+                // The upload completes at close: its Last-Modified is then the mtime.
+                table.path(ino).and_then(|p| {
+                    Some((
+                        self.layout.file_key(&p),
+                        Self::headers_for(&table, ino, false)?,
+                    ))
                 })
             } else {
                 None
             }
         };
-        if let Some((key, attr)) = key {
-            let mut headers =
-                layout::file_headers(attr.perm as u32, attr.uid, attr.gid, attr.mtime);
-            // The upload completes at close; its Last-Modified is then the better mtime.
-            headers
-                .user_meta
-                .retain(|(k, _)| k != "mtime" && k != "ctime");
+        if let Some((key, headers)) = key {
             self.uploader.stream_parts(stage, &key, &headers);
         }
     }
@@ -767,7 +1031,7 @@ impl<S: ObjectStore> S3Fs<S> {
 
     /// Makes the staged data of `ino` durable and journals it as committed.
     fn commit(&self, ino: u64) -> FsResult<()> {
-        let (stage, key, attr) = {
+        let (stage, key, headers) = {
             let table = self.inodes.lock().unwrap();
             let Some(stage) = table.stage(ino) else {
                 return Ok(());
@@ -775,8 +1039,8 @@ impl<S: ObjectStore> S3Fs<S> {
             let Some(path) = table.path(ino) else {
                 return Ok(()); // unlinked: nothing to keep
             };
-            let attr = Self::current_attr(&table, ino).ok_or(FsError::NotFound)?;
-            (stage, self.layout.file_key(&path), attr)
+            let headers = Self::headers_for(&table, ino, true).ok_or(FsError::NotFound)?;
+            (stage, self.layout.file_key(&path), headers)
         };
         if !stage.is_dirty() {
             return Ok(());
@@ -784,7 +1048,7 @@ impl<S: ObjectStore> S3Fs<S> {
         if let Some(e) = stage.broken() {
             return Err(e);
         }
-        stage.commit(&key, record_attrs(&attr))
+        stage.commit(&key, record_attrs(&headers))
     }
 
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
@@ -882,17 +1146,16 @@ impl<S: ObjectStore> S3Fs<S> {
             // the previous version) and tell it again.
             return Err(e);
         }
-        let (key, attr) = {
+        let (key, headers) = {
             let table = self.inodes.lock().unwrap();
             match table.path(ino) {
                 Some(path) => (
                     self.layout.file_key(&path),
-                    Self::current_attr(&table, ino).ok_or(FsError::NotFound)?,
+                    Self::headers_for(&table, ino, true).ok_or(FsError::NotFound)?,
                 ),
                 None => return Ok(()), // unlinked meanwhile: nothing to upload
             }
         };
-        let headers = layout::file_headers(attr.perm as u32, attr.uid, attr.gid, attr.mtime);
         // (A success removes the record, a failure rewrites it as committed.)
         stage.note_uploading(true);
         match self.uploader.upload(&stage, &key, &headers).await {
@@ -915,7 +1178,7 @@ impl<S: ObjectStore> S3Fs<S> {
                     stage.path().display()
                 );
                 // Kept for good: journaled, so that a crash before the retry cannot lose it.
-                if let Err(c) = stage.commit(&key, record_attrs(&attr)) {
+                if let Err(c) = stage.commit(&key, record_attrs(&headers)) {
                     log::error!("could not journal {key} in the cache dir: {c}");
                 }
                 Err(match e {
@@ -949,6 +1212,7 @@ impl<S: ObjectStore> S3Fs<S> {
         self.cache.invalidate(&key);
         let mut table = self.inodes.lock().unwrap();
         table.detach(attr.ino);
+        Self::touch_dir(&mut table, parent, now());
         drop(table);
         self.drop_clean_stage(attr.ino);
         Ok(())
@@ -963,9 +1227,120 @@ impl<S: ObjectStore> S3Fs<S> {
         mode: u32,
         caller: Caller,
     ) -> FsResult<Attr> {
+        let attr = self.new_attr(Kind::Dir, mode, caller);
+        self.create_object(parent, name, attr, Extras::default(), Bytes::new())
+            .await
+    }
+
+    /// mknod: a FIFO, socket or device node is an empty object whose mode says what it
+    /// is (as s3fs stores them); a regular file an empty file.
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        let kind = Kind::from_mode(mode);
+        if matches!(kind, Kind::Dir | Kind::Symlink) {
+            return Err(FsError::Invalid(
+                "mknod makes files, FIFOs, sockets and devices",
+            ));
+        }
+        let mut attr = self.new_attr(kind, mode, caller);
+        if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
+            attr.rdev = rdev;
+        }
+        self.create_object(parent, name, attr, Extras::default(), Bytes::new())
+            .await
+    }
+
+    /// A symbolic link is an object holding the target, with mode `S_IFLNK | 0777`
+    /// (as s3fs stores them).
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        target: &std::path::Path,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        let target = target.to_str().ok_or(FsError::Invalid(
+            "symlink targets must be UTF-8 to be stored",
+        ))?;
+        if target.is_empty() {
+            return Err(FsError::NotFound);
+        }
+        if target.len() >= libc::PATH_MAX as usize {
+            return Err(FsError::NameTooLong);
+        }
+        let mut attr = self.new_attr(Kind::Symlink, 0o777, caller);
+        attr.size = target.len() as u64;
+        let extras = Extras {
+            link: Some(target.to_string()),
+            ..Extras::default()
+        };
+        let body = Bytes::copy_from_slice(target.as_bytes());
+        self.create_object(parent, name, attr, extras, body).await
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<String> {
+        let attr = self.ensure_meta(ino).await?;
+        if attr.kind != Kind::Symlink {
+            return Err(FsError::Invalid("not a symbolic link"));
+        }
+        let (key, remote) = {
+            let table = self.inodes.lock().unwrap();
+            let inode = table.get(attr.ino).ok_or(FsError::NotFound)?;
+            if let Some(link) = &inode.extras.link {
+                return Ok(link.clone());
+            }
+            let path = table.path(attr.ino).ok_or(FsError::NotFound)?;
+            let remote = inode.remote.clone().ok_or(FsError::NotFound)?;
+            (self.layout.file_key(&path), remote)
+        };
+        let body = crate::store::get_bytes(&*self.store, &key, 0..remote.size, Some(&remote.etag))
+            .await
+            .map_err(|e| match e {
+                StoreError::PreconditionFailed => FsError::Stale,
+                e => e.into(),
+            })?;
+        // s3fs trims the target it stores; so do readers.
+        let link = String::from_utf8_lossy(&body).trim().to_string();
+        let mut table = self.inodes.lock().unwrap();
+        if let Some(inode) = table.get_mut(attr.ino) {
+            inode.extras.link = Some(link.clone());
+        }
+        Ok(link)
+    }
+
+    /// The attributes of a new inode of `kind` made by `caller`.
+    fn new_attr(&self, kind: Kind, mode: u32, caller: Caller) -> Attr {
+        let t = now();
+        let mut attr = match kind {
+            Kind::Dir => self.default_dir_attr(t),
+            _ => self.file_attr(0, t),
+        };
+        attr.kind = kind;
+        attr.perm = (mode & 0o7777) as u16;
+        attr.uid = caller.uid;
+        attr.gid = caller.gid;
+        attr
+    }
+
+    /// Creates `name` under `parent` as one object written at once (a directory marker,
+    /// a symlink, a special file); EEXIST if the name is taken.
+    async fn create_object(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        attr: Attr,
+        extras: Extras,
+        body: Bytes,
+    ) -> FsResult<Attr> {
         self.check_writable()?;
         let name = check_name(name)?;
-        match self.resolve(parent, name).await {
+        match self.find(parent, name).await {
             Ok(_) => return Err(FsError::Exists),
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
@@ -974,22 +1349,154 @@ impl<S: ObjectStore> S3Fs<S> {
             let table = self.inodes.lock().unwrap();
             table.child_path(parent, name).ok_or(FsError::NotFound)?
         };
-        self.layout.check_path(&path, true)?;
-        let t = now();
-        let mut attr = self.default_dir_attr(t);
-        attr.perm = (mode & 0o7777) as u16;
-        attr.uid = caller.uid;
-        attr.gid = caller.gid;
-        let headers = layout::dir_headers(attr.perm as u32, attr.uid, attr.gid, t);
-        self.store
-            .put(&self.layout.dir_prefix(&path), Bytes::new(), &headers)
-            .await?;
+        let dir = attr.kind == Kind::Dir;
+        self.layout.check_path(&path, dir)?;
+        let headers = Self::headers_of(&attr, &extras, true);
+        let key = if dir {
+            self.layout.dir_prefix(&path)
+        } else {
+            self.layout.file_key(&path)
+        };
+        let etag = self.store.put(&key, body.clone(), &headers).await?;
         let mut table = self.inodes.lock().unwrap();
         let until = self.valid_until();
-        let ino = table.upsert(parent, name, attr, None, until, true);
-        table.mark_listed(ino, until, false); // created empty: every child is known
+        let remote = (!dir).then(|| Remote {
+            etag,
+            size: body.len() as u64,
+        });
+        let t = attr.ctime;
+        let ino = table.upsert(parent, name, attr, remote, until, Some(extras));
+        Self::touch_dir(&mut table, parent, t);
+        if dir {
+            table.mark_listed(ino, until, false); // created empty: every child is known
+        }
         table.add_lookup(ino);
         Ok(Self::current_attr(&table, ino).expect("present"))
+    }
+
+    // ---- extended attributes --------------------------------------------------------
+
+    /// An extended attribute: the read-only `user.s3.key`, `user.s3.etag` and
+    /// `user.s3.url` (a presigned GET), or one stored in the object's metadata.
+    pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        let attr = self.ensure_meta(ino).await?;
+        let (key, remote, stored) = {
+            let table = self.inodes.lock().unwrap();
+            let inode = table.get(attr.ino).ok_or(FsError::NotFound)?;
+            let key = table.path(attr.ino).map(|p| match attr.kind {
+                Kind::Dir => self.layout.dir_prefix(&p),
+                _ => self.layout.file_key(&p),
+            });
+            (
+                key,
+                inode.remote.clone(),
+                inode.extras.xattrs.get(name).cloned(),
+            )
+        };
+        match name {
+            XATTR_KEY => key.map(String::into_bytes).ok_or(FsError::NoXattr),
+            XATTR_ETAG => remote
+                .map(|r| r.etag.0.into_bytes())
+                .ok_or(FsError::NoXattr),
+            XATTR_URL => match (key, remote) {
+                (Some(key), Some(_)) => Ok(self
+                    .store
+                    .presign_get(&key, self.cfg.url_expiry)
+                    .await?
+                    .into_bytes()),
+                _ => Err(FsError::NoXattr),
+            },
+            _ => stored.ok_or(FsError::NoXattr),
+        }
+    }
+
+    /// The names of the stored extended attributes (the virtual `user.s3.*` ones are
+    /// readable by name but not listed, so that copying tools do not copy them).
+    pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<String>> {
+        let attr = self.ensure_meta(ino).await?;
+        let table = self.inodes.lock().unwrap();
+        let inode = table.get(attr.ino).ok_or(FsError::NotFound)?;
+        Ok(inode.extras.xattrs.keys().cloned().collect())
+    }
+
+    pub async fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> FsResult<()> {
+        self.change_xattr(ino, name, Some(value), flags).await
+    }
+
+    pub async fn removexattr(&self, ino: u64, name: &str) -> FsResult<()> {
+        self.change_xattr(ino, name, None, 0).await
+    }
+
+    async fn change_xattr(
+        &self,
+        ino: u64,
+        name: &str,
+        value: Option<&[u8]>,
+        flags: i32,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        if name.starts_with(XATTR_VIRTUAL) {
+            return Err(FsError::NotPermitted(
+                "the user.s3.* attributes are read-only",
+            ));
+        }
+        if !name.starts_with("user.") || name.len() == "user.".len() {
+            return Err(FsError::Unsupported(
+                "only user.* extended attributes are stored",
+            ));
+        }
+        let attr = self.ensure_meta(ino).await?;
+        if attr.ino != ino {
+            return Err(FsError::NotFound);
+        }
+        {
+            let mut table = self.inodes.lock().unwrap();
+            let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;
+            let exists = inode.extras.xattrs.contains_key(name);
+            let mut xattrs = inode.extras.xattrs.clone();
+            match value {
+                Some(_) if flags & libc::XATTR_CREATE != 0 && exists => {
+                    return Err(FsError::Exists);
+                }
+                Some(_) if flags & libc::XATTR_REPLACE != 0 && !exists => {
+                    return Err(FsError::NoXattr);
+                }
+                Some(v) => {
+                    xattrs.insert(name.to_string(), v.to_vec());
+                }
+                None if !exists => return Err(FsError::NoXattr),
+                None => {
+                    xattrs.remove(name);
+                }
+            }
+            let extras = Extras {
+                xattrs,
+                link: inode.extras.link.clone(),
+            };
+            let headers = Self::headers_of(&inode.attr, &extras, true);
+            if layout::user_meta_len(&headers) > layout::MAX_USER_META {
+                return Err(FsError::TooBig);
+            }
+            inode.extras = extras;
+            inode.attr.ctime = now();
+        }
+        self.persist_or_forget(ino).await
+    }
+
+    /// [`S3Fs::persist_meta`]; when it fails, the table forgets the unsaved metadata so
+    /// the next access reads what S3 has.
+    async fn persist_or_forget(&self, ino: u64) -> FsResult<()> {
+        let result = self.persist_meta(ino).await;
+        if result.is_err() {
+            let mut table = self.inodes.lock().unwrap();
+            if table.stage(ino).is_none()
+                && let Some(inode) = table.get_mut(ino)
+            {
+                inode.meta_known = false;
+                inode.valid_until = Instant::now();
+            }
+        }
+        result
     }
 
     /// Is there anything under directory `ino` (in S3 besides its marker, or staged here)?
@@ -1023,7 +1530,9 @@ impl<S: ObjectStore> S3Fs<S> {
             return Err(FsError::NotEmpty);
         }
         self.store.delete(&self.layout.dir_prefix(&path)).await?;
-        self.inodes.lock().unwrap().detach(attr.ino);
+        let mut table = self.inodes.lock().unwrap();
+        table.detach(attr.ino);
+        Self::touch_dir(&mut table, parent, now());
         Ok(())
     }
 
@@ -1095,17 +1604,6 @@ impl<S: ObjectStore> S3Fs<S> {
         };
         let mut upload_now = false;
         match source.kind {
-            Kind::File => {
-                if let Some(t) = &target
-                    && t.kind == Kind::Dir
-                {
-                    return Err(FsError::IsDir);
-                }
-                self.layout.check_path(&new_path, false)?;
-                upload_now = self
-                    .rename_file(source.ino, &old_path, &new_path, target.as_ref())
-                    .await?;
-            }
             Kind::Dir => {
                 if let Some(t) = &target {
                     if t.kind != Kind::Dir {
@@ -1119,6 +1617,17 @@ impl<S: ObjectStore> S3Fs<S> {
                 self.rename_dir(&old_path, &new_path, target.is_some())
                     .await?;
             }
+            _ => {
+                if let Some(t) = &target
+                    && t.kind == Kind::Dir
+                {
+                    return Err(FsError::IsDir);
+                }
+                self.layout.check_path(&new_path, false)?;
+                upload_now = self
+                    .rename_file(source.ino, &old_path, &new_path, target.as_ref())
+                    .await?;
+            }
         }
         {
             let mut table = self.inodes.lock().unwrap();
@@ -1128,7 +1637,10 @@ impl<S: ObjectStore> S3Fs<S> {
             table.rename(source.ino, new_parent, new_name);
             if let Some(inode) = table.get_mut(source.ino) {
                 inode.valid_until = Instant::now() + self.cfg.metadata_ttl;
+                inode.attr.ctime = now();
             }
+            Self::touch_dir(&mut table, parent, now());
+            Self::touch_dir(&mut table, new_parent, now());
         }
         self.rekey_journal(&new_path)?;
         if upload_now {
@@ -1178,10 +1690,17 @@ impl<S: ObjectStore> S3Fs<S> {
                 drop(stage.upload_lock.lock().await);
             }
         }
-        let (stage, remote) = {
-            let table = self.inodes.lock().unwrap();
-            let inode = table.get(ino).ok_or(FsError::NotFound)?;
-            (table.stage(ino), inode.remote.clone())
+        let (stage, remote, headers) = {
+            let mut table = self.inodes.lock().unwrap();
+            let stage = table.stage(ino);
+            let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;
+            // A rename changes the file's ctime; the copy carries it when the metadata
+            // is known whole (otherwise the copy keeps what the object has).
+            inode.attr.ctime = now();
+            let headers = inode
+                .meta_known
+                .then(|| Self::headers_of(&inode.attr, &inode.extras, true));
+            (stage, inode.remote.clone(), headers)
         };
         let _upload_guard = match &stage {
             Some(stage) => Some(stage.upload_lock.lock().await),
@@ -1200,12 +1719,26 @@ impl<S: ObjectStore> S3Fs<S> {
                 }
             }
             (_, Some(remote)) => {
-                self.store.copy(&old_key, &new_key, remote.size).await?;
+                self.store
+                    .copy(
+                        &old_key,
+                        &new_key,
+                        remote.size,
+                        headers.as_ref(),
+                        Some(&remote.etag),
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::PreconditionFailed => FsError::Stale,
+                        e => e.into(),
+                    })?;
                 self.store.delete(&old_key).await?;
             }
             (_, None) => {
                 let meta = self.store.head(&old_key).await?;
-                self.store.copy(&old_key, &new_key, meta.size).await?;
+                self.store
+                    .copy(&old_key, &new_key, meta.size, None, None)
+                    .await?;
                 self.store.delete(&old_key).await?;
             }
         }
@@ -1237,7 +1770,7 @@ impl<S: ObjectStore> S3Fs<S> {
             let moves = futures::stream::iter(page.objects.into_iter().map(|o| {
                 let to = format!("{new_prefix}{}", &o.key[old_prefix.len()..]);
                 async move {
-                    self.store.copy(&o.key, &to, o.size).await?;
+                    self.store.copy(&o.key, &to, o.size, None, None).await?;
                     self.store.delete(&o.key).await?;
                     self.cache.invalidate(&o.key);
                     Ok::<bool, FsError>(o.key == *old_prefix)
@@ -1256,8 +1789,7 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         if !moved_marker {
             // Keep the directory itself, even if it existed only as a prefix.
-            let headers =
-                layout::dir_headers(self.cfg.dir_mode as u32, self.cfg.uid, self.cfg.gid, now());
+            let headers = Self::headers_of(&self.default_dir_attr(now()), &Extras::default(), true);
             self.store.put(new_prefix, Bytes::new(), &headers).await?;
         }
         Ok(())
@@ -1417,8 +1949,28 @@ impl<S: ObjectStore> S3Fs<S> {
                 stage.size()
             );
         }
-        let mtime = std::time::UNIX_EPOCH + Duration::from_secs(r.mtime);
-        let headers = layout::file_headers(r.mode, r.uid, r.gid, mtime);
+        let headers = if r.meta.is_empty() {
+            // A record of an earlier version, with the attributes in fields of their own.
+            let mtime = std::time::UNIX_EPOCH + Duration::from_secs(r.mtime);
+            layout::object_headers(
+                &layout::PosixMeta {
+                    mode: libc::S_IFREG | (r.mode & 0o7777),
+                    uid: r.uid,
+                    gid: r.gid,
+                    atime: mtime,
+                    mtime,
+                    ctime: mtime,
+                    rdev: 0,
+                    xattrs: Default::default(),
+                },
+                true,
+            )
+        } else {
+            ObjectHeaders {
+                user_meta: r.meta.clone(),
+                content_type: Some("application/octet-stream".into()),
+            }
+        };
         let (_, size, _) = self.uploader.upload(&stage, &r.key, &headers).await?;
         stage.discard();
         Ok(size)
@@ -1456,15 +2008,8 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 }
 
-fn record_attrs(attr: &Attr) -> RecordAttrs {
+fn record_attrs(headers: &ObjectHeaders) -> RecordAttrs {
     RecordAttrs {
-        mode: attr.perm as u32,
-        uid: attr.uid,
-        gid: attr.gid,
-        mtime: attr
-            .mtime
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        meta: headers.user_meta.clone(),
     }
 }

@@ -88,13 +88,10 @@ impl StageDir {
     }
 }
 
-/// The attributes a committed record carries to the object.
-#[derive(Clone, Copy, Debug)]
+/// The attributes a committed record carries to the object: its user metadata.
+#[derive(Clone, Debug)]
 pub struct RecordAttrs {
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: u64,
+    pub meta: Vec<(String, String)>,
 }
 
 /// The remote object a stage was opened on.
@@ -453,7 +450,10 @@ impl Stage {
         };
         let mut record = self.record.lock().unwrap();
         let already = record.as_ref().is_some_and(|r| {
-            r.state == journal::State::Committed && r.version == version && r.key == key
+            r.state == journal::State::Committed
+                && r.version == version
+                && r.key == key
+                && r.meta == attrs.meta
         });
         if already {
             return Ok(()); // this very content is committed already (close, then release)
@@ -465,10 +465,11 @@ impl Stage {
             state: journal::State::Committed,
             size,
             version,
-            mode: attrs.mode,
-            uid: attrs.uid,
-            gid: attrs.gid,
-            mtime: attrs.mtime,
+            meta: attrs.meta,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
             uploading: false,
             upload_id,
         };

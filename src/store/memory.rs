@@ -291,10 +291,25 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
-    async fn copy(&self, from: &str, to: &str, _size: u64) -> StoreResult<ETag> {
+    async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        _size: u64,
+        metadata: Option<&ObjectHeaders>,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<ETag> {
         self.enter(Op::Copy)?;
         let o = self.get_object(from)?;
-        Ok(self.store(to, o.data, o.headers))
+        if if_match.is_some_and(|e| *e != o.etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let headers = metadata.cloned().unwrap_or(o.headers);
+        Ok(self.store(to, o.data, headers))
+    }
+
+    async fn presign_get(&self, key: &str, expires: std::time::Duration) -> StoreResult<String> {
+        Ok(format!("memory:///{key}?expires={}", expires.as_secs()))
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {

@@ -166,14 +166,24 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         id: &UploadId,
     ) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Server-side copy of an object of `size` bytes, keeping its metadata (multipart
-    /// copy above the 5 GiB limit of a single copy).
+    /// Server-side copy of an object of `size` bytes (multipart copy above the 5 GiB
+    /// limit of a single copy): with its metadata, or with `metadata` instead when given
+    /// (a copy onto itself then rewrites the metadata). Fails with `PreconditionFailed`
+    /// if `if_match` is given and the source's ETag differs.
     fn copy(
         &self,
         from: &str,
         to: &str,
         size: u64,
+        metadata: Option<&ObjectHeaders>,
+        if_match: Option<&ETag>,
     ) -> impl Future<Output = StoreResult<ETag>> + Send;
+    /// A URL that lets anyone GET `key` for `expires`.
+    fn presign_get(
+        &self,
+        key: &str,
+        expires: std::time::Duration,
+    ) -> impl Future<Output = StoreResult<String>> + Send;
     /// Deleting a missing key succeeds, as in S3.
     fn delete(&self, key: &str) -> impl Future<Output = StoreResult<()>> + Send;
 }

@@ -18,8 +18,9 @@ use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as SdkPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as SdkPart, MetadataDirective};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -463,20 +464,50 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn copy(&self, from: &str, to: &str, size: u64) -> StoreResult<ETag> {
+    async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        size: u64,
+        metadata: Option<&ObjectHeaders>,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<ETag> {
         if size <= MAX_SINGLE_COPY {
-            let out = self
+            let mut request = self
                 .client
                 .copy_object()
                 .bucket(&self.bucket)
                 .key(to)
                 .copy_source(copy_source(&self.bucket, from))
+                .set_copy_source_if_match(if_match.map(|e| e.0.clone()));
+            if let Some(headers) = metadata {
+                request = request
+                    .metadata_directive(MetadataDirective::Replace)
+                    .set_metadata(user_metadata(headers))
+                    .set_content_type(headers.content_type.clone());
+            }
+            let out = request
                 .send()
                 .await
                 .map_err(|e| classify("CopyObject", from, e))?;
             return Ok(etag(out.copy_object_result().and_then(|r| r.e_tag())));
         }
-        self.multipart_copy(from, to, size).await
+        self.multipart_copy(from, to, size, metadata, if_match)
+            .await
+    }
+
+    async fn presign_get(&self, key: &str, expires: std::time::Duration) -> StoreResult<String> {
+        let config = PresigningConfig::expires_in(expires)
+            .map_err(|e| StoreError::Other(format!("presigning: {e}")))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| classify("presign GetObject", key, e))?;
+        Ok(request.uri().to_string())
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -499,11 +530,24 @@ impl ObjectStore for S3Store {
 
 impl S3Store {
     /// Copies an object above the single-copy limit part by part, keeping its metadata.
-    async fn multipart_copy(&self, from: &str, to: &str, size: u64) -> StoreResult<ETag> {
+    async fn multipart_copy(
+        &self,
+        from: &str,
+        to: &str,
+        size: u64,
+        metadata: Option<&ObjectHeaders>,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<ETag> {
         let source = self.head(from).await?;
-        let headers = ObjectHeaders {
-            user_meta: source.user_meta.clone(),
-            content_type: source.content_type.clone(),
+        if if_match.is_some_and(|e| *e != source.etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let headers = match metadata {
+            Some(h) => h.clone(),
+            None => ObjectHeaders {
+                user_meta: source.user_meta.clone(),
+                content_type: source.content_type.clone(),
+            },
         };
         let id = self.create_multipart(to, &headers).await?;
         let result = async {
