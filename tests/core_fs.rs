@@ -673,3 +673,249 @@ async fn concurrent_lookups_in_one_directory_share_one_listing() {
     // Each file found is asked about once for its metadata; the misses cost nothing.
     assert_eq!(f.store.count(Op::Head) - heads, 16);
 }
+
+fn meta_of(store: &MemoryStore, key: &str, name: &str) -> Option<String> {
+    store
+        .user_meta(key)?
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+#[tokio::test]
+async fn objects_written_by_s3fs_show_their_modes_owners_times_and_kinds() {
+    let f = fixture("");
+    let reg = (libc::S_IFREG | 0o600).to_string();
+    let lnk = (libc::S_IFLNK | 0o777).to_string();
+    let fifo = (libc::S_IFIFO | 0o640).to_string();
+    let dir = (libc::S_IFDIR | 0o700).to_string();
+    f.store.insert_with_meta(
+        "a",
+        b"data",
+        &[
+            ("mode", &reg),
+            ("uid", "1234"),
+            ("gid", "5678"),
+            ("mtime", "1577934245.123456789"),
+            ("xattr", "%7B%22user.foo%22%3A%22YmFy%22%7D"),
+        ],
+    );
+    f.store
+        .insert_with_meta("link", b"a", &[("mode", &lnk), ("mtime", "1600000000")]);
+    f.store.insert_with_meta("fifo", b"", &[("mode", &fifo)]);
+    f.store
+        .insert_with_meta("d/", b"", &[("mode", &dir), ("uid", "42")]);
+    f.store.insert("d/inner", b"x");
+
+    // Through a listing (readdirplus) as through a lookup, the metadata is what s3fs stored.
+    let dh = f.fs.opendir(ROOT).await.unwrap();
+    let entries = f.fs.readdir(dh, 0).await.unwrap();
+    f.fs.releasedir(dh);
+    let by_name = |n: &str| entries.iter().find(|e| e.name == n).unwrap().attr.clone();
+    let a = by_name("a");
+    assert_eq!(
+        (a.kind, a.perm, a.uid, a.gid),
+        (Kind::File, 0o600, 1234, 5678)
+    );
+    assert_eq!(
+        a.mtime,
+        std::time::UNIX_EPOCH + Duration::new(1_577_934_245, 123_456_789)
+    );
+    assert_eq!(by_name("link").kind, Kind::Symlink);
+    assert_eq!(
+        (by_name("fifo").kind, by_name("fifo").perm),
+        (Kind::Fifo, 0o640)
+    );
+    let d = by_name("d");
+    assert_eq!((d.kind, d.perm, d.uid), (Kind::Dir, 0o700, 42));
+
+    let link = f.fs.lookup(ROOT, OsStr::new("link")).await.unwrap();
+    assert_eq!(f.fs.readlink(link.ino).await.unwrap(), "a");
+    assert_eq!(f.fs.getxattr(a.ino, "user.foo").await.unwrap(), b"bar");
+    assert_eq!(f.fs.listxattr(a.ino).await.unwrap(), vec!["user.foo"]);
+    // An object without metadata gets the mount's defaults.
+    let inner = f.fs.lookup(d.ino, OsStr::new("inner")).await.unwrap();
+    assert_eq!((inner.perm, inner.uid), (0o644, 1000));
+}
+
+#[tokio::test]
+async fn symlinks_and_special_files_are_stored_as_s3fs_does() {
+    let f = fixture("p/");
+    let l =
+        f.fs.symlink(ROOT, OsStr::new("l"), std::path::Path::new("../target"), ME)
+            .await
+            .unwrap();
+    assert_eq!((l.kind, l.perm, l.size), (Kind::Symlink, 0o777, 9));
+    assert_eq!(f.store.object("p/l").unwrap(), &b"../target"[..]);
+    assert_eq!(
+        meta_of(&f.store, "p/l", "mode").unwrap(),
+        (libc::S_IFLNK | 0o777).to_string()
+    );
+    assert_eq!(f.fs.readlink(l.ino).await.unwrap(), "../target");
+    let err =
+        f.fs.symlink(ROOT, OsStr::new("l"), std::path::Path::new("x"), ME)
+            .await
+            .unwrap_err();
+    assert!(matches!(err, FsError::Exists));
+
+    let fifo =
+        f.fs.mknod(ROOT, OsStr::new("fifo"), libc::S_IFIFO | 0o600, 0, ME)
+            .await
+            .unwrap();
+    assert_eq!(fifo.kind, Kind::Fifo);
+    assert_eq!(f.store.object("p/fifo").unwrap().len(), 0);
+    let dev =
+        f.fs.mknod(ROOT, OsStr::new("dev"), libc::S_IFCHR | 0o600, 0x0501, ME)
+            .await
+            .unwrap();
+    assert_eq!((dev.kind, dev.rdev), (Kind::CharDevice, 0x0501));
+
+    // A fresh mount reads them back.
+    let again = S3Fs::new(f.store.clone(), config("p/", f.cache.path())).unwrap();
+    let l2 = again.lookup(ROOT, OsStr::new("l")).await.unwrap();
+    assert_eq!(l2.kind, Kind::Symlink);
+    assert_eq!(again.readlink(l2.ino).await.unwrap(), "../target");
+    let dev2 = again.lookup(ROOT, OsStr::new("dev")).await.unwrap();
+    assert_eq!(
+        (dev2.kind, dev2.rdev, dev2.perm),
+        (Kind::CharDevice, 0x0501, 0o600)
+    );
+}
+
+#[tokio::test]
+async fn chmod_chown_and_utimens_persist_by_copying_the_object_onto_itself() {
+    let f = fixture("");
+    let ino = write_file(&f.fs, ROOT, "doc", b"content").await;
+    let etag_before = f.store.count(Op::Copy);
+    let mtime = std::time::UNIX_EPOCH + Duration::new(1_500_000_000, 5);
+    let change = s3mount::fs::SetAttr {
+        mode: Some(0o640),
+        uid: Some(7),
+        gid: Some(8),
+        mtime: Some(mtime),
+        ..Default::default()
+    };
+    let attr = f.fs.setattr(ino, change).await.unwrap();
+    assert_eq!(
+        (attr.perm, attr.uid, attr.gid, attr.mtime),
+        (0o640, 7, 8, mtime)
+    );
+    assert_eq!(f.store.count(Op::Copy) - etag_before, 1);
+    assert_eq!(f.store.object("doc").unwrap(), &b"content"[..]);
+    assert_eq!(
+        meta_of(&f.store, "doc", "mode").unwrap(),
+        (libc::S_IFREG | 0o640).to_string()
+    );
+    assert_eq!(
+        meta_of(&f.store, "doc", "mtime").unwrap(),
+        "1500000000.000000005"
+    );
+
+    // A directory's attributes go to its marker.
+    let d = f.fs.mkdir(ROOT, OsStr::new("d"), 0o755, ME).await.unwrap();
+    let change = s3mount::fs::SetAttr {
+        mode: Some(0o711),
+        ..Default::default()
+    };
+    f.fs.setattr(d.ino, change).await.unwrap();
+    assert_eq!(
+        meta_of(&f.store, "d/", "mode").unwrap(),
+        (libc::S_IFDIR | 0o711).to_string()
+    );
+
+    let again = S3Fs::new(f.store.clone(), config("", f.cache.path())).unwrap();
+    let doc = again.lookup(ROOT, OsStr::new("doc")).await.unwrap();
+    assert_eq!(
+        (doc.perm, doc.uid, doc.gid, doc.mtime),
+        (0o640, 7, 8, mtime)
+    );
+    let d = again.lookup(ROOT, OsStr::new("d")).await.unwrap();
+    assert_eq!(d.perm, 0o711);
+}
+
+#[tokio::test]
+async fn attribute_changes_of_an_open_file_ride_along_with_its_upload() {
+    let f = fixture("");
+    let (attr, fh) = f.fs.create(ROOT, OsStr::new("w"), 0o644, ME).await.unwrap();
+    f.fs.write(fh, 0, b"abc").await.unwrap();
+    let change = s3mount::fs::SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    f.fs.setattr(attr.ino, change).await.unwrap();
+    f.fs.setxattr(attr.ino, "user.k", b"v", 0).await.unwrap();
+    assert!(
+        f.store.object("w").is_none(),
+        "nothing uploaded before close"
+    );
+    f.fs.flush(fh).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(f.store.count(Op::Copy), 0);
+    assert_eq!(f.store.count(Op::Put), 1);
+    assert_eq!(
+        meta_of(&f.store, "w", "mode").unwrap(),
+        (libc::S_IFREG | 0o600).to_string()
+    );
+    assert!(meta_of(&f.store, "w", "xattr").is_some());
+}
+
+#[tokio::test]
+async fn user_xattrs_follow_the_linux_rules_and_s3_attributes_are_read_only() {
+    let f = fixture("docs/");
+    let ino = write_file(&f.fs, ROOT, "x", b"1").await;
+    let fs = &f.fs;
+    assert!(matches!(
+        fs.getxattr(ino, "user.none").await,
+        Err(FsError::NoXattr)
+    ));
+    assert!(matches!(
+        fs.setxattr(ino, "user.a", b"1", libc::XATTR_REPLACE).await,
+        Err(FsError::NoXattr)
+    ));
+    fs.setxattr(ino, "user.a", b"1", libc::XATTR_CREATE)
+        .await
+        .unwrap();
+    assert!(matches!(
+        fs.setxattr(ino, "user.a", b"2", libc::XATTR_CREATE).await,
+        Err(FsError::Exists)
+    ));
+    fs.setxattr(ino, "user.a", &[0, 1, 2], libc::XATTR_REPLACE)
+        .await
+        .unwrap();
+    fs.setxattr(ino, "user.b", b"", 0).await.unwrap();
+    assert_eq!(fs.getxattr(ino, "user.a").await.unwrap(), vec![0, 1, 2]);
+    assert_eq!(fs.listxattr(ino).await.unwrap(), vec!["user.a", "user.b"]);
+    fs.removexattr(ino, "user.b").await.unwrap();
+    assert!(matches!(
+        fs.removexattr(ino, "user.b").await,
+        Err(FsError::NoXattr)
+    ));
+    assert!(matches!(
+        fs.setxattr(ino, "trusted.x", b"1", 0).await,
+        Err(FsError::Unsupported(_))
+    ));
+    assert!(matches!(
+        fs.setxattr(ino, "user.big", &[b'x'; 3000], 0).await,
+        Err(FsError::TooBig)
+    ));
+    assert!(matches!(
+        fs.setxattr(ino, "user.s3.key", b"x", 0).await,
+        Err(FsError::NotPermitted(_))
+    ));
+    assert_eq!(fs.getxattr(ino, "user.s3.key").await.unwrap(), b"docs/x");
+    let etag = String::from_utf8(fs.getxattr(ino, "user.s3.etag").await.unwrap()).unwrap();
+    assert!(etag.starts_with('"'), "{etag}");
+    let url = String::from_utf8(fs.getxattr(ino, "user.s3.url").await.unwrap()).unwrap();
+    assert!(
+        url.contains("docs/x") && url.contains("expires=3600"),
+        "{url}"
+    );
+
+    let again = S3Fs::new(f.store.clone(), config("docs/", f.cache.path())).unwrap();
+    let x = again.lookup(ROOT, OsStr::new("x")).await.unwrap();
+    assert_eq!(
+        again.getxattr(x.ino, "user.a").await.unwrap(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(again.listxattr(x.ino).await.unwrap(), vec!["user.a"]);
+}

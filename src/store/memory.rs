@@ -107,6 +107,18 @@ impl MemoryStore {
         self.store(key, Bytes::copy_from_slice(data), ObjectHeaders::default());
     }
 
+    /// Puts an object with user metadata, as another client (s3fs) would.
+    pub fn insert_with_meta(&self, key: &str, data: &[u8], meta: &[(&str, &str)]) {
+        let headers = ObjectHeaders {
+            user_meta: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            content_type: None,
+        };
+        self.store(key, Bytes::copy_from_slice(data), headers);
+    }
+
     fn store(&self, key: &str, data: Bytes, headers: ObjectHeaders) -> ETag {
         let etag = content_etag(&data);
         self.objects.lock().unwrap().insert(
