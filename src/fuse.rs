@@ -42,7 +42,6 @@ fn file_type(kind: Kind) -> FileType {
 
 fn to_fuse_attr(attr: &Attr) -> FileAttr {
     let kind = file_type(attr.kind);
-    let nlink = if attr.kind == Kind::Dir { 2 } else { 1 };
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
@@ -53,7 +52,7 @@ fn to_fuse_attr(attr: &Attr) -> FileAttr {
         crtime: attr.ctime,
         kind,
         perm: attr.perm,
-        nlink,
+        nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
         rdev: attr.rdev,

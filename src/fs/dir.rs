@@ -54,6 +54,7 @@ pub(super) fn page_entries(
                         remote: Remote {
                             etag: o.etag.clone(),
                             size: o.size,
+                            modified: Some(o.last_modified),
                         },
                         mtime: o.last_modified,
                     },

@@ -63,6 +63,8 @@ pub struct Attr {
     pub gid: u32,
     /// Device number of character and block devices.
     pub rdev: u32,
+    /// Hard links: 1 for files (2 for directories), 0 once unlinked while still open.
+    pub nlink: u32,
 }
 
 impl Attr {
@@ -82,10 +84,38 @@ pub struct Extras {
 }
 
 /// The object in S3 that a file inode stands for.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Remote {
     pub etag: ETag,
     pub size: u64,
+    /// Its Last-Modified as S3 last reported it (None after our own writes). Another
+    /// client's metadata change (a copy onto itself) keeps ETag and size and changes
+    /// only this.
+    pub modified: Option<SystemTime>,
+}
+
+/// Same content: ETag and size (Last-Modified is compared by [`Remote::metadata_changed`]).
+impl PartialEq for Remote {
+    fn eq(&self, other: &Remote) -> bool {
+        self.etag == other.etag && self.size == other.size
+    }
+}
+
+impl Remote {
+    /// Did the object's metadata change since `self` was seen, by what `now` says?
+    /// (Whole seconds: HEAD reports no more.) After our own write we do not know S3's
+    /// Last-Modified, so the first listing that shows it counts as a change.
+    pub fn metadata_changed(&self, now: &Remote) -> bool {
+        let secs = |t: SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        match (self.modified, now.modified) {
+            (Some(a), Some(b)) => secs(a) != secs(b),
+            (None, Some(_)) => true,
+            _ => false,
+        }
+    }
 }
 
 pub struct Inode {
@@ -216,9 +246,26 @@ impl InodeTable {
             let same_kind = inode.attr.kind == attr.kind
                 || (extras.is_none() && inode.attr.kind != Kind::Dir && attr.kind != Kind::Dir);
             if same_kind {
-                // A listing knows less than HEAD: it keeps what HEAD said of the same object.
-                let same_object = inode.remote == remote;
-                if inode.stage.is_none() && (extras.is_some() || !same_object) {
+                // A listing knows less than HEAD: it keeps what HEAD said of the same
+                // object, unless its metadata was changed since.
+                let same_object = match (&inode.remote, &remote) {
+                    (Some(old), Some(new)) => old == new && !old.metadata_changed(new),
+                    // A directory's marker has no Last-Modified in a listing: once its
+                    // attributes are stale, a listing has them asked for again.
+                    (None, None) => extras.is_some() || inode.valid_until > Instant::now(),
+                    _ => false,
+                };
+                if inode.stage.is_none()
+                    && extras.is_none()
+                    && !same_object
+                    && attr.kind == Kind::Dir
+                {
+                    // A listing knows nothing of a directory but its name: ask again.
+                    inode.meta_known = false;
+                } else if inode.stage.is_none() && (extras.is_some() || !same_object) {
+                    if extras.is_none() && inode.attr.kind != Kind::Dir {
+                        attr.kind = inode.attr.kind; // a listing cannot tell; HEAD will
+                    }
                     attr.ino = ino;
                     inode.attr = attr;
                     inode.remote = remote;

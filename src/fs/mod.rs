@@ -167,6 +167,7 @@ impl<S: ObjectStore> S3Fs<S> {
             uid: cfg.uid,
             gid: cfg.gid,
             rdev: 0,
+            nlink: 2,
         };
         Ok(S3Fs {
             layout: Layout::new(&cfg.prefix),
@@ -205,6 +206,7 @@ impl<S: ObjectStore> S3Fs<S> {
             uid: self.cfg.uid,
             gid: self.cfg.gid,
             rdev: 0,
+            nlink: 2,
         }
     }
 
@@ -220,6 +222,7 @@ impl<S: ObjectStore> S3Fs<S> {
             uid: self.cfg.uid,
             gid: self.cfg.gid,
             rdev: 0,
+            nlink: 1,
         }
     }
 
@@ -294,6 +297,9 @@ impl<S: ObjectStore> S3Fs<S> {
         let mut attr = inode.attr.clone();
         if let Some(stage) = table.stage(ino) {
             attr.size = stage.size();
+        }
+        if inode.detached {
+            attr.nlink = 0; // unlinked while open
         }
         Some(attr)
     }
@@ -392,13 +398,21 @@ impl<S: ObjectStore> S3Fs<S> {
             return Ok(Self::current_attr(&table, ino).expect("present"));
         }
         let (parent, name) = (inode.parent, inode.name.clone());
+        let (seen_mtime, seen_ctime) = (inode.attr.mtime, inode.attr.ctime);
         let until = self.valid_until();
         match head {
             Ok(meta) => {
-                let (attr, extras) = self.attr_from_head(&meta, dir);
+                let (mut attr, extras) = self.attr_from_head(&meta, dir);
+                if dir {
+                    // Entry changes made here touch the directory's times in memory only
+                    // (the marker is not rewritten for each); they do not go back.
+                    attr.mtime = attr.mtime.max(seen_mtime);
+                    attr.ctime = attr.ctime.max(seen_ctime);
+                }
                 let remote = (!dir).then(|| Remote {
                     etag: meta.etag.clone(),
                     size: meta.size,
+                    modified: Some(meta.last_modified),
                 });
                 let ino = table.upsert(parent, &name, attr, remote, until, Some(extras));
                 Ok(Self::current_attr(&table, ino).expect("just upserted"))
@@ -556,6 +570,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 let remote = Remote {
                     etag: meta.etag.clone(),
                     size: meta.size,
+                    modified: Some(meta.last_modified),
                 };
                 let until = self.valid_until();
                 let ino = table.upsert(parent, name, attr, Some(remote), until, Some(extras));
@@ -626,13 +641,10 @@ impl<S: ObjectStore> S3Fs<S> {
             if inode.detached || table.stage(ino).is_some() || (fresh && inode.meta_known) {
                 return Ok(Self::current_attr(&table, ino).expect("present"));
             }
-            let inode = table.get_mut(ino).expect("present");
-            if inode.attr.kind == Kind::Dir && inode.meta_known {
-                // Directories are not asked about again: their children are.
-                inode.valid_until = Instant::now() + self.cfg.metadata_ttl;
+            if ino == ROOT {
                 return Ok(Self::current_attr(&table, ino).expect("present"));
             }
-            inode.meta_known = false;
+            table.get_mut(ino).expect("present").meta_known = false;
         }
         let attr = self.ensure_meta(ino).await?;
         if attr.ino != ino {
@@ -683,6 +695,9 @@ impl<S: ObjectStore> S3Fs<S> {
         if let Some(size) = change.size {
             let stage = self.stage_for_write(ino, false)?;
             stage.truncate(&*self.store, size).await?;
+            if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
+                inode.attr.size = size;
+            }
         }
         self.persist_or_forget(ino).await?;
         let table = self.inodes.lock().unwrap();
@@ -750,6 +765,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 Remote {
                     etag: meta.etag,
                     size: meta.size,
+                    modified: Some(meta.last_modified),
                 }
             }
         };
@@ -768,6 +784,7 @@ impl<S: ObjectStore> S3Fs<S> {
             inode.remote = Some(Remote {
                 etag,
                 size: remote.size,
+                modified: None,
             });
             inode.valid_until = until;
         }
@@ -845,6 +862,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 }
                 let t = now();
                 if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
+                    inode.attr.size = 0;
                     inode.attr.mtime = t;
                     inode.attr.ctime = t;
                 }
@@ -1166,7 +1184,12 @@ impl<S: ObjectStore> S3Fs<S> {
                 let until = self.valid_until();
                 let mut table = self.inodes.lock().unwrap();
                 if let Some(inode) = table.get_mut(ino) {
-                    inode.remote = Some(Remote { etag, size });
+                    inode.remote = Some(Remote {
+                        etag,
+                        size,
+                        modified: None,
+                    });
+                    inode.attr.size = size;
                     inode.valid_until = until;
                 }
                 log::debug!("uploaded {key} ({size} bytes)");
@@ -1322,6 +1345,7 @@ impl<S: ObjectStore> S3Fs<S> {
             _ => self.file_attr(0, t),
         };
         attr.kind = kind;
+        attr.nlink = if kind == Kind::Dir { 2 } else { 1 };
         attr.perm = (mode & 0o7777) as u16;
         attr.uid = caller.uid;
         attr.gid = caller.gid;
@@ -1363,6 +1387,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let remote = (!dir).then(|| Remote {
             etag,
             size: body.len() as u64,
+            modified: None,
         });
         let t = attr.ctime;
         let ino = table.upsert(parent, name, attr, remote, until, Some(extras));
