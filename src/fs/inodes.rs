@@ -127,6 +127,9 @@ pub struct Inode {
     /// Entries known from a listing only have defaults until a HEAD.
     pub meta_known: bool,
     pub extras: Extras,
+    /// Directories: entries changed here, so mtime and ctime are newer in memory than
+    /// on the marker.
+    pub touched: bool,
     /// Until when `attr` may be served without asking S3.
     pub valid_until: Instant,
     pub lookups: u64,
@@ -166,6 +169,7 @@ impl InodeTable {
                 remote: None,
                 meta_known: true,
                 extras: Extras::default(),
+                touched: false,
                 valid_until: far_future(),
                 lookups: 1,
                 open_handles: 0,
@@ -289,6 +293,7 @@ impl InodeTable {
                 remote,
                 meta_known: extras.is_some(),
                 extras: extras.unwrap_or_default(),
+                touched: false,
                 valid_until,
                 lookups: 0,
                 open_handles: 0,

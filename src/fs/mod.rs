@@ -265,6 +265,7 @@ impl<S: ObjectStore> S3Fs<S> {
         if let Some(inode) = table.get_mut(dir) {
             inode.attr.mtime = t;
             inode.attr.ctime = t;
+            inode.touched = true;
         }
     }
 
@@ -398,16 +399,16 @@ impl<S: ObjectStore> S3Fs<S> {
             return Ok(Self::current_attr(&table, ino).expect("present"));
         }
         let (parent, name) = (inode.parent, inode.name.clone());
-        let (seen_mtime, seen_ctime) = (inode.attr.mtime, inode.attr.ctime);
+        let touched = inode.touched.then_some((inode.attr.mtime, inode.attr.ctime));
         let until = self.valid_until();
         match head {
             Ok(meta) => {
                 let (mut attr, extras) = self.attr_from_head(&meta, dir);
-                if dir {
+                if let Some((mtime, ctime)) = touched {
                     // Entry changes made here touch the directory's times in memory only
                     // (the marker is not rewritten for each); they do not go back.
-                    attr.mtime = attr.mtime.max(seen_mtime);
-                    attr.ctime = attr.ctime.max(seen_ctime);
+                    attr.mtime = attr.mtime.max(mtime);
+                    attr.ctime = attr.ctime.max(ctime);
                 }
                 let remote = (!dir).then(|| Remote {
                     etag: meta.etag.clone(),
