@@ -66,6 +66,15 @@ if [ ! -x "$BIN" ] || [ "${PJDFSTEST_BUILD:-0}" = 1 ]; then
 fi
 t_install=$(($(now) - t0))
 
+# The EROFS cases remount the mount read-only and back (`mount -o remount,ro`); mount(8)
+# hands that to the helper of type fuse.s3mount, which is s3mount itself.
+HELPER=/usr/sbin/mount.fuse.s3mount
+helper_added=0
+if [ ! -e "$HELPER" ]; then
+    ln -s "$BIN" "$HELPER"
+    helper_added=1
+fi
+
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/s3mount-pjdfstest.XXXXXX")
 # The suite switches to nobody/tests, who must be able to reach the mount point.
 chmod 755 "$WORK"
@@ -90,6 +99,7 @@ cleanup() {
     fi
     "$REPO/scripts/local-s3.sh" stop "$WORK/garage" >/dev/null
     rm -rf "$WORK"
+    [ "$helper_added" = 0 ] || rm -f "$HELPER"
 }
 trap cleanup EXIT
 

@@ -134,6 +134,41 @@ const IGNORED_MOUNT_OPTIONS: &[&str] = &[
     "strictatime",
 ];
 
+/// `s3mount SOURCE DIR -o ...,remount,ro|rw,...` as mount(8) runs it for
+/// `mount -o remount,ro DIR` on a mount of type `fuse.s3mount`: the mount point and
+/// whether it becomes read-only. None for every other command line.
+pub fn remount_request(args: &[OsString]) -> Option<(PathBuf, bool)> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut iter = args.iter().skip(1);
+    while let Some(arg) = iter.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "-o" {
+            options.extend(
+                iter.next()?
+                    .to_string_lossy()
+                    .split(',')
+                    .map(str::to_string),
+            );
+        } else if let Some(opts) = arg.strip_prefix("-o") {
+            options.extend(opts.split(',').map(str::to_string));
+        } else if !arg.starts_with('-') {
+            positional.push(arg.to_string());
+        }
+    }
+    if !options.iter().any(|o| o == "remount") {
+        return None;
+    }
+    // The last of ro/rw wins, as in mount(8).
+    let read_only = options
+        .iter()
+        .rev()
+        .find(|o| *o == "ro" || *o == "rw")
+        .is_some_and(|o| o == "ro");
+    let dir = positional.into_iter().rfind(|p| p != "mount")?;
+    Some((PathBuf::from(dir), read_only))
+}
+
 /// Rewrites the fstab form into long options, and inserts the `mount` subcommand when
 /// invoked by mount(8) as `s3mount BUCKET DIR -o opts`.
 pub fn expand_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
@@ -393,6 +428,29 @@ mod tests {
         assert_eq!(parse_size("2MB"), Ok(2_000_000));
         assert!(parse_size("8XB").is_err());
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn remount_requests_are_recognised() {
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            remount_request(&args(&[
+                "s3mount",
+                "s3mount:b/p/",
+                "/mnt/x",
+                "-o",
+                "rw,remount,ro"
+            ])),
+            Some((PathBuf::from("/mnt/x"), true))
+        );
+        assert_eq!(
+            remount_request(&args(&["s3mount", "src", "/mnt/x", "-oremount,rw"])),
+            Some((PathBuf::from("/mnt/x"), false))
+        );
+        assert_eq!(
+            remount_request(&args(&["s3mount", "b", "/mnt/x", "-o", "ro"])),
+            None
+        );
     }
 
     #[test]

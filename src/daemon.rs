@@ -260,18 +260,8 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
             ),
         );
     }
-    let mut options = vec![
-        MountOption::FSName(format!("s3mount:{}/{}", cfg.bucket, cfg.fs.prefix)),
-        MountOption::Subtype("s3mount".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
-    if cfg.fs.read_only {
-        options.push(MountOption::RO);
-    }
+    let fsname = format!("s3mount:{}/{}", cfg.bucket, cfg.fs.prefix);
     let mut fuse_config = fuser::Config::default();
-    fuse_config.mount_options = options;
     fuse_config.acl = if cfg.allow_other {
         SessionACL::All
     } else if cfg.allow_root {
@@ -282,11 +272,54 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
     fuse_config.n_threads = Some(2);
     fuse_config.clone_fd = true;
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
-    let mut session = match fuser::Session::new(adapter, &cfg.mountpoint, &fuse_config) {
-        Ok(s) => s,
-        Err(e) => {
-            let mp = cfg.mountpoint.display();
-            return fail(&mut ready, format!("cannot mount on {mp}: {e}"));
+    let allow_other = cfg.allow_other || cfg.allow_root;
+    // SAFETY: geteuid has no preconditions.
+    let direct = if unsafe { libc::geteuid() } == 0 {
+        match crate::mount::mount(&cfg.mountpoint, &fsname, cfg.fs.read_only, allow_other) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+            Err(e) => {
+                let mp = cfg.mountpoint.display();
+                return fail(&mut ready, format!("cannot mount on {mp}: {e}"));
+            }
+        }
+    } else {
+        None
+    };
+    let (session, mut unmounter) = match direct {
+        Some((device, mount)) => {
+            let acl = fuse_config.acl;
+            match fuser::Session::from_fd(adapter, device, acl, fuse_config) {
+                Ok(s) => (s, Unmounter::Direct(mount)),
+                Err(e) => {
+                    mount.detach();
+                    let mp = cfg.mountpoint.display();
+                    return fail(&mut ready, format!("cannot mount on {mp}: {e}"));
+                }
+            }
+        }
+        None => {
+            let mut options = vec![
+                MountOption::FSName(fsname),
+                MountOption::Subtype("s3mount".into()),
+                MountOption::DefaultPermissions,
+                MountOption::NoDev,
+                MountOption::NoSuid,
+            ];
+            if cfg.fs.read_only {
+                options.push(MountOption::RO);
+            }
+            fuse_config.mount_options = options;
+            match fuser::Session::new(adapter, &cfg.mountpoint, &fuse_config) {
+                Ok(mut s) => {
+                    let unmounter = Unmounter::Fuser(s.unmount_callable());
+                    (s, unmounter)
+                }
+                Err(e) => {
+                    let mp = cfg.mountpoint.display();
+                    return fail(&mut ready, format!("cannot mount on {mp}: {e}"));
+                }
+            }
         }
     };
     log::info!(
@@ -303,7 +336,10 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
     }
     notify_systemd("READY=1");
 
-    let mut unmounter = session.unmount_callable();
+    let on_error = match &unmounter {
+        Unmounter::Direct(m) => Some(m.clone()),
+        Unmounter::Fuser(_) => None,
+    };
     let signal_fs = fs.clone();
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
@@ -328,6 +364,9 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
 
     if let Err(e) = session.run() {
         log::error!("FUSE session ended with an error: {e}");
+        if let Some(mount) = &on_error {
+            mount.detach();
+        }
     }
     let failed = runtime.block_on(fs.shutdown());
     if failed > 0 {
@@ -420,5 +459,20 @@ fn notify_systemd(state: &str) {
     };
     if let Err(e) = result {
         log::warn!("could not notify systemd: {e}");
+    }
+}
+
+/// Takes the mount away: our own mount(2), or fuser's (fusermount3).
+enum Unmounter {
+    Direct(crate::mount::DirectMount),
+    Fuser(fuser::SessionUnmounter),
+}
+
+impl Unmounter {
+    fn unmount(&mut self) -> std::io::Result<()> {
+        match self {
+            Unmounter::Direct(m) => m.unmount(),
+            Unmounter::Fuser(u) => u.unmount(),
+        }
     }
 }

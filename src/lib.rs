@@ -25,6 +25,7 @@ pub mod fs;
 pub mod fuse;
 pub mod journal;
 pub mod layout;
+pub mod mount;
 pub mod read;
 pub mod stage;
 pub mod store;

@@ -1,10 +1,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use s3mount::cli::{Cli, Command, expand_args};
+use s3mount::cli::{Cli, Command, expand_args, remount_request};
 
 fn main() -> ExitCode {
-    let args = match expand_args(std::env::args_os().collect()) {
+    let args: Vec<_> = std::env::args_os().collect();
+    if let Some((dir, read_only)) = remount_request(&args) {
+        return match s3mount::mount::remount(&dir, read_only) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("s3mount: cannot remount {}: {e}", dir.display());
+                ExitCode::from(32)
+            }
+        };
+    }
+    let args = match expand_args(args) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("s3mount: {e}");

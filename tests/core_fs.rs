@@ -919,3 +919,15 @@ async fn user_xattrs_follow_the_linux_rules_and_s3_attributes_are_read_only() {
     );
     assert_eq!(again.listxattr(x.ino).await.unwrap(), vec!["user.a"]);
 }
+
+#[tokio::test]
+async fn a_forgotten_inode_is_found_again_while_the_listing_is_fresh() {
+    let f = fixture("");
+    let d = f.fs.mkdir(ROOT, OsStr::new("d"), 0o755, ME).await.unwrap();
+    // A miss lists the root: its listing is complete for the metadata TTL.
+    assert!(f.fs.lookup(ROOT, OsStr::new("nothing")).await.is_err());
+    // The kernel forgets `d` (memory pressure, a remount): the table drops it.
+    f.fs.forget(d.ino, 1);
+    let again = f.fs.lookup(ROOT, OsStr::new("d")).await.unwrap();
+    assert_eq!(again.kind, Kind::Dir);
+}

@@ -443,6 +443,10 @@ impl InodeTable {
             }
             if !inode.detached {
                 self.unlink_from_parent(key.0);
+                // The parent's listing no longer has every child in the table.
+                if let Some(parent) = self.inodes.get_mut(&key.0) {
+                    parent.listed_until = None;
+                }
             }
             let parent = inode.parent;
             if self.inodes.get(&parent).is_some_and(|p| p.detached) {

@@ -399,7 +399,9 @@ impl<S: ObjectStore> S3Fs<S> {
             return Ok(Self::current_attr(&table, ino).expect("present"));
         }
         let (parent, name) = (inode.parent, inode.name.clone());
-        let touched = inode.touched.then_some((inode.attr.mtime, inode.attr.ctime));
+        let touched = inode
+            .touched
+            .then_some((inode.attr.mtime, inode.attr.ctime));
         let until = self.valid_until();
         match head {
             Ok(meta) => {
