@@ -99,7 +99,7 @@ impl DirectMount {
 }
 
 /// How long a read-only remount waits for files still open for writing to be closed.
-const REMOUNT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+const REMOUNT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `mount -o remount,ro|rw`: switches a live mount between read-only and read-write
 /// (the kernel then refuses writes with EROFS itself). The kernel refuses a read-only
