@@ -155,6 +155,14 @@ impl<S: ObjectStore> Reader<S> {
         &self.etag
     }
 
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     pub async fn read(&self, offset: u64, len: u32) -> FsResult<Bytes> {
         if offset >= self.size || len == 0 {
             return Ok(Bytes::new());

@@ -931,3 +931,54 @@ async fn a_forgotten_inode_is_found_again_while_the_listing_is_fresh() {
     let again = f.fs.lookup(ROOT, OsStr::new("d")).await.unwrap();
     assert_eq!(again.kind, Kind::Dir);
 }
+
+#[tokio::test]
+async fn a_failed_unlink_keeps_the_unsaved_data() {
+    let f = fixture("");
+    write_file(&f.fs, ROOT, "doc", b"v1").await;
+    let doc = f.fs.lookup(ROOT, OsStr::new("doc")).await.unwrap();
+    // S3 is unreachable: the new content stays staged, the close fails.
+    let (fh, _) =
+        f.fs.open(
+            doc.ino,
+            OpenMode {
+                write: true,
+                truncate: true,
+            },
+        )
+        .await
+        .unwrap();
+    f.fs.write(fh, 0, b"v2 unsaved").await.unwrap();
+    f.store
+        .fail_next(Op::Put, 10, StoreError::Unreachable("down".into()));
+    assert!(f.fs.flush(fh).await.is_err());
+    f.fs.release(fh).await.ok();
+    f.store
+        .fail_next(Op::Delete, 10, StoreError::Unreachable("down".into()));
+    assert!(f.fs.unlink(ROOT, OsStr::new("doc")).await.is_err());
+    // Nothing was given up: the file still reads the unsaved content and uploads later.
+    let doc = f.fs.lookup(ROOT, OsStr::new("doc")).await.unwrap();
+    assert_eq!(read_all(&f.fs, doc.ino).await, b"v2 unsaved");
+    f.store
+        .fail_next(Op::Put, 0, StoreError::Unreachable("".into()));
+    f.store
+        .fail_next(Op::Delete, 0, StoreError::Unreachable("".into()));
+    f.fs.retry_failed_uploads().await;
+    assert_eq!(f.store.object("doc").unwrap(), &b"v2 unsaved"[..]);
+}
+
+#[tokio::test]
+async fn an_open_reader_follows_its_file_through_a_rename_here() {
+    let f = fixture("");
+    let data = pattern(300 * 1024, 3);
+    let ino = write_file(&f.fs, ROOT, "old", &data).await;
+    let (fh, _) = f.fs.open(ino, OpenMode::default()).await.unwrap();
+    assert_eq!(f.fs.read(fh, 0, 1000).await.unwrap(), &data[..1000]);
+    f.fs.rename(ROOT, OsStr::new("old"), ROOT, OsStr::new("new"), false)
+        .await
+        .unwrap();
+    assert!(f.store.object("old").is_none());
+    let tail = f.fs.read(fh, 200 * 1024, 1000).await.unwrap();
+    assert_eq!(tail, &data[200 * 1024..200 * 1024 + 1000]);
+    f.fs.release(fh).await.unwrap();
+}

@@ -127,6 +127,8 @@ pub struct Inode {
     /// Entries known from a listing only have defaults until a HEAD.
     pub meta_known: bool,
     pub extras: Extras,
+    /// Counts the content changes of the object (uploads here, other versions seen).
+    pub content_version: u64,
     /// Directories: entries changed here, so mtime and ctime are newer in memory than
     /// on the marker.
     pub touched: bool,
@@ -169,6 +171,7 @@ impl InodeTable {
                 remote: None,
                 meta_known: true,
                 extras: Extras::default(),
+                content_version: 0,
                 touched: false,
                 valid_until: far_future(),
                 lookups: 1,
@@ -272,6 +275,9 @@ impl InodeTable {
                     }
                     attr.ino = ino;
                     inode.attr = attr;
+                    if inode.remote != remote {
+                        inode.content_version += 1;
+                    }
                     inode.remote = remote;
                     inode.meta_known = extras.is_some();
                     inode.extras = extras.unwrap_or_default();
@@ -293,6 +299,7 @@ impl InodeTable {
                 remote,
                 meta_known: extras.is_some(),
                 extras: extras.unwrap_or_default(),
+                content_version: 0,
                 touched: false,
                 valid_until,
                 lookups: 0,

@@ -45,7 +45,7 @@ const XATTR_ETAG: &str = "user.s3.etag";
 const XATTR_URL: &str = "user.s3.url";
 
 /// HEADs in flight to complete the attributes of one batch of directory entries.
-const META_FETCHES: usize = 32;
+const META_FETCHES: usize = 96;
 
 /// Settings of the core, validated by the command line.
 #[derive(Clone, Debug)]
@@ -107,6 +107,9 @@ struct FileHandle<S> {
     writable: bool,
     /// The version of the object at open, for handles that read from S3.
     reader: Option<Reader<S>>,
+    /// The inode's content version at open: while it is unchanged, a reader whose object
+    /// moved (a rename) or got a new ETag (a metadata copy) may follow it.
+    content_version: u64,
 }
 
 enum Handle<S> {
@@ -894,11 +897,13 @@ impl<S: ObjectStore> S3Fs<S> {
         let seen = reader.as_ref().map(|r| r.etag().clone());
         let keep_cache = seen.is_some() && inode.page_cache_etag == seen;
         inode.page_cache_etag = seen;
+        let content_version = inode.content_version;
         drop(table);
         let fh = self.add_handle(Handle::File(FileHandle {
             ino,
             writable: mode.write,
             reader,
+            content_version,
         }));
         Ok((fh, keep_cache))
     }
@@ -953,6 +958,7 @@ impl<S: ObjectStore> S3Fs<S> {
             ino,
             writable: true,
             reader: None,
+            content_version: 0,
         }));
         Ok((attr, fh))
     }
@@ -966,10 +972,58 @@ impl<S: ObjectStore> S3Fs<S> {
         if let Some(stage) = stage {
             return Ok(Bytes::from(stage.read(&*self.store, offset, len).await?));
         }
-        match &file.reader {
-            Some(reader) => reader.read(offset, len).await,
-            None => Ok(Bytes::new()),
+        let Some(reader) = &file.reader else {
+            return Ok(Bytes::new());
+        };
+        match reader.read(offset, len).await {
+            Err(FsError::Stale | FsError::Store(StoreError::NotFound)) => {
+                match self.follow_object(fh, file) {
+                    Some(moved) => match &*moved {
+                        Handle::File(FileHandle {
+                            reader: Some(reader),
+                            ..
+                        }) => reader.read(offset, len).await,
+                        _ => Err(FsError::Stale),
+                    },
+                    None => Err(FsError::Stale),
+                }
+            }
+            result => result,
         }
+    }
+
+    /// A reader's object is gone or has another ETag. If this mount moved it (rename) or
+    /// rewrote only its metadata (a copy onto itself), the content is the same: the
+    /// handle follows the object to its current key and ETag. Otherwise None (the
+    /// content changed underneath: the read fails rather than mix versions).
+    fn follow_object(&self, fh: u64, file: &FileHandle<S>) -> Option<Arc<Handle<S>>> {
+        let old = file.reader.as_ref()?;
+        let table = self.inodes.lock().unwrap();
+        let inode = table.get(file.ino)?;
+        if inode.content_version != file.content_version {
+            return None;
+        }
+        let remote = inode.remote.as_ref()?;
+        let key = self.layout.file_key(&table.path(file.ino)?);
+        if remote.size != old.size() || (*key == *old.key() && remote.etag == *old.etag()) {
+            return None;
+        }
+        let reader = Reader::new(
+            self.store.clone(),
+            self.cache.clone(),
+            &key,
+            remote.etag.clone(),
+            remote.size,
+        );
+        drop(table);
+        let handle = Arc::new(Handle::File(FileHandle {
+            ino: file.ino,
+            writable: file.writable,
+            reader: Some(reader),
+            content_version: file.content_version,
+        }));
+        self.handles.lock().unwrap().insert(fh, handle.clone());
+        Some(handle)
     }
 
     /// The stage a write through `fh` goes to.
@@ -1192,6 +1246,7 @@ impl<S: ObjectStore> S3Fs<S> {
                         size,
                         modified: None,
                     });
+                    inode.content_version += 1;
                     inode.attr.size = size;
                     inode.valid_until = until;
                 }
@@ -1227,14 +1282,19 @@ impl<S: ObjectStore> S3Fs<S> {
             let path = table.path(attr.ino).ok_or(FsError::NotFound)?;
             (self.layout.file_key(&path), table.stage(attr.ino))
         };
-        if let Some(stage) = &stage {
-            if let Some(st) = stage.mark_deleted() {
-                self.uploader.abort_streaming(st);
+        match &stage {
+            Some(stage) => {
+                // Under the upload lock no upload can recreate the object after the
+                // DELETE; the staged data is given up only once the DELETE succeeded, so a
+                // failed unlink loses nothing.
+                let _upload = stage.upload_lock.lock().await;
+                self.store.delete(&key).await?;
+                if let Some(st) = stage.mark_deleted() {
+                    self.uploader.abort_streaming(st);
+                }
             }
-            // Wait for an upload in progress, so it cannot recreate the object after us.
-            drop(stage.upload_lock.lock().await);
+            None => self.store.delete(&key).await?,
         }
-        self.store.delete(&key).await?;
         self.cache.invalidate(&key);
         let mut table = self.inodes.lock().unwrap();
         table.detach(attr.ino);
