@@ -218,7 +218,7 @@ row() {
     if [ "$m" != - ] && [ "$r" != - ]; then ratio=$(calc "$m / $r" 2); fi
     case $target in
     ">= "*) [ "$m" != - ] && met=$(awk "BEGIN { print ($m >= ${target#>= }) ? \"yes\" : \"NO\" }") ;;
-    "<= "*x) [ "$ratio" != - ] && met=$(awk "BEGIN { t = \"${target#<= }\"; sub(/x/, \"\", t); print ($ratio <= t) ? \"yes\" : \"NO\" }") ;;
+    "<= "*x) [ "$ratio" != - ] && met=$(awk "BEGIN { t = \"${target#<= }\"; sub(/x/, \"\", t); print ($ratio <= t + 0) ? \"yes\" : \"NO\" }") ;;
     "<= "*) [ "$m" != - ] && met=$(awk "BEGIN { print ($m <= ${target#<= }) ? \"yes\" : \"NO\" }") ;;
     esac
     printf '%-50s %10s %10s %7s  %-8s %s\n' "$label" "$m" "$r" "$ratio" "$target" "$met"
