@@ -95,6 +95,11 @@ pub struct MountArgs {
     /// (1..=604800, default 3600).
     #[arg(long, value_name = "SECS")]
     pub url_expiry: Option<u64>,
+    /// List directories without a HEAD per entry: `ls -l` of large directories as fast as
+    /// LIST, but listed entries show the default mode and owner (and symlinks as files)
+    /// until they are looked up by name.
+    #[arg(long)]
+    pub fast_listing: bool,
     /// Allow mounting over a non-empty directory.
     #[arg(long)]
     pub nonempty: bool,
@@ -390,6 +395,7 @@ impl MountArgs {
                 cache_size: cache_size as usize,
                 write_back: self.write_back,
                 url_expiry: Duration::from_secs(url_expiry),
+                fast_listing: self.fast_listing,
             },
             bucket,
             mountpoint,

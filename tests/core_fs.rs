@@ -39,6 +39,7 @@ fn config(prefix: &str, cache: &std::path::Path) -> FsConfig {
         cache_size: 16 * MIB,
         write_back: false,
         url_expiry: std::time::Duration::from_secs(3600),
+        fast_listing: false,
     }
 }
 
@@ -981,4 +982,27 @@ async fn an_open_reader_follows_its_file_through_a_rename_here() {
     let tail = f.fs.read(fh, 200 * 1024, 1000).await.unwrap();
     assert_eq!(tail, &data[200 * 1024..200 * 1024 + 1000]);
     f.fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn fast_listing_lists_without_a_head_per_entry() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let mut cfg = config("", cache.path());
+    cfg.fast_listing = true;
+    let fs = S3Fs::new(store.clone(), cfg).unwrap();
+    let mode = (libc::S_IFREG | 0o600).to_string();
+    for i in 0..50 {
+        store.insert_with_meta(&format!("f{i}"), b"x", &[("mode", &mode)]);
+    }
+    let dh = fs.opendir(ROOT).await.unwrap();
+    let entries = fs.readdir(dh, 0).await.unwrap();
+    fs.releasedir(dh);
+    assert_eq!(entries.len(), 52);
+    assert_eq!(store.count(Op::Head), 0);
+    // Listed entries carry the defaults; a lookup by name reads the stored metadata.
+    let f0 = entries.iter().find(|e| e.name == "f0").unwrap();
+    assert_eq!(f0.attr.perm, 0o644);
+    let found = fs.getattr(f0.attr.ino).await.unwrap();
+    assert_eq!(found.perm, 0o600);
 }
