@@ -6,6 +6,7 @@
 pub mod dir;
 pub mod error;
 pub mod inodes;
+mod meta;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use crate::journal;
 use crate::layout::{self, Layout, check_name};
 use crate::read::{BlockCache, Reader};
 use crate::stage::{RecordAttrs, RemoteBase, Stage, StageDir};
-use crate::store::{ObjectHeaders, ObjectMeta, ObjectStore, StoreError, UploadId};
+use crate::store::{ObjectHeaders, ObjectStore, StoreError, UploadId};
 use crate::upload::Uploader;
 use dir::{DirStream, Listed};
 pub use error::{FsError, FsResult};
@@ -37,15 +38,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A lookup miss lists a directory of up to this many pages (of 1000 names) instead
 /// of asking about the one name: it answers the lookups of all its siblings too.
 const LOOKUP_LIST_PAGES: usize = 2;
-
-/// The read-only virtual extended attributes of every file.
-const XATTR_VIRTUAL: &str = "user.s3.";
-const XATTR_KEY: &str = "user.s3.key";
-const XATTR_ETAG: &str = "user.s3.etag";
-const XATTR_URL: &str = "user.s3.url";
-
-/// HEADs in flight to complete the attributes of one batch of directory entries.
-const META_FETCHES: usize = 96;
 
 /// Settings of the core, validated by the command line.
 #[derive(Clone, Debug)]
@@ -232,72 +224,6 @@ impl<S: ObjectStore> S3Fs<S> {
         }
     }
 
-    /// Attributes of an object from HEAD: s3fs metadata where present, defaults
-    /// otherwise. `dir` for a directory marker (whatever its mode says).
-    fn attr_from_head(&self, meta: &ObjectMeta, dir: bool) -> (Attr, Extras) {
-        let stored = layout::parse_attrs(meta);
-        let mtime = stored.mtime.unwrap_or(meta.last_modified);
-        let mut attr = if dir {
-            self.default_dir_attr(mtime)
-        } else {
-            self.file_attr(meta.size, mtime)
-        };
-        if let Some(mode) = stored.mode {
-            attr.perm = (mode & 0o7777) as u16;
-            if !dir {
-                attr.kind = match Kind::from_mode(mode) {
-                    Kind::Dir => Kind::File, // a key without `/` holds bytes: a file
-                    kind => kind,
-                };
-            }
-        }
-        attr.uid = stored.uid.unwrap_or(attr.uid);
-        attr.gid = stored.gid.unwrap_or(attr.gid);
-        attr.ctime = stored.ctime.unwrap_or(mtime);
-        attr.atime = stored.atime.unwrap_or(mtime);
-        attr.rdev = stored.rdev.unwrap_or(0);
-        (
-            attr,
-            Extras {
-                xattrs: stored.xattrs,
-                link: None,
-            },
-        )
-    }
-
-    /// A directory's entries changed at `t`: its mtime and ctime say so (in memory; the
-    /// marker is not rewritten for every entry, as s3fs would).
-    fn touch_dir(table: &mut InodeTable, dir: u64, t: SystemTime) {
-        if let Some(inode) = table.get_mut(dir) {
-            inode.attr.mtime = t;
-            inode.attr.ctime = t;
-            inode.touched = true;
-        }
-    }
-
-    /// The metadata headers of the object of `ino` as the table knows it now.
-    fn headers_for(table: &InodeTable, ino: u64, times: bool) -> Option<ObjectHeaders> {
-        let attr = Self::current_attr(table, ino)?;
-        Some(Self::headers_of(&attr, &table.get(ino)?.extras, times))
-    }
-
-    /// The metadata headers of an object with these attributes.
-    fn headers_of(attr: &Attr, extras: &Extras, times: bool) -> ObjectHeaders {
-        layout::object_headers(
-            &layout::PosixMeta {
-                mode: attr.mode(),
-                uid: attr.uid,
-                gid: attr.gid,
-                atime: attr.atime,
-                mtime: attr.mtime,
-                ctime: attr.ctime,
-                rdev: attr.rdev,
-                xattrs: extras.xattrs.clone(),
-            },
-            times,
-        )
-    }
-
     /// The current attributes of an inode; a staged file reports its stage's size.
     fn current_attr(table: &InodeTable, ino: u64) -> Option<Attr> {
         let inode = table.get(ino)?;
@@ -373,115 +299,6 @@ impl<S: ObjectStore> S3Fs<S> {
     async fn resolve(&self, parent: u64, name: &str) -> FsResult<Attr> {
         let attr = self.find(parent, name).await?;
         self.ensure_meta(attr.ino).await
-    }
-
-    /// The attributes of `ino` once its object's metadata is known: an entry known from
-    /// a listing only is completed by a HEAD of its key (or of its directory marker; a
-    /// directory without one keeps the defaults). Returns the attributes under the inode
-    /// number now in the table, which is a new one if the HEAD found another kind of
-    /// object than the kernel was told of.
-    async fn ensure_meta(&self, ino: u64) -> FsResult<Attr> {
-        let (key, dir) = {
-            let table = self.inodes.lock().unwrap();
-            let inode = table.get(ino).ok_or(FsError::NotFound)?;
-            let attr = Self::current_attr(&table, ino).expect("present");
-            if inode.meta_known || table.stage(ino).is_some() {
-                return Ok(attr);
-            }
-            let Some(path) = table.path(ino) else {
-                return Ok(attr); // unlinked: nothing to ask about
-            };
-            match attr.kind {
-                Kind::Dir => (self.layout.dir_prefix(&path), true),
-                _ => (self.layout.file_key(&path), false),
-            }
-        };
-        let head = self.store.head(&key).await;
-        let mut table = self.inodes.lock().unwrap();
-        let Some(inode) = table.get(ino) else {
-            return Err(FsError::NotFound);
-        };
-        if inode.meta_known || inode.detached {
-            return Ok(Self::current_attr(&table, ino).expect("present"));
-        }
-        let (parent, name) = (inode.parent, inode.name.clone());
-        let touched = inode
-            .touched
-            .then_some((inode.attr.mtime, inode.attr.ctime));
-        let until = self.valid_until();
-        match head {
-            Ok(meta) => {
-                let (mut attr, extras) = self.attr_from_head(&meta, dir);
-                if let Some((mtime, ctime)) = touched {
-                    // Entry changes made here touch the directory's times in memory only
-                    // (the marker is not rewritten for each); they do not go back.
-                    attr.mtime = attr.mtime.max(mtime);
-                    attr.ctime = attr.ctime.max(ctime);
-                }
-                let remote = (!dir).then(|| Remote {
-                    etag: meta.etag.clone(),
-                    size: meta.size,
-                    modified: Some(meta.last_modified),
-                });
-                let ino = table.upsert(parent, &name, attr, remote, until, Some(extras));
-                Ok(Self::current_attr(&table, ino).expect("just upserted"))
-            }
-            Err(StoreError::NotFound) if dir => {
-                // A directory that exists only as a prefix: the mount's defaults.
-                let inode = table.get_mut(ino).expect("present");
-                inode.meta_known = true;
-                Ok(Self::current_attr(&table, ino).expect("present"))
-            }
-            Err(StoreError::NotFound) => {
-                table.detach(ino);
-                Err(FsError::NotFound)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Completes the attributes of directory entries known from a listing only, with
-    /// HEADs in parallel. Entries whose object vanished meanwhile are left out.
-    async fn complete_meta(&self, entries: &mut Vec<DirEntry>) -> FsResult<()> {
-        if self.cfg.fast_listing {
-            return Ok(());
-        }
-        let unknown: Vec<usize> = {
-            let table = self.inodes.lock().unwrap();
-            entries
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| {
-                    table
-                        .get(e.attr.ino)
-                        .is_some_and(|i| !i.meta_known && table.stage(e.attr.ino).is_none())
-                })
-                .map(|(i, _)| i)
-                .collect()
-        };
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        let fetched = futures::stream::iter(unknown.into_iter().map(|i| {
-            let ino = entries[i].attr.ino;
-            async move { (i, self.ensure_meta(ino).await) }
-        }))
-        .buffer_unordered(META_FETCHES)
-        .collect::<Vec<_>>()
-        .await;
-        let mut gone = Vec::new();
-        for (i, result) in fetched {
-            match result {
-                Ok(attr) => entries[i].attr = attr,
-                Err(FsError::NotFound) => gone.push(i),
-                Err(e) => return Err(e),
-            }
-        }
-        gone.sort_unstable();
-        for i in gone.into_iter().rev() {
-            entries.remove(i);
-        }
-        Ok(())
     }
 
     /// Finds `name` under `parent`: from the table while its attributes are fresh (or
@@ -664,143 +481,6 @@ impl<S: ObjectStore> S3Fs<S> {
             return Err(FsError::NotFound);
         }
         Ok(attr)
-    }
-
-    pub async fn setattr(&self, ino: u64, change: SetAttr) -> FsResult<Attr> {
-        self.check_writable()?;
-        // The metadata is rewritten whole: what others stored (xattrs) must be known.
-        let attr = self.ensure_meta(ino).await?;
-        if attr.ino != ino {
-            return Err(FsError::NotFound);
-        }
-        if change.size.is_some() {
-            match attr.kind {
-                Kind::File => {}
-                Kind::Dir => return Err(FsError::IsDir),
-                _ => return Err(FsError::Invalid("only regular files can be truncated")),
-            }
-        }
-        {
-            let mut table = self.inodes.lock().unwrap();
-            let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;
-            let t = now();
-            if let Some(mode) = change.mode {
-                inode.attr.perm = (mode & 0o7777) as u16;
-            }
-            if let Some(uid) = change.uid {
-                inode.attr.uid = uid;
-            }
-            if let Some(gid) = change.gid {
-                inode.attr.gid = gid;
-            }
-            if let Some(atime) = change.atime {
-                inode.attr.atime = atime;
-            }
-            if let Some(mtime) = change.mtime {
-                inode.attr.mtime = mtime;
-            } else if change.size.is_some() {
-                inode.attr.mtime = t;
-            }
-            inode.attr.ctime = t;
-            inode.valid_until = Instant::now() + self.cfg.metadata_ttl;
-        }
-        if let Some(size) = change.size {
-            let stage = self.stage_for_write(ino, false)?;
-            stage.truncate(&*self.store, size).await?;
-            if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
-                inode.attr.size = size;
-            }
-        }
-        self.persist_or_forget(ino).await?;
-        let table = self.inodes.lock().unwrap();
-        Self::current_attr(&table, ino).ok_or(FsError::NotFound)
-    }
-
-    /// Stores the table's attributes and xattrs of `ino` in S3: with the pending upload
-    /// of its staged data when there is one (now, unless a writer still has it open),
-    /// otherwise by copying the object onto itself with new metadata (rewriting the
-    /// marker of a directory).
-    async fn persist_meta(&self, ino: u64) -> FsResult<()> {
-        let stage = self.inodes.lock().unwrap().stage(ino);
-        if let Some(stage) = stage
-            && stage.is_dirty()
-        {
-            {
-                // An upload started while writing carries the old metadata: restart it.
-                let _upload = stage.upload_lock.lock().await;
-                if let Some(st) = stage.take_streaming() {
-                    self.uploader.abort_streaming(st);
-                }
-            }
-            if self.has_writer(ino) {
-                return Ok(()); // the close uploads data and metadata together
-            }
-            if self.cfg.write_back {
-                self.commit(ino)?;
-                let _ = self.pending_tx.send(ino);
-                return Ok(());
-            }
-            self.sync(ino).await?;
-            self.drop_clean_stage(ino);
-            return Ok(());
-        }
-        let (path, attr, extras, remote) = {
-            let table = self.inodes.lock().unwrap();
-            let inode = table.get(ino).ok_or(FsError::NotFound)?;
-            let Some(path) = table.path(ino) else {
-                return Ok(()); // unlinked: nothing to store
-            };
-            (
-                path,
-                inode.attr.clone(),
-                inode.extras.clone(),
-                inode.remote.clone(),
-            )
-        };
-        if ino == ROOT {
-            return Ok(()); // the mount point itself has no object; kept in memory
-        }
-        let headers = Self::headers_of(&attr, &extras, true);
-        if layout::user_meta_len(&headers) > layout::MAX_USER_META {
-            return Err(FsError::TooBig);
-        }
-        if attr.kind == Kind::Dir {
-            let marker = self.layout.dir_prefix(&path);
-            self.store.put(&marker, Bytes::new(), &headers).await?;
-            return Ok(());
-        }
-        let key = self.layout.file_key(&path);
-        let remote = match remote {
-            Some(r) => r,
-            None => {
-                let meta = self.store.head(&key).await?;
-                Remote {
-                    etag: meta.etag,
-                    size: meta.size,
-                    modified: Some(meta.last_modified),
-                }
-            }
-        };
-        let etag = self
-            .store
-            .copy(&key, &key, remote.size, Some(&headers), Some(&remote.etag))
-            .await
-            .map_err(|e| match e {
-                // Someone replaced the object meanwhile: the attributes were of the old one.
-                StoreError::PreconditionFailed => FsError::Stale,
-                e => e.into(),
-            })?;
-        let until = self.valid_until();
-        let mut table = self.inodes.lock().unwrap();
-        if let Some(inode) = table.get_mut(ino) {
-            inode.remote = Some(Remote {
-                etag,
-                size: remote.size,
-                modified: None,
-            });
-            inode.valid_until = until;
-        }
-        Ok(())
     }
 
     // ---- files ----------------------------------------------------------------------
@@ -1466,131 +1146,6 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         table.add_lookup(ino);
         Ok(Self::current_attr(&table, ino).expect("present"))
-    }
-
-    // ---- extended attributes --------------------------------------------------------
-
-    /// An extended attribute: the read-only `user.s3.key`, `user.s3.etag` and
-    /// `user.s3.url` (a presigned GET), or one stored in the object's metadata.
-    pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
-        let attr = self.ensure_meta(ino).await?;
-        let (key, remote, stored) = {
-            let table = self.inodes.lock().unwrap();
-            let inode = table.get(attr.ino).ok_or(FsError::NotFound)?;
-            let key = table.path(attr.ino).map(|p| match attr.kind {
-                Kind::Dir => self.layout.dir_prefix(&p),
-                _ => self.layout.file_key(&p),
-            });
-            (
-                key,
-                inode.remote.clone(),
-                inode.extras.xattrs.get(name).cloned(),
-            )
-        };
-        match name {
-            XATTR_KEY => key.map(String::into_bytes).ok_or(FsError::NoXattr),
-            XATTR_ETAG => remote
-                .map(|r| r.etag.0.into_bytes())
-                .ok_or(FsError::NoXattr),
-            XATTR_URL => match (key, remote) {
-                (Some(key), Some(_)) => Ok(self
-                    .store
-                    .presign_get(&key, self.cfg.url_expiry)
-                    .await?
-                    .into_bytes()),
-                _ => Err(FsError::NoXattr),
-            },
-            _ => stored.ok_or(FsError::NoXattr),
-        }
-    }
-
-    /// The names of the stored extended attributes (the virtual `user.s3.*` ones are
-    /// readable by name but not listed, so that copying tools do not copy them).
-    pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<String>> {
-        let attr = self.ensure_meta(ino).await?;
-        let table = self.inodes.lock().unwrap();
-        let inode = table.get(attr.ino).ok_or(FsError::NotFound)?;
-        Ok(inode.extras.xattrs.keys().cloned().collect())
-    }
-
-    pub async fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> FsResult<()> {
-        self.change_xattr(ino, name, Some(value), flags).await
-    }
-
-    pub async fn removexattr(&self, ino: u64, name: &str) -> FsResult<()> {
-        self.change_xattr(ino, name, None, 0).await
-    }
-
-    async fn change_xattr(
-        &self,
-        ino: u64,
-        name: &str,
-        value: Option<&[u8]>,
-        flags: i32,
-    ) -> FsResult<()> {
-        self.check_writable()?;
-        if name.starts_with(XATTR_VIRTUAL) {
-            return Err(FsError::NotPermitted(
-                "the user.s3.* attributes are read-only",
-            ));
-        }
-        if !name.starts_with("user.") || name.len() == "user.".len() {
-            return Err(FsError::Unsupported(
-                "only user.* extended attributes are stored",
-            ));
-        }
-        let attr = self.ensure_meta(ino).await?;
-        if attr.ino != ino {
-            return Err(FsError::NotFound);
-        }
-        {
-            let mut table = self.inodes.lock().unwrap();
-            let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;
-            let exists = inode.extras.xattrs.contains_key(name);
-            let mut xattrs = inode.extras.xattrs.clone();
-            match value {
-                Some(_) if flags & libc::XATTR_CREATE != 0 && exists => {
-                    return Err(FsError::Exists);
-                }
-                Some(_) if flags & libc::XATTR_REPLACE != 0 && !exists => {
-                    return Err(FsError::NoXattr);
-                }
-                Some(v) => {
-                    xattrs.insert(name.to_string(), v.to_vec());
-                }
-                None if !exists => return Err(FsError::NoXattr),
-                None => {
-                    xattrs.remove(name);
-                }
-            }
-            let extras = Extras {
-                xattrs,
-                link: inode.extras.link.clone(),
-            };
-            let headers = Self::headers_of(&inode.attr, &extras, true);
-            if layout::user_meta_len(&headers) > layout::MAX_USER_META {
-                return Err(FsError::TooBig);
-            }
-            inode.extras = extras;
-            inode.attr.ctime = now();
-        }
-        self.persist_or_forget(ino).await
-    }
-
-    /// [`S3Fs::persist_meta`]; when it fails, the table forgets the unsaved metadata so
-    /// the next access reads what S3 has.
-    async fn persist_or_forget(&self, ino: u64) -> FsResult<()> {
-        let result = self.persist_meta(ino).await;
-        if result.is_err() {
-            let mut table = self.inodes.lock().unwrap();
-            if table.stage(ino).is_none()
-                && let Some(inode) = table.get_mut(ino)
-            {
-                inode.meta_known = false;
-                inode.valid_until = Instant::now();
-            }
-        }
-        result
     }
 
     /// Is there anything under directory `ino` (in S3 besides its marker, or staged here)?
