@@ -499,17 +499,13 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if let Some(names) = self.fs.known_xattr_names(ino.0) {
+            return reply_xattr(reply, size, &xattr_list(names));
+        }
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
             match fs.listxattr(ino.0).await {
-                Ok(names) => {
-                    let mut list = Vec::new();
-                    for name in names {
-                        list.extend_from_slice(name.as_bytes());
-                        list.push(0);
-                    }
-                    reply_xattr(reply, size, &list)
-                }
+                Ok(names) => reply_xattr(reply, size, &xattr_list(names)),
                 Err(e) => reply.error(errno("listxattr", &e)),
             }
         });
@@ -608,6 +604,16 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         // Permissions are checked by the kernel (default_permissions).
         reply.ok();
     }
+}
+
+/// The names of a listxattr answer, each NUL-terminated.
+fn xattr_list(names: Vec<String>) -> Vec<u8> {
+    let mut list = Vec::new();
+    for name in names {
+        list.extend_from_slice(name.as_bytes());
+        list.push(0);
+    }
+    list
 }
 
 /// Answers a getxattr or listxattr: the size when asked for it (size 0), ERANGE when

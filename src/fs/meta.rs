@@ -369,6 +369,15 @@ impl<S: ObjectStore> S3Fs<S> {
         }
     }
 
+    /// The names of the stored extended attributes if the table knows them now (no
+    /// wait): lets the adapter answer `ls -l`'s probe of every file in its own thread.
+    pub fn known_xattr_names(&self, ino: u64) -> Option<Vec<String>> {
+        let table = self.inodes.lock().unwrap();
+        let inode = table.get(ino)?;
+        (inode.meta_known || table.stage(ino).is_some())
+            .then(|| inode.extras.xattrs.keys().cloned().collect())
+    }
+
     /// The names of the stored extended attributes (the virtual `user.s3.*` ones are
     /// readable by name but not listed, so that copying tools do not copy them).
     pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<String>> {
