@@ -896,6 +896,10 @@ async fn user_xattrs_follow_the_linux_rules_and_s3_attributes_are_read_only() {
         Err(FsError::Unsupported(_))
     ));
     assert!(matches!(
+        fs.setxattr(ino, "user.a,b", b"1", 0).await,
+        Err(FsError::Unsupported(_))
+    ));
+    assert!(matches!(
         fs.setxattr(ino, "user.big", &[b'x'; 3000], 0).await,
         Err(FsError::TooBig)
     ));

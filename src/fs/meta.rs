@@ -413,6 +413,12 @@ impl<S: ObjectStore> S3Fs<S> {
                 "only user.* extended attributes are stored",
             ));
         }
+        if name.contains(['"', ',']) {
+            // s3fs's format splits on them: such a name would come back as another one.
+            return Err(FsError::Unsupported(
+                "xattr names with '\"' or ',' cannot be stored",
+            ));
+        }
         let attr = self.ensure_meta(ino).await?;
         if attr.ino != ino {
             return Err(FsError::NotFound);
