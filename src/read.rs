@@ -92,6 +92,19 @@ impl BlockCache {
         }
     }
 
+    /// Keeps the whole content of a small object (at most one block), fetched with its
+    /// metadata, for the reads that follow a lookup.
+    pub fn insert_small(&self, key: &str, etag: &ETag, data: Bytes) {
+        if data.len() as u64 <= BLOCK {
+            let key = BlockKey {
+                key: Arc::from(key),
+                etag: etag.clone(),
+                index: 0,
+            };
+            self.insert(key, data);
+        }
+    }
+
     /// Forgets every block of `key` (it was overwritten or deleted through the mount).
     pub fn invalidate(&self, key: &str) {
         let mut inner = self.inner.lock().unwrap();

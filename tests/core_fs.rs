@@ -650,7 +650,10 @@ async fn concurrent_lookups_in_one_directory_share_one_listing() {
         f.store.insert(&format!("d/f{i}"), b"x");
     }
     let dir = f.fs.lookup(ROOT, OsStr::new("d")).await.unwrap();
-    let (lists, heads) = (f.store.count(Op::List), f.store.count(Op::Head));
+    let (lists, asks) = (
+        f.store.count(Op::List),
+        f.store.count(Op::Head) + f.store.count(Op::Get),
+    );
     let mut tasks = Vec::new();
     for i in 0..16 {
         let f = f.clone();
@@ -671,8 +674,9 @@ async fn concurrent_lookups_in_one_directory_share_one_listing() {
         1,
         "one listing answered all 32 lookups"
     );
-    // Each file found is asked about once for its metadata; the misses cost nothing.
-    assert_eq!(f.store.count(Op::Head) - heads, 16);
+    // Each file found is asked about once for its metadata (small ones come with their
+    // content); the misses cost nothing.
+    assert_eq!(f.store.count(Op::Head) + f.store.count(Op::Get) - asks, 16);
 }
 
 fn meta_of(store: &MemoryStore, key: &str, name: &str) -> Option<String> {
@@ -1009,4 +1013,21 @@ async fn fast_listing_lists_without_a_head_per_entry() {
     assert_eq!(f0.attr.perm, 0o644);
     let found = fs.getattr(f0.attr.ino).await.unwrap();
     assert_eq!(found.perm, 0o600);
+}
+
+#[tokio::test]
+async fn a_small_file_comes_with_its_metadata_in_one_request() {
+    let f = fixture("");
+    let data = pattern(16 * 1024, 9);
+    f.store.insert("small", &data);
+    let gets = f.store.count(Op::Get);
+    let small = f.fs.lookup(ROOT, OsStr::new("small")).await.unwrap();
+    assert_eq!(small.size, data.len() as u64);
+    assert_eq!(read_all(&f.fs, small.ino).await, data);
+    assert_eq!(
+        f.store.count(Op::Get) - gets,
+        1,
+        "one GET for lookup and read"
+    );
+    assert_eq!(f.store.count(Op::Head), 0);
 }

@@ -19,6 +19,10 @@ const XATTR_KEY: &str = "user.s3.key";
 const XATTR_ETAG: &str = "user.s3.etag";
 const XATTR_URL: &str = "user.s3.url";
 
+/// A lookup of a file up to this size fetches its content with its metadata (one GET
+/// instead of a HEAD now and a GET at the first read).
+const SMALL_FILE: u64 = 64 * 1024;
+
 /// HEADs in flight to complete the attributes of one batch of directory entries.
 const META_FETCHES: usize = 64;
 
@@ -95,7 +99,13 @@ impl<S: ObjectStore> S3Fs<S> {
     /// number now in the table, which is a new one if the HEAD found another kind of
     /// object than the kernel was told of.
     pub(super) async fn ensure_meta(&self, ino: u64) -> FsResult<Attr> {
-        let (key, dir) = {
+        self.complete_attr(ino, false).await
+    }
+
+    /// [`S3Fs::ensure_meta`]; with `fetch_small`, a small file's content comes along
+    /// with its metadata into the block cache (a lookup is usually followed by a read).
+    pub(super) async fn complete_attr(&self, ino: u64, fetch_small: bool) -> FsResult<Attr> {
+        let (key, dir, size) = {
             let table = self.inodes.lock().unwrap();
             let inode = table.get(ino).ok_or(FsError::NotFound)?;
             let attr = Self::current_attr(&table, ino).expect("present");
@@ -106,11 +116,25 @@ impl<S: ObjectStore> S3Fs<S> {
                 return Ok(attr); // unlinked: nothing to ask about
             };
             match attr.kind {
-                Kind::Dir => (self.layout.dir_prefix(&path), true),
-                _ => (self.layout.file_key(&path), false),
+                Kind::Dir => (self.layout.dir_prefix(&path), true, 0),
+                _ => (self.layout.file_key(&path), false, attr.size),
             }
         };
-        let head = self.store.head(&key).await;
+        let head = if fetch_small && !dir && (1..=SMALL_FILE).contains(&size) {
+            match self.store.head_and_start(&key, SMALL_FILE).await {
+                Ok((meta, start)) => {
+                    if start.len() as u64 == meta.size {
+                        self.cache.insert_small(&key, &meta.etag, start);
+                    }
+                    Ok(meta)
+                }
+                Err(StoreError::NotFound) => Err(StoreError::NotFound),
+                // E.g. an object emptied meanwhile (a range of nothing is refused).
+                Err(_) => self.store.head(&key).await,
+            }
+        } else {
+            self.store.head(&key).await
+        };
         let mut table = self.inodes.lock().unwrap();
         let Some(inode) = table.get(ino) else {
             return Err(FsError::NotFound);

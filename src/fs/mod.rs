@@ -298,7 +298,7 @@ impl<S: ObjectStore> S3Fs<S> {
     /// [`S3Fs::ensure_meta`]).
     async fn resolve(&self, parent: u64, name: &str) -> FsResult<Attr> {
         let attr = self.find(parent, name).await?;
-        self.ensure_meta(attr.ino).await
+        self.complete_attr(attr.ino, true).await
     }
 
     /// Finds `name` under `parent`: from the table while its attributes are fresh (or

@@ -175,6 +175,20 @@ impl ObjectStore for MemoryStore {
         })
     }
 
+    async fn head_and_start(&self, key: &str, limit: u64) -> StoreResult<(ObjectMeta, Bytes)> {
+        self.enter(Op::Get)?;
+        let o = self.get_object(key)?;
+        let start = o.data.slice(..(limit as usize).min(o.data.len()));
+        let meta = ObjectMeta {
+            size: o.data.len() as u64,
+            etag: o.etag,
+            last_modified: o.modified,
+            user_meta: o.headers.user_meta,
+            content_type: o.headers.content_type,
+        };
+        Ok((meta, start))
+    }
+
     async fn get_range(
         &self,
         key: &str,

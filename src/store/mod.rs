@@ -121,6 +121,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Does the bucket exist and may we use it?
     fn check_bucket(&self) -> impl Future<Output = StoreResult<()>> + Send;
     fn head(&self, key: &str) -> impl Future<Output = StoreResult<ObjectMeta>> + Send;
+    /// What HEAD tells, and the first `limit` bytes (at least 1) of the object, in one
+    /// request: for small objects, their metadata and their whole content at once.
+    fn head_and_start(
+        &self,
+        key: &str,
+        limit: u64,
+    ) -> impl Future<Output = StoreResult<(ObjectMeta, Bytes)>> + Send;
     /// Bytes `range` of `key` as a stream of chunks; fails with `PreconditionFailed` if
     /// `if_match` is given and the object's ETag differs.
     fn get_range(

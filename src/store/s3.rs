@@ -215,6 +215,19 @@ fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// `x-amz-meta-*` of a response: names lower-cased, sorted.
+fn sorted_user_meta(meta: Option<&HashMap<String, String>>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = meta
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 fn user_metadata(headers: &ObjectHeaders) -> Option<HashMap<String, String>> {
     if headers.user_meta.is_empty() {
         None
@@ -257,22 +270,45 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| classify("HeadObject", key, e))?;
-        let mut user_meta: Vec<(String, String)> = out
-            .metadata()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        user_meta.sort();
         Ok(ObjectMeta {
             size: out.content_length().unwrap_or(0).max(0) as u64,
             etag: etag(out.e_tag()),
             last_modified: system_time(out.last_modified()),
-            user_meta,
+            user_meta: sorted_user_meta(out.metadata()),
             content_type: out.content_type().map(str::to_string),
         })
+    }
+
+    async fn head_and_start(&self, key: &str, limit: u64) -> StoreResult<(ObjectMeta, Bytes)> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes=0-{}", limit.max(1) - 1))
+            .send()
+            .await
+            .map_err(|e| classify("GetObject", key, e))?;
+        // `bytes 0-N/TOTAL`: the object's size, whatever part of it came.
+        let size = out
+            .content_range()
+            .and_then(|r| r.rsplit_once('/'))
+            .and_then(|(_, total)| total.parse().ok())
+            .unwrap_or(out.content_length().unwrap_or(0).max(0) as u64);
+        let meta = ObjectMeta {
+            size,
+            etag: etag(out.e_tag()),
+            last_modified: system_time(out.last_modified()),
+            user_meta: sorted_user_meta(out.metadata()),
+            content_type: out.content_type().map(str::to_string),
+        };
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Transient(format!("reading {key}: {e}")))?
+            .into_bytes();
+        Ok((meta, body))
     }
 
     async fn get_range(
