@@ -388,3 +388,30 @@ fn large_sequential_write_and_read() {
         );
     }
 }
+
+#[test]
+fn the_mount_is_a_fuse_s3mount_and_remounts_read_only_and_back() {
+    let prefix = unique_prefix("remount");
+    let m = TestMount::new(&prefix, &[]);
+    let mp = m.mountpoint().to_string_lossy().to_string();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(mp.as_str()))
+        .expect("mounted");
+    assert_eq!(line.split(' ').nth(2), Some("fuse.s3mount"), "{line}");
+    std::fs::write(m.path("before"), b"1").unwrap();
+
+    // What mount(8) runs for `mount -o remount,ro DIR` on a fuse.s3mount mount.
+    let source = line.split(' ').next().unwrap();
+    let out = run(s3mount_bin(), &[source, &mp, "-o", "rw,remount,ro"]);
+    assert!(out.status.success(), "{out:?}");
+    let err = std::fs::write(m.path("during"), b"2").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(std::fs::read(m.path("before")).unwrap(), b"1");
+
+    let out = run(s3mount_bin(), &[source, &mp, "-o", "remount,rw"]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(m.path("after"), b"3").unwrap();
+    assert_eq!(Bucket::new().get(&format!("{prefix}after")).unwrap(), b"3");
+}
