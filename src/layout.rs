@@ -1,6 +1,7 @@
 //! How the file system looks in the bucket: path ↔ key under the prefix, the name and
 //! key length limits, `dir/` markers, and the s3fs-fuse metadata conventions
-//! (`x-amz-meta-mode`, `-uid`, `-gid`, `-mtime`). Pure functions only.
+//! (`x-amz-meta-mode` with the type bits, `-uid`, `-gid`, `-atime`, `-mtime`, `-ctime`,
+//! `-rdev`, and `-xattr` as URL-encoded JSON of base64 values). Pure functions only.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

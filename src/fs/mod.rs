@@ -708,7 +708,10 @@ impl<S: ObjectStore> S3Fs<S> {
             reader: Some(reader),
             content_version: file.content_version,
         }));
-        self.handles.lock().unwrap().insert(fh, handle.clone());
+        // (Unless the handle was released meanwhile: then it must not come back.)
+        if let Some(slot) = self.handles.lock().unwrap().get_mut(&fh) {
+            *slot = handle.clone();
+        }
         Some(handle)
     }
 
