@@ -14,7 +14,10 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{Attr, Caller, FsError, Kind, OpenMode, S3Fs, SetAttr};
+use crate::fs::{
+    Attr, Caller, FsError, FsResult, Kind, OpenMode, S3Fs, SetAttr, XattrAnswer, creation_mode,
+    xattr_answer, xattr_list, xattr_name_to_read, xattr_name_to_write,
+};
 use crate::store::ObjectStore;
 
 pub struct FuseAdapter<S: ObjectStore> {
@@ -83,10 +86,6 @@ fn caller(req: &Request) -> Caller {
         gid: req.gid(),
     }
 }
-
-/// Statfs figures: S3 has no size limit; report a large, mostly free volume.
-const STATFS_BLOCKS: u64 = 1 << 40;
-const STATFS_FILES: u64 = 1 << 32;
 
 impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -170,7 +169,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let (fs, name, who) = (self.fs.clone(), name.to_owned(), caller(req));
         self.runtime.spawn(async move {
-            match fs.mkdir(parent.0, &name, mode & !umask, who).await {
+            match fs
+                .mkdir(parent.0, &name, creation_mode(mode, umask), who)
+                .await
+            {
                 Ok(attr) => reply.entry(&fs.ttl(), &to_fuse_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno("mkdir", &e)),
             }
@@ -207,13 +209,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE)
-            || flags.contains(RenameFlags::RENAME_WHITEOUT)
-        {
-            reply.error(Errno::EINVAL);
-            return;
-        }
-        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let no_replace = match S3Fs::<S>::rename_no_replace(flags.bits()) {
+            Ok(no_replace) => no_replace,
+            Err(e) => return reply.error(errno("rename", &e)),
+        };
         let (fs, name, newname) = (self.fs.clone(), name.to_owned(), newname.to_owned());
         self.runtime.spawn(async move {
             match fs
@@ -234,7 +233,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EPERM);
+        match self.fs.link() {
+            Ok(attr) => reply.entry(&self.fs.ttl(), &to_fuse_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno("link", &e)),
+        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -270,7 +272,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let (fs, name, who) = (self.fs.clone(), name.to_owned(), caller(req));
         self.runtime.spawn(async move {
-            match fs.create(parent.0, &name, mode & !umask, who).await {
+            match fs
+                .create(parent.0, &name, creation_mode(mode, umask), who)
+                .await
+            {
                 Ok((attr, fh)) => reply.created(
                     &fs.ttl(),
                     &to_fuse_attr(&attr),
@@ -470,44 +475,40 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        let (blocks, files) = (s.blocks, s.files);
         reply.statfs(
-            STATFS_BLOCKS,
-            STATFS_BLOCKS,
-            STATFS_BLOCKS,
-            STATFS_FILES,
-            STATFS_FILES,
-            4096,
-            crate::layout::MAX_NAME as u32,
-            4096,
+            blocks,
+            blocks,
+            blocks,
+            files,
+            files,
+            s.block_size,
+            s.max_name,
+            s.block_size,
         );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        // Only user.* attributes exist; the kernel's ACL and security probes (two per
-        // file in `ls -l`) are answered here without asking S3.
-        let Some(name) = name.to_str().filter(|n| n.starts_with("user.")) else {
-            reply.error(Errno::NO_XATTR);
-            return;
+        let name = match xattr_name_to_read(name) {
+            Ok(name) => name.to_string(),
+            Err(e) => return reply.error(errno("getxattr", &e)),
         };
-        let (fs, name) = (self.fs.clone(), name.to_string());
+        let fs = self.fs.clone();
         self.runtime.spawn(async move {
-            match fs.getxattr(ino.0, &name).await {
-                Ok(value) => reply_xattr(reply, size, &value),
-                Err(e) => reply.error(errno("getxattr", &e)),
-            }
+            let value = fs.getxattr(ino.0, &name).await;
+            reply_xattr(reply, "getxattr", value, size)
         });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         if let Some(names) = self.fs.known_xattr_names(ino.0) {
-            return reply_xattr(reply, size, &xattr_list(names));
+            return reply_xattr(reply, "listxattr", Ok(xattr_list(&names)), size);
         }
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
-            match fs.listxattr(ino.0).await {
-                Ok(names) => reply_xattr(reply, size, &xattr_list(names)),
-                Err(e) => reply.error(errno("listxattr", &e)),
-            }
+            let list = fs.listxattr(ino.0).await.map(|names| xattr_list(&names));
+            reply_xattr(reply, "listxattr", list, size)
         });
     }
 
@@ -521,11 +522,11 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let Some(name) = name.to_str() else {
-            reply.error(Errno::ENOTSUP);
-            return;
+        let name = match xattr_name_to_write(name) {
+            Ok(name) => name.to_string(),
+            Err(e) => return reply.error(errno("setxattr", &e)),
         };
-        let (fs, name, value) = (self.fs.clone(), name.to_string(), value.to_vec());
+        let (fs, value) = (self.fs.clone(), value.to_vec());
         self.runtime.spawn(async move {
             match fs.setxattr(ino.0, &name, &value, flags).await {
                 Ok(()) => reply.ok(),
@@ -535,11 +536,11 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = name.to_str().filter(|n| n.starts_with("user.")) else {
-            reply.error(Errno::NO_XATTR);
-            return;
+        let name = match xattr_name_to_read(name) {
+            Ok(name) => name.to_string(),
+            Err(e) => return reply.error(errno("removexattr", &e)),
         };
-        let (fs, name) = (self.fs.clone(), name.to_string());
+        let fs = self.fs.clone();
         self.runtime.spawn(async move {
             match fs.removexattr(ino.0, &name).await {
                 Ok(()) => reply.ok(),
@@ -591,7 +592,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyEntry,
     ) {
         let (fs, name, who) = (self.fs.clone(), name.to_owned(), caller(req));
-        let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
+        let mode = creation_mode(mode, umask);
         self.runtime.spawn(async move {
             match fs.mknod(parent.0, &name, mode, rdev, who).await {
                 Ok(attr) => reply.entry(&fs.ttl(), &to_fuse_attr(&attr), Generation(0)),
@@ -606,24 +607,15 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 }
 
-/// The names of a listxattr answer, each NUL-terminated.
-fn xattr_list(names: Vec<String>) -> Vec<u8> {
-    let mut list = Vec::new();
-    for name in names {
-        list.extend_from_slice(name.as_bytes());
-        list.push(0);
-    }
-    list
-}
-
-/// Answers a getxattr or listxattr: the size when asked for it (size 0), ERANGE when
-/// the caller's buffer is too small, the bytes otherwise.
-fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
-    if size == 0 {
-        reply.size(value.len() as u32);
-    } else if value.len() > size as usize {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(value);
+/// Answers a getxattr or listxattr with `value` as the core says it fits `size`.
+fn reply_xattr(reply: ReplyXattr, op: &str, value: FsResult<Vec<u8>>, size: u32) {
+    match value
+        .as_deref()
+        .map_err(FsError::clone)
+        .and_then(|v| xattr_answer(v, size))
+    {
+        Ok(XattrAnswer::Size(n)) => reply.size(n),
+        Ok(XattrAnswer::Value(v)) => reply.data(v),
+        Err(e) => reply.error(errno(op, &e)),
     }
 }

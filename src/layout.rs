@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
-use crate::fs::error::{FsError, FsResult};
 use crate::store::{ObjectHeaders, ObjectMeta};
 
 pub const MAX_NAME: usize = 255;
@@ -57,9 +56,9 @@ impl Layout {
 
     /// Fails with ENAMETOOLONG if the key of `path` (with the `/` of a directory
     /// marker when `is_dir`) would exceed S3's limit.
-    pub fn check_path(&self, path: &str, is_dir: bool) -> FsResult<()> {
+    pub fn check_path(&self, path: &str, is_dir: bool) -> Result<(), NameError> {
         if self.prefix.len() + path.len() + usize::from(is_dir) > MAX_KEY {
-            return Err(FsError::NameTooLong);
+            return Err(NameError::TooLong);
         }
         Ok(())
     }
@@ -79,16 +78,25 @@ impl Layout {
     }
 }
 
+/// Why a name or path cannot be stored as a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("name too long")]
+    TooLong,
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
 /// A name given by the kernel, checked: UTF-8 (keys are UTF-8) and at most 255 bytes.
-pub fn check_name(name: &std::ffi::OsStr) -> FsResult<&str> {
+pub fn check_name(name: &std::ffi::OsStr) -> Result<&str, NameError> {
     if name.len() > MAX_NAME {
-        return Err(FsError::NameTooLong);
+        return Err(NameError::TooLong);
     }
-    let name = name.to_str().ok_or(FsError::Invalid(
+    let name = name.to_str().ok_or(NameError::Invalid(
         "file names must be UTF-8 to become S3 keys",
     ))?;
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-        return Err(FsError::Invalid("bad file name"));
+        return Err(NameError::Invalid("bad file name"));
     }
     Ok(name)
 }
@@ -177,7 +185,8 @@ pub fn format_time(t: SystemTime) -> String {
     }
 }
 
-/// s3fs's `x-amz-meta-xattr`: URL-encoded `{"name":"base64(value)",...}`.
+/// s3fs's `x-amz-meta-xattr`: URL-encoded `{"name":"base64(value)",...}`. Read by
+/// hand, not as JSON: s3fs writes names unescaped, so its header need not be valid JSON.
 pub fn parse_xattrs(header: &str) -> Xattrs {
     let json = percent_encoding::percent_decode_str(header).decode_utf8_lossy();
     let mut out = Xattrs::new();
@@ -211,16 +220,16 @@ pub fn format_xattrs(xattrs: &Xattrs) -> String {
         .remove(b'_')
         .remove(b'~')
         .remove(b'/');
-    let body: Vec<String> = xattrs
+    let encoded: std::collections::BTreeMap<&str, String> = xattrs
         .iter()
         .map(|(k, v)| {
-            format!(
-                "\"{k}\":\"{}\"",
-                base64::engine::general_purpose::STANDARD.encode(v)
+            (
+                k.as_str(),
+                base64::engine::general_purpose::STANDARD.encode(v),
             )
         })
         .collect();
-    let json = format!("{{{}}}", body.join(","));
+    let json = serde_json::to_string(&encoded).expect("a map of strings serializes");
     percent_encoding::utf8_percent_encode(&json, KEEP).to_string()
 }
 
@@ -314,14 +323,14 @@ mod tests {
         let long = "x".repeat(256);
         assert!(matches!(
             check_name(OsStr::new(&long)),
-            Err(FsError::NameTooLong)
+            Err(NameError::TooLong)
         ));
         let l = Layout::new("p/");
         assert!(l.check_path(&"y".repeat(1022), false).is_ok());
         assert!(l.check_path(&"y".repeat(1021), true).is_ok());
         assert!(matches!(
             l.check_path(&"y".repeat(1022), true),
-            Err(FsError::NameTooLong)
+            Err(NameError::TooLong)
         ));
     }
 

@@ -21,9 +21,9 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod fs;
 pub mod fuse;
-pub mod journal;
 pub mod layout;
 pub mod mount;
 pub mod read;

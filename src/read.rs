@@ -12,8 +12,7 @@ use futures::StreamExt;
 use lru::LruCache;
 use tokio::sync::{Semaphore, watch};
 
-use crate::fs::error::{FsError, FsResult};
-use crate::store::{ETag, ObjectStore, StoreError, get_bytes};
+use crate::store::{ETag, ObjectStore, StoreError, StoreResult, get_bytes};
 
 /// Granularity of caching and read-ahead; the kernel's sequential reads are this large,
 /// so each is answered from one block without copying.
@@ -138,6 +137,57 @@ struct Pattern {
     requested_to: u64,
 }
 
+/// What a read means for read-ahead.
+#[derive(Debug, PartialEq)]
+struct Plan {
+    /// The read continues a sequential run.
+    sequential: bool,
+    /// Blocks `[from, to)` to request ahead, if any.
+    fetch: Option<(u64, u64)>,
+}
+
+impl Pattern {
+    /// Takes the read of `[offset, end)` of an object of `size` bytes into account: a
+    /// sequential run doubles its window (up to `max_window`), anything else resets it.
+    /// Blocks ahead are requested in whole requests of at least half the window, so
+    /// GETs stay large, and never past the end of the object.
+    fn plan(&mut self, offset: u64, end: u64, size: u64, max_window: u64) -> Plan {
+        // Reads of one sequential run may arrive slightly out of order.
+        let sequential = offset == self.next_offset
+            || (self.window > 0
+                && offset + SEQUENTIAL_SLACK >= self.next_offset
+                && offset <= self.next_offset + SEQUENTIAL_SLACK);
+        let no_fetch = Plan {
+            sequential,
+            fetch: None,
+        };
+        if !sequential {
+            self.window = 0;
+            self.requested_to = 0;
+            self.next_offset = end;
+            return no_fetch;
+        }
+        self.window = match self.window {
+            0 => INITIAL_WINDOW,
+            w => (w * 2).min(max_window),
+        };
+        self.next_offset = self.next_offset.max(end);
+        let first = end.div_ceil(BLOCK).max(self.requested_to);
+        let last = (end + self.window).min(size).div_ceil(BLOCK);
+        if first >= last {
+            return no_fetch;
+        }
+        if last - first < (self.window / BLOCK / 2).max(1) && last * BLOCK < size {
+            return no_fetch;
+        }
+        self.requested_to = last;
+        Plan {
+            sequential,
+            fetch: Some((first, last)),
+        }
+    }
+}
+
 /// An open file's view of one version of an object.
 pub struct Reader<S> {
     store: Arc<S>,
@@ -176,7 +226,7 @@ impl<S: ObjectStore> Reader<S> {
         self.size
     }
 
-    pub async fn read(&self, offset: u64, len: u32) -> FsResult<Bytes> {
+    pub async fn read(&self, offset: u64, len: u32) -> StoreResult<Bytes> {
         if offset >= self.size || len == 0 {
             return Ok(Bytes::new());
         }
@@ -203,7 +253,10 @@ impl<S: ObjectStore> Reader<S> {
             let from = (offset.max(block_start) - block_start) as usize;
             let to = ((end.min(block_start + BLOCK) - block_start) as usize).min(block.len());
             if from > to {
-                return Err(FsError::Io(format!("{}: short block from S3", self.key)));
+                return Err(StoreError::Other(format!(
+                    "{}: short block from S3",
+                    self.key
+                )));
             }
             let piece = block.slice(from..to);
             if first == last {
@@ -224,21 +277,19 @@ impl<S: ObjectStore> Reader<S> {
     }
 
     /// A random read: just its own range (64 KiB aligned), not cached.
-    async fn read_range(&self, offset: u64, end: u64) -> FsResult<Bytes> {
+    async fn read_range(&self, offset: u64, end: u64) -> StoreResult<Bytes> {
         let start = offset / RANDOM_ALIGN * RANDOM_ALIGN;
         let stop = end
             .div_ceil(RANDOM_ALIGN)
             .saturating_mul(RANDOM_ALIGN)
             .min(self.size);
-        let data = get_bytes(&*self.store, &self.key, start..stop, Some(&self.etag))
-            .await
-            .map_err(|e| match e {
-                StoreError::PreconditionFailed => FsError::Stale,
-                other => FsError::Store(other),
-            })?;
+        let data = get_bytes(&*self.store, &self.key, start..stop, Some(&self.etag)).await?;
         let (from, to) = ((offset - start) as usize, (end - start) as usize);
         if data.len() < to {
-            return Err(FsError::Io(format!("{}: short read from S3", self.key)));
+            return Err(StoreError::Other(format!(
+                "{}: short read from S3",
+                self.key
+            )));
         }
         Ok(data.slice(from..to))
     }
@@ -255,39 +306,13 @@ impl<S: ObjectStore> Reader<S> {
     /// Decides whether this read continues a sequential run (true) and, if so,
     /// requests the blocks of the read-ahead window that are not cached or coming yet.
     fn plan_read_ahead(&self, offset: u64, end: u64) -> bool {
-        let (from, to) = {
-            let mut p = self.pattern.lock().unwrap();
-            // Reads of one sequential run may arrive slightly out of order.
-            let sequential = offset == p.next_offset
-                || (p.window > 0
-                    && offset + SEQUENTIAL_SLACK >= p.next_offset
-                    && offset <= p.next_offset + SEQUENTIAL_SLACK);
-            if sequential {
-                p.window = if p.window == 0 {
-                    INITIAL_WINDOW
-                } else {
-                    (p.window * 2).min(self.cache.max_window)
-                };
-            } else {
-                p.window = 0;
-                p.requested_to = 0;
-            }
-            p.next_offset = p.next_offset.max(end);
-            if !sequential {
-                p.next_offset = end;
-                return false;
-            }
-            let first = (end.div_ceil(BLOCK)).max(p.requested_to);
-            let last = (end + p.window).min(self.size).div_ceil(BLOCK);
-            if first >= last {
-                return true;
-            }
-            // Top up in whole requests only, so GETs stay large.
-            if last - first < (p.window / BLOCK / 2).max(1) && last * BLOCK < self.size {
-                return true;
-            }
-            p.requested_to = last;
-            (first, last)
+        let plan = self
+            .pattern
+            .lock()
+            .unwrap()
+            .plan(offset, end, self.size, self.cache.max_window);
+        let Some((from, to)) = plan.fetch else {
+            return plan.sequential;
         };
         let mut index = from;
         while index < to {
@@ -437,14 +462,110 @@ async fn fetch_blocks<S: ObjectStore>(
     )))
 }
 
-async fn wait_block(rx: &mut watch::Receiver<BlockResult>) -> FsResult<Bytes> {
+async fn wait_block(rx: &mut watch::Receiver<BlockResult>) -> StoreResult<Bytes> {
     let value = rx
         .wait_for(|v| v.is_some())
         .await
-        .map_err(|_| FsError::Io("a block fetch was abandoned".into()))?;
-    match value.as_ref().expect("waited for Some") {
-        Ok(b) => Ok(b.clone()),
-        Err(StoreError::PreconditionFailed) => Err(FsError::Stale),
-        Err(e) => Err(FsError::Store(e.clone())),
+        .map_err(|_| StoreError::Other("a block fetch was abandoned".into()))?;
+    match value.as_ref() {
+        Some(result) => result.clone(),
+        None => Err(StoreError::Other(
+            "a block fetch ended without a result".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+    const READ: u64 = 128 * 1024;
+
+    fn fresh() -> Pattern {
+        Pattern {
+            next_offset: 0,
+            window: 0,
+            requested_to: 0,
+        }
+    }
+
+    #[test]
+    fn a_sequential_reader_gets_growing_windows_in_whole_requests() {
+        let (size, max) = (1024 * MIB, 64 * MIB);
+        let mut p = fresh();
+        let first = p.plan(0, READ, size, max);
+        assert_eq!(
+            first,
+            Plan {
+                sequential: true,
+                fetch: Some((1, 2))
+            }
+        );
+        let mut windows = vec![p.window];
+        let mut requested = 2;
+        let mut offset = READ;
+        while offset < 256 * MIB {
+            let plan = p.plan(offset, offset + READ, size, max);
+            assert!(plan.sequential);
+            if let Some((from, to)) = plan.fetch {
+                assert_eq!(from, requested, "requests continue where the last ended");
+                assert!(
+                    to - from >= (p.window / BLOCK / 2).max(1),
+                    "whole requests only"
+                );
+                requested = to;
+            }
+            windows.push(p.window);
+            offset += READ;
+        }
+        assert!(windows.windows(2).all(|w| w[1] == (w[0] * 2).min(max)));
+        assert_eq!(*windows.last().unwrap(), max);
+        assert!(
+            requested * BLOCK <= offset + max + BLOCK,
+            "never more than a window ahead"
+        );
+    }
+
+    #[test]
+    fn slightly_out_of_order_reads_stay_sequential_and_a_jump_resets() {
+        let (size, max) = (64 * MIB, 16 * MIB);
+        let mut p = fresh();
+        p.plan(0, READ, size, max);
+        p.plan(2 * READ, 3 * READ, size, max);
+        assert!(
+            p.plan(READ, 2 * READ, size, max).sequential,
+            "within the slack"
+        );
+        let jump = p.plan(40 * MIB, 40 * MIB + READ, size, max);
+        assert_eq!(
+            jump,
+            Plan {
+                sequential: false,
+                fetch: None
+            }
+        );
+        assert_eq!((p.window, p.requested_to), (0, 0));
+        // The jump starts a new run where it ended.
+        assert!(
+            p.plan(40 * MIB + READ, 40 * MIB + 2 * READ, size, max)
+                .sequential
+        );
+    }
+
+    #[test]
+    fn read_ahead_stops_at_the_end_of_the_object() {
+        let size = 3 * MIB + 5;
+        let mut p = fresh();
+        let mut offset = 0;
+        let mut last_block = 0;
+        while offset < size {
+            let end = (offset + READ).min(size);
+            if let Some((_, to)) = p.plan(offset, end, size, 64 * MIB).fetch {
+                last_block = to;
+            }
+            offset = end;
+        }
+        assert_eq!(last_block, size.div_ceil(BLOCK));
     }
 }

@@ -1,22 +1,21 @@
-//! Listing one open directory: `.`, `..`, files staged here but not uploaded yet, then
-//! the keys and common prefixes of ListObjectsV2 pages, fetched one page at a time so
-//! a directory of any size streams through bounded memory. Entry `i` carries cookie
-//! `i + 1`; the last batch is kept so the kernel can resume inside it.
+//! A cursor over one open directory: `.`, `..`, files staged here but not uploaded yet,
+//! then the keys and common prefixes of ListObjectsV2 pages, fetched one page at a time
+//! (the next one while the kernel takes the current) so a directory of any size streams
+//! through bounded memory. Entry `i` carries cookie `i + 1`. The cursor knows names, not
+//! attributes: the core turns what it yields into entries and hands the batch back with
+//! [`DirCursor::remember`], so the kernel can resume inside the last batch.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
-use std::time::Instant;
-
-use super::inodes::Remote;
 use tokio::task::JoinHandle;
 
-use super::{DirEntry, FsError, FsResult, S3Fs};
+use super::DirEntry;
+use super::inodes::Remote;
+use crate::error::{FsError, FsResult};
 use crate::layout::Layout;
 use crate::store::{ListPage, ObjectStore, StoreResult};
-
-/// Entries handed out per call; the kernel takes what fits in its buffer.
-const BATCH: usize = 256;
 
 /// What a listing says about one name.
 pub(super) enum Listed {
@@ -67,7 +66,17 @@ pub(super) fn page_entries(
     entries
 }
 
-pub struct DirStream {
+/// One name a cursor yields.
+pub(super) enum Raw {
+    /// `.`, `..` or a file staged here: the inode is known.
+    Known(String, u64),
+    /// A name from a listing page.
+    Listed(String, Listed),
+}
+
+pub(super) struct DirCursor<S> {
+    store: Arc<S>,
+    layout: Layout,
     ino: u64,
     parent: u64,
     prefix: String,
@@ -82,17 +91,25 @@ pub struct DirStream {
     next_index: u64,
     last_batch: Vec<DirEntry>,
     last_batch_start: u64,
-    /// Attributes from this pass are valid until then (first page time + TTL).
-    until: Instant,
+    /// When the first page of this pass was asked for.
+    started: Instant,
     pages: u32,
     /// The next page, already requested.
     next_page: Option<JoinHandle<StoreResult<ListPage>>>,
 }
 
-impl DirStream {
-    pub fn new(ino: u64, parent: u64, prefix: String, local: Vec<(String, u64)>) -> DirStream {
+impl<S: ObjectStore> DirCursor<S> {
+    pub fn new(
+        store: Arc<S>,
+        layout: Layout,
+        (ino, parent): (u64, u64),
+        prefix: String,
+        local: Vec<(String, u64)>,
+    ) -> DirCursor<S> {
         let local_names = local.iter().map(|(n, _)| n.clone()).collect();
-        DirStream {
+        DirCursor {
+            store,
+            layout,
             ino,
             parent,
             prefix,
@@ -105,10 +122,29 @@ impl DirStream {
             next_index: 0,
             last_batch: Vec::new(),
             last_batch_start: 0,
-            until: Instant::now(),
+            started: Instant::now(),
             pages: 0,
             next_page: None,
         }
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    /// The cookie of the next entry the cursor yields.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// When this pass asked for its first page (attributes it yields date from then).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// A whole pass is done: every child was yielded. `Some(more than one page)`.
+    pub fn finished_pass(&self) -> Option<bool> {
+        (self.exhausted && self.pending.is_empty() && self.pages > 0).then_some(self.pages > 1)
     }
 
     fn restart(&mut self) {
@@ -125,120 +161,91 @@ impl DirStream {
         }
     }
 
-    pub async fn entries_from<S: ObjectStore>(
-        &mut self,
-        fs: &S3Fs<S>,
-        offset: u64,
-    ) -> FsResult<Vec<DirEntry>> {
+    /// Positions the cursor for a read from cookie `offset`: the entries of the last
+    /// batch after `offset` if the kernel resumes inside it (Some), else None, and the
+    /// cursor restarts if `offset` lies before that batch.
+    pub fn replay(&mut self, offset: u64) -> Option<Vec<DirEntry>> {
         if offset < self.last_batch_start || (offset == 0 && self.next_index > 0) {
             self.restart();
         }
-        if offset >= self.last_batch_start && offset < self.next_index {
-            let skip = (offset - self.last_batch_start) as usize;
-            return Ok(self.last_batch[skip..].to_vec());
-        }
-        // Skip forward (seekdir to a cookie we have not produced yet).
-        while self.next_index < offset {
-            let batch = self
-                .next_batch(fs, (offset - self.next_index) as usize)
-                .await?;
-            if batch.is_empty() {
-                return Ok(Vec::new());
-            }
-        }
-        let batch = self.next_batch(fs, BATCH).await?;
-        Ok(batch)
+        (offset >= self.last_batch_start && offset < self.next_index).then(|| {
+            // Entries found gone while the batch was completed were left out, so the
+            // cookies of a batch need not be contiguous.
+            self.last_batch
+                .iter()
+                .filter(|e| e.offset > offset)
+                .cloned()
+                .collect()
+        })
     }
 
-    async fn next_batch<S: ObjectStore>(
-        &mut self,
-        fs: &S3Fs<S>,
-        max: usize,
-    ) -> FsResult<Vec<DirEntry>> {
-        let start = self.next_index;
-        let mut batch = Vec::new();
-        while batch.len() < max {
+    /// Keeps `batch` (which started at cookie `start`) for [`DirCursor::replay`].
+    pub fn remember(&mut self, start: u64, batch: &[DirEntry]) {
+        self.last_batch = batch.to_vec();
+        self.last_batch_start = start;
+    }
+
+    /// Up to `max` more names, in cookie order; empty at the end of the directory.
+    pub async fn next_names(&mut self, max: usize) -> FsResult<Vec<(u64, Raw)>> {
+        let mut names = Vec::new();
+        while names.len() < max {
             let index = self.next_index;
-            let entry = match index {
+            let known = match index {
                 0 => Some((".".to_string(), self.ino)),
                 1 => Some(("..".to_string(), self.parent)),
-                i if ((i - 2) as usize) < self.local.len() => {
-                    Some(self.local[(i - 2) as usize].clone())
-                }
-                _ => None,
+                i => self.local.get((i - 2) as usize).cloned(),
             };
-            let (name, attr) = if let Some((name, ino)) = entry {
-                let table = fs.inodes.lock().unwrap();
-                match S3Fs::<S>::current_attr(&table, ino) {
-                    Some(attr) => (name, attr),
+            let raw = match known {
+                Some((name, ino)) => Raw::Known(name, ino),
+                None => match self.pending.pop_front() {
+                    Some((name, listed)) => Raw::Listed(name, listed),
+                    None if self.exhausted => break,
                     None => {
-                        self.next_index += 1; // gone meanwhile
+                        self.fetch_page().await?;
                         continue;
                     }
-                }
-            } else {
-                if self.pending.is_empty() {
-                    if self.exhausted {
-                        if self.pages > 0 {
-                            // A whole pass: every child is in the table until `until`.
-                            let mut table = fs.inodes.lock().unwrap();
-                            table.mark_listed(self.ino, self.until, self.pages > 1);
-                        }
-                        break;
-                    }
-                    if self.pages == 0 {
-                        self.until = fs.valid_until();
-                    }
-                    let page = match self.next_page.take() {
-                        Some(prefetch) => prefetch
-                            .await
-                            .map_err(|e| FsError::Io(format!("listing task: {e}")))??,
-                        None => {
-                            fs.store()
-                                .list_page(&self.prefix, true, self.token.take(), None)
-                                .await?
-                        }
-                    };
-                    self.pages += 1;
-                    self.token = page.next_token.clone();
-                    self.exhausted = self.token.is_none();
-                    if let Some(token) = self.token.take() {
-                        // Fetch the next page while the kernel takes this one.
-                        let (store, prefix) = (fs.store_arc(), self.prefix.clone());
-                        self.next_page = Some(tokio::spawn(async move {
-                            store.list_page(&prefix, true, Some(token), None).await
-                        }));
-                    }
-                    self.take_page(fs, page);
-                    continue;
-                }
-                let (name, listed) = self.pending.pop_front().expect("not empty");
-                let attr = {
-                    let mut table = fs.inodes.lock().unwrap();
-                    let ino = fs.upsert_listed(&mut table, self.ino, &name, &listed, self.until);
-                    S3Fs::<S>::current_attr(&table, ino).expect("just upserted")
-                };
-                (name, attr)
+                },
             };
             self.next_index += 1;
-            batch.push(DirEntry {
-                name,
-                attr,
-                offset: self.next_index,
-            });
+            names.push((self.next_index, raw));
         }
-        fs.complete_meta(&mut batch).await?;
-        self.last_batch = batch.clone();
-        self.last_batch_start = start;
-        Ok(batch)
+        Ok(names)
+    }
+
+    async fn fetch_page(&mut self) -> FsResult<()> {
+        if self.pages == 0 {
+            self.started = Instant::now();
+        }
+        let page = match self.next_page.take() {
+            Some(prefetch) => prefetch
+                .await
+                .map_err(|e| FsError::Io(format!("listing task: {e}")))??,
+            None => {
+                self.store
+                    .list_page(&self.prefix, true, self.token.take(), None)
+                    .await?
+            }
+        };
+        self.pages += 1;
+        self.token = page.next_token.clone();
+        self.exhausted = self.token.is_none();
+        if let Some(token) = self.token.take() {
+            // Fetch the next page while the kernel takes this one.
+            let (store, prefix) = (self.store.clone(), self.prefix.clone());
+            self.next_page = Some(tokio::spawn(async move {
+                store.list_page(&prefix, true, Some(token), None).await
+            }));
+        }
+        self.take_page(page);
+        Ok(())
     }
 
     /// Queues a page's entries, skipping names staged locally, and directories whose
     /// name the previous page listed as a file.
-    fn take_page<S: ObjectStore>(&mut self, fs: &S3Fs<S>, page: ListPage) {
+    fn take_page(&mut self, page: ListPage) {
         self.recent_files.swap(0, 1);
         self.recent_files[1].clear();
-        for (name, listed) in page_entries(fs.layout(), &self.prefix, &page) {
+        for (name, listed) in page_entries(&self.layout, &self.prefix, &page) {
             if self.local_names.contains(&name) {
                 continue;
             }

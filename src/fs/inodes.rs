@@ -508,3 +508,181 @@ impl InodeTable {
 pub fn far_future() -> Instant {
     Instant::now() + std::time::Duration::from_secs(100 * 365 * 24 * 3600)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn attr(kind: Kind, size: u64, perm: u16) -> Attr {
+        let t = UNIX_EPOCH + Duration::from_secs(1_000);
+        Attr {
+            ino: 0,
+            kind,
+            size,
+            mtime: t,
+            ctime: t,
+            atime: t,
+            perm,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            nlink: 1,
+        }
+    }
+
+    fn remote(etag: &str, size: u64, modified_secs: u64) -> Remote {
+        Remote {
+            etag: ETag(etag.into()),
+            size,
+            modified: Some(UNIX_EPOCH + Duration::from_secs(modified_secs)),
+        }
+    }
+
+    fn table() -> InodeTable {
+        InodeTable::new(attr(Kind::Dir, 0, 0o755))
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[test]
+    fn upsert_keeps_the_number_and_what_head_said_of_the_same_object() {
+        let mut t = table();
+        let from_head = Some(Extras::default());
+        let ino = t.upsert(
+            ROOT,
+            "a",
+            attr(Kind::Symlink, 3, 0o777),
+            Some(remote("e1", 3, 5)),
+            soon(),
+            from_head,
+        );
+        assert_eq!(t.child(ROOT, "a"), Some(ino));
+        assert!(t.get(ino).unwrap().meta_known);
+        // A listing of the same object (same ETag, size and Last-Modified) says less.
+        let again = t.upsert(
+            ROOT,
+            "a",
+            attr(Kind::File, 3, 0o644),
+            Some(remote("e1", 3, 5)),
+            soon(),
+            None,
+        );
+        assert_eq!(again, ino);
+        let inode = t.get(ino).unwrap();
+        assert_eq!((inode.attr.kind, inode.attr.perm), (Kind::Symlink, 0o777));
+        assert!(inode.meta_known);
+        assert_eq!(inode.content_version, 0);
+    }
+
+    #[test]
+    fn upsert_takes_a_listing_of_a_changed_object_and_asks_again() {
+        let mut t = table();
+        let ino = t.upsert(
+            ROOT,
+            "f",
+            attr(Kind::File, 3, 0o600),
+            Some(remote("e1", 3, 5)),
+            soon(),
+            Some(Extras::default()),
+        );
+        // New content: new ETag.
+        t.upsert(
+            ROOT,
+            "f",
+            attr(Kind::File, 9, 0o644),
+            Some(remote("e2", 9, 6)),
+            soon(),
+            None,
+        );
+        let inode = t.get(ino).unwrap();
+        assert_eq!((inode.attr.size, inode.content_version), (9, 1));
+        assert!(
+            !inode.meta_known,
+            "a listing's attributes are defaults until a HEAD"
+        );
+        // Metadata-only change (a copy onto itself by another client): Last-Modified.
+        t.upsert(
+            ROOT,
+            "f",
+            attr(Kind::File, 9, 0o644),
+            Some(remote("e2", 9, 5)),
+            soon(),
+            Some(Extras::default()),
+        );
+        t.upsert(
+            ROOT,
+            "f",
+            attr(Kind::File, 9, 0o644),
+            Some(remote("e2", 9, 70)),
+            soon(),
+            None,
+        );
+        assert!(!t.get(ino).unwrap().meta_known);
+    }
+
+    #[test]
+    fn upsert_replaces_an_inode_of_another_kind_and_detaches_the_old_one() {
+        let mut t = table();
+        let file = t.upsert(
+            ROOT,
+            "x",
+            attr(Kind::File, 1, 0o644),
+            Some(remote("e", 1, 1)),
+            soon(),
+            None,
+        );
+        let dir = t.upsert(ROOT, "x", attr(Kind::Dir, 0, 0o755), None, soon(), None);
+        assert_ne!(file, dir);
+        assert_eq!(t.child(ROOT, "x"), Some(dir));
+        assert!(t.get(file).is_none_or(|i| i.detached));
+        assert_eq!(t.path(dir).as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn paths_follow_renames_and_end_at_detach() {
+        let mut t = table();
+        let d = t.upsert(
+            ROOT,
+            "d",
+            attr(Kind::Dir, 0, 0o755),
+            None,
+            soon(),
+            Some(Extras::default()),
+        );
+        let f = t.upsert(
+            d,
+            "f",
+            attr(Kind::File, 1, 0o644),
+            None,
+            soon(),
+            Some(Extras::default()),
+        );
+        assert_eq!(t.path(f).as_deref(), Some("d/f"));
+        t.rename(d, ROOT, "e");
+        assert_eq!(t.path(f).as_deref(), Some("e/f"));
+        assert_eq!(t.child_path(d, "g").as_deref(), Some("e/g"));
+        t.detach(f);
+        assert_eq!(t.path(f), None);
+        assert_eq!(t.child(d, "f"), None);
+    }
+
+    #[test]
+    fn forgotten_inodes_go_but_parents_stay_while_children_live() {
+        let mut t = table();
+        let d = t.upsert(ROOT, "d", attr(Kind::Dir, 0, 0o755), None, soon(), None);
+        let f = t.upsert(d, "f", attr(Kind::File, 1, 0o644), None, soon(), None);
+        t.add_lookup(d);
+        t.add_lookup(f);
+        t.forget(d, 1);
+        assert!(t.get(d).is_some(), "a parent of a live inode stays");
+        t.forget(f, 1);
+        assert!(t.get(f).is_none());
+        t.remove_if_unused(d);
+        assert!(t.get(d).is_none());
+        assert!(t.get(ROOT).is_some());
+    }
+}

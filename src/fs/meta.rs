@@ -13,12 +13,6 @@ use super::{Attr, DirEntry, Extras, FsError, FsResult, Kind, ROOT, S3Fs, SetAttr
 use crate::layout;
 use crate::store::{ObjectHeaders, ObjectMeta, ObjectStore, StoreError};
 
-/// The read-only virtual extended attributes of every file.
-const XATTR_VIRTUAL: &str = "user.s3.";
-const XATTR_KEY: &str = "user.s3.key";
-const XATTR_ETAG: &str = "user.s3.etag";
-const XATTR_URL: &str = "user.s3.url";
-
 /// A lookup of a file up to this size fetches its content with its metadata (one GET
 /// instead of a HEAD now and a GET at the first read).
 const SMALL_FILE: u64 = 64 * 1024;
@@ -258,7 +252,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 inode.attr.mtime = t;
             }
             inode.attr.ctime = t;
-            inode.valid_until = Instant::now() + self.cfg.metadata_ttl;
+            inode.valid_until = self.valid_until();
         }
         if let Some(size) = change.size {
             let stage = self.stage_for_write(ino, false)?;
@@ -283,18 +277,16 @@ impl<S: ObjectStore> S3Fs<S> {
         {
             {
                 // An upload started while writing carries the old metadata: restart it.
-                let _upload = stage.upload_lock.lock().await;
+                let _turn = stage.upload_turn().await;
                 if let Some(st) = stage.take_streaming() {
                     self.uploader.abort_streaming(st);
                 }
             }
-            if self.has_writer(ino) {
+            if self.handles.has_writer(ino) {
                 return Ok(()); // the close uploads data and metadata together
             }
             if self.cfg.write_back {
-                self.commit(ino)?;
-                let _ = self.pending_tx.send(ino);
-                return Ok(());
+                return self.commit_and_queue(ino);
             }
             self.sync(ino).await?;
             self.drop_clean_stage(ino);
@@ -340,12 +332,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let etag = self
             .store
             .copy(&key, &key, remote.size, Some(&headers), Some(&remote.etag))
-            .await
-            .map_err(|e| match e {
-                // Someone replaced the object meanwhile: the attributes were of the old one.
-                StoreError::PreconditionFailed => FsError::Stale,
-                e => e.into(),
-            })?;
+            .await?; // (PreconditionFailed: replaced meanwhile; these were the old one's)
         let until = self.valid_until();
         let mut table = self.inodes.lock().unwrap();
         if let Some(inode) = table.get_mut(ino) {
@@ -357,128 +344,6 @@ impl<S: ObjectStore> S3Fs<S> {
             inode.valid_until = until;
         }
         Ok(())
-    }
-
-    /// An extended attribute: the read-only `user.s3.key`, `user.s3.etag` and
-    /// `user.s3.url` (a presigned GET), or one stored in the object's metadata.
-    pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
-        let attr = self.ensure_meta(ino).await?;
-        let (key, remote, stored) = {
-            let table = self.inodes.lock().unwrap();
-            let inode = table.get(attr.ino).ok_or(FsError::NotFound)?;
-            let key = table.path(attr.ino).map(|p| match attr.kind {
-                Kind::Dir => self.layout.dir_prefix(&p),
-                _ => self.layout.file_key(&p),
-            });
-            (
-                key,
-                inode.remote.clone(),
-                inode.extras.xattrs.get(name).cloned(),
-            )
-        };
-        match name {
-            XATTR_KEY => key.map(String::into_bytes).ok_or(FsError::NoXattr),
-            XATTR_ETAG => remote
-                .map(|r| r.etag.0.into_bytes())
-                .ok_or(FsError::NoXattr),
-            XATTR_URL => match (key, remote) {
-                (Some(key), Some(_)) => Ok(self
-                    .store
-                    .presign_get(&key, self.cfg.url_expiry)
-                    .await?
-                    .into_bytes()),
-                _ => Err(FsError::NoXattr),
-            },
-            _ => stored.ok_or(FsError::NoXattr),
-        }
-    }
-
-    /// The names of the stored extended attributes if the table knows them now (no
-    /// wait): lets the adapter answer `ls -l`'s probe of every file in its own thread.
-    pub fn known_xattr_names(&self, ino: u64) -> Option<Vec<String>> {
-        let table = self.inodes.lock().unwrap();
-        let inode = table.get(ino)?;
-        (inode.meta_known || table.stage(ino).is_some())
-            .then(|| inode.extras.xattrs.keys().cloned().collect())
-    }
-
-    /// The names of the stored extended attributes (the virtual `user.s3.*` ones are
-    /// readable by name but not listed, so that copying tools do not copy them).
-    pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<String>> {
-        let attr = self.ensure_meta(ino).await?;
-        let table = self.inodes.lock().unwrap();
-        let inode = table.get(attr.ino).ok_or(FsError::NotFound)?;
-        Ok(inode.extras.xattrs.keys().cloned().collect())
-    }
-
-    pub async fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> FsResult<()> {
-        self.change_xattr(ino, name, Some(value), flags).await
-    }
-
-    pub async fn removexattr(&self, ino: u64, name: &str) -> FsResult<()> {
-        self.change_xattr(ino, name, None, 0).await
-    }
-
-    pub(super) async fn change_xattr(
-        &self,
-        ino: u64,
-        name: &str,
-        value: Option<&[u8]>,
-        flags: i32,
-    ) -> FsResult<()> {
-        self.check_writable()?;
-        if name.starts_with(XATTR_VIRTUAL) {
-            return Err(FsError::NotPermitted(
-                "the user.s3.* attributes are read-only",
-            ));
-        }
-        if !name.starts_with("user.") || name.len() == "user.".len() {
-            return Err(FsError::Unsupported(
-                "only user.* extended attributes are stored",
-            ));
-        }
-        if name.contains(['"', ',']) {
-            // s3fs's format splits on them: such a name would come back as another one.
-            return Err(FsError::Unsupported(
-                "xattr names with '\"' or ',' cannot be stored",
-            ));
-        }
-        let attr = self.ensure_meta(ino).await?;
-        if attr.ino != ino {
-            return Err(FsError::NotFound);
-        }
-        {
-            let mut table = self.inodes.lock().unwrap();
-            let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;
-            let exists = inode.extras.xattrs.contains_key(name);
-            let mut xattrs = inode.extras.xattrs.clone();
-            match value {
-                Some(_) if flags & libc::XATTR_CREATE != 0 && exists => {
-                    return Err(FsError::Exists);
-                }
-                Some(_) if flags & libc::XATTR_REPLACE != 0 && !exists => {
-                    return Err(FsError::NoXattr);
-                }
-                Some(v) => {
-                    xattrs.insert(name.to_string(), v.to_vec());
-                }
-                None if !exists => return Err(FsError::NoXattr),
-                None => {
-                    xattrs.remove(name);
-                }
-            }
-            let extras = Extras {
-                xattrs,
-                link: inode.extras.link.clone(),
-            };
-            let headers = Self::headers_of(&inode.attr, &extras, true);
-            if layout::user_meta_len(&headers) > layout::MAX_USER_META {
-                return Err(FsError::TooBig);
-            }
-            inode.extras = extras;
-            inode.attr.ctime = now();
-        }
-        self.persist_or_forget(ino).await
     }
 
     /// [`S3Fs::persist_meta`]; when it fails, the table forgets the unsaved metadata so

@@ -14,15 +14,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 
+mod journal;
+mod recover;
 mod tail;
+
+pub use recover::{Committed, Leftover};
 
 use bytes::Bytes;
 use tail::{Direct, Tail};
 
-use crate::fs::error::{FsError, FsResult};
-use crate::journal::{self, Record};
-use crate::store::{ETag, ObjectStore};
-use crate::upload::Streaming;
+use crate::store::{ETag, ObjectStore, StoreError};
+use crate::upload::{PartSource, Streaming};
+use journal::Record;
+
+/// What can go wrong with a staged file.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("no space left in the cache directory")]
+    NoSpace,
+    #[error("local I/O error: {0}")]
+    Io(String),
+    #[error("S3: {0}")]
+    Store(#[from] StoreError),
+}
+
+pub type StageResult<T> = Result<T, StageError>;
+
+impl From<io::Error> for StageError {
+    fn from(e: io::Error) -> StageError {
+        match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => StageError::NoSpace,
+            _ => StageError::Io(e.to_string()),
+        }
+    }
+}
 
 /// The folder of staged files.
 pub struct StageDir {
@@ -50,33 +75,8 @@ impl StageDir {
         &self.dir
     }
 
-    /// Staged data files left by an earlier run (not uploaded when it stopped).
-    pub fn leftovers(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| !journal::is_record(p))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| !n.starts_with(&self.run_id))
-            })
-            .collect();
-        files.sort();
-        files
-    }
-
-    /// A stage over a data file an earlier run left, for recovery.
-    pub fn adopt(&self, path: &Path) -> FsResult<Stage> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let size = file.metadata()?.len();
-        Ok(Stage::new(path.to_path_buf(), file, None, size))
-    }
-
     /// A new, empty stage; `base` is the object it stands for, fetched on demand.
-    pub fn create(&self, base: Option<RemoteBase>) -> FsResult<Stage> {
+    pub fn create(&self, base: Option<RemoteBase>) -> StageResult<Stage> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!("{}-{n}", self.run_id));
         let file = OpenOptions::new()
@@ -124,7 +124,7 @@ struct StageState {
     tail: Option<Tail>,
     /// A write failed (a full cache disk): the stage no longer holds what the
     /// application wrote, so it must never be uploaded.
-    broken: Option<FsError>,
+    broken: Option<StageError>,
 }
 
 pub struct Stage {
@@ -135,8 +135,35 @@ pub struct Stage {
     record: Mutex<Option<Record>>,
     state: Mutex<StageState>,
     fill_lock: tokio::sync::Mutex<()>,
-    /// Serialises uploads of this stage.
-    pub upload_lock: tokio::sync::Mutex<()>,
+    /// Serialises uploads of this stage, and what must not run during one (a DELETE
+    /// that an upload could undo); taken through [`Stage::upload_turn`].
+    upload_lock: tokio::sync::Mutex<()>,
+}
+
+/// The exclusive right to upload a stage (or to keep an upload from running).
+pub struct UploadTurn<'a> {
+    stage: &'a Stage,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl UploadTurn<'_> {
+    /// Brings the whole file into the stage and puts it on disk; returns the size and
+    /// version an upload starts from, and the upload started while writing, if any.
+    pub async fn prepare<S: ObjectStore>(
+        &self,
+        store: &S,
+    ) -> StageResult<(Snapshot, Option<Streaming>)> {
+        self.stage.fill(store).await?;
+        let snapshot = self.stage.snapshot()?;
+        Ok((snapshot, self.stage.take_streaming()))
+    }
+
+    /// S3 now has the stage as it was at `version`: it is clean unless changed since,
+    /// and a journal record promising no more than that goes.
+    pub fn uploaded(&self, version: u64) {
+        self.stage.mark_uploaded(version);
+        self.stage.settle_record(version);
+    }
 }
 
 /// What an upload needs to know about a stage at the moment it starts.
@@ -191,7 +218,7 @@ impl Stage {
     }
 
     /// Puts the bytes of the append tail on disk.
-    fn settle(&self, s: &mut StageState) -> FsResult<()> {
+    fn settle(&self, s: &mut StageState) -> StageResult<()> {
         if let Some(tail) = s.tail.take()
             && let Err(e) = self.direct.flush(&self.file, &tail)
         {
@@ -208,21 +235,21 @@ impl Stage {
         store: &S,
         offset: u64,
         data: &[u8],
-    ) -> FsResult<u64> {
+    ) -> StageResult<u64> {
         self.prepare(store, Access::Write { offset }).await?;
         self.write_filled(offset, data)
     }
 
     /// Writes at once if no part of the file still has to come from S3 (the common
     /// case); None means the caller must use [`Stage::write`].
-    pub fn try_write_now(&self, offset: u64, data: &[u8]) -> Option<FsResult<u64>> {
+    pub fn try_write_now(&self, offset: u64, data: &[u8]) -> Option<StageResult<u64>> {
         if self.state.lock().unwrap().lazy.is_some() {
             return None;
         }
         Some(self.write_filled(offset, data))
     }
 
-    fn write_filled(&self, offset: u64, data: &[u8]) -> FsResult<u64> {
+    fn write_filled(&self, offset: u64, data: &[u8]) -> StageResult<u64> {
         if let Some(e) = self.broken() {
             return Err(e);
         }
@@ -236,11 +263,11 @@ impl Stage {
     }
 
     /// Why this stage may not be uploaded, if a write to it failed.
-    pub fn broken(&self) -> Option<FsError> {
+    pub fn broken(&self) -> Option<StageError> {
         self.state.lock().unwrap().broken.clone()
     }
 
-    fn write_unchecked(&self, offset: u64, data: &[u8]) -> FsResult<u64> {
+    fn write_unchecked(&self, offset: u64, data: &[u8]) -> StageResult<u64> {
         let end = offset + data.len() as u64;
         let mut s = self.state.lock().unwrap();
         let appending = offset == s.size && s.append_only && s.lazy.is_none();
@@ -275,7 +302,7 @@ impl Stage {
         store: &S,
         offset: u64,
         len: u32,
-    ) -> FsResult<Vec<u8>> {
+    ) -> StageResult<Vec<u8>> {
         self.prepare(store, Access::Other).await?;
         let size = {
             let mut s = self.state.lock().unwrap();
@@ -298,7 +325,7 @@ impl Stage {
         Ok(buf)
     }
 
-    pub async fn truncate<S: ObjectStore>(&self, store: &S, size: u64) -> FsResult<()> {
+    pub async fn truncate<S: ObjectStore>(&self, store: &S, size: u64) -> StageResult<()> {
         let keeps_no_remote = {
             let s = self.state.lock().unwrap();
             s.lazy.as_ref().is_some_and(|l| size <= l.filled_to)
@@ -324,11 +351,11 @@ impl Stage {
 
     /// Brings every byte of the file into the stage (before upload, or any access that
     /// is not a continued rewrite from 0).
-    pub async fn fill<S: ObjectStore>(&self, store: &S) -> FsResult<()> {
+    pub async fn fill<S: ObjectStore>(&self, store: &S) -> StageResult<()> {
         self.prepare(store, Access::Other).await
     }
 
-    async fn prepare<S: ObjectStore>(&self, store: &S, access: Access) -> FsResult<()> {
+    async fn prepare<S: ObjectStore>(&self, store: &S, access: Access) -> StageResult<()> {
         if self.state.lock().unwrap().lazy.is_none() {
             return Ok(());
         }
@@ -349,11 +376,7 @@ impl Stage {
         };
         let mut chunks = store
             .get_range(&base.key, from..base.size, Some(&base.etag))
-            .await
-            .map_err(|e| match e {
-                crate::store::StoreError::PreconditionFailed => FsError::Stale,
-                other => FsError::Store(other),
-            })?;
+            .await?;
         let mut at = from;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
@@ -361,7 +384,7 @@ impl Stage {
             at += chunk.len() as u64;
         }
         if at != base.size {
-            return Err(FsError::Io(format!(
+            return Err(StageError::Io(format!(
                 "{}: got {} of {} bytes from S3",
                 base.key, at, base.size
             )));
@@ -372,20 +395,18 @@ impl Stage {
         Ok(())
     }
 
-    /// Reads `len` bytes at `offset` from the staged file, for uploads.
-    pub fn read_exact_at(&self, offset: u64, len: usize) -> FsResult<Bytes> {
-        // Bytes an upload reads no longer change (an append-only stage, or one whose
-        // changes invalidate the upload), so the tail may be read without the lock.
-        let tail = {
-            let s = self.state.lock().unwrap();
-            s.tail.as_ref().and_then(|t| t.overlap(offset, len))
-        };
-        Ok(self.direct.read(&self.file, offset, len, tail.as_ref())?)
+    /// Waits for any upload of this stage to end and keeps others from starting until
+    /// the turn is dropped.
+    pub async fn upload_turn(&self) -> UploadTurn<'_> {
+        UploadTurn {
+            stage: self,
+            _guard: self.upload_lock.lock().await,
+        }
     }
 
     /// The size and version an upload starts from; the tail goes to disk first, so
     /// the cache dir holds everything a failed upload leaves behind.
-    pub fn snapshot(&self) -> FsResult<Snapshot> {
+    fn snapshot(&self) -> StageResult<Snapshot> {
         let mut s = self.state.lock().unwrap();
         self.settle(&mut s)?;
         Ok(Snapshot {
@@ -395,12 +416,12 @@ impl Stage {
     }
 
     /// Records that S3 now has the stage as it was at `version`.
-    pub fn mark_uploaded(&self, version: u64) {
+    fn mark_uploaded(&self, version: u64) {
         let mut s = self.state.lock().unwrap();
         s.uploaded_version = s.uploaded_version.max(version);
     }
 
-    pub fn fsync(&self) -> FsResult<()> {
+    pub fn fsync(&self) -> StageResult<()> {
         self.settle(&mut self.state.lock().unwrap())?;
         self.file.sync_data()?;
         Ok(())
@@ -419,11 +440,19 @@ impl Stage {
         s.append_only && s.lazy.is_none() && !s.deleted
     }
 
-    /// Runs `f` on the streaming upload slot under the state lock.
-    pub fn with_streaming<T>(&self, f: impl FnOnce(&mut Option<Streaming>, u64) -> T) -> T {
+    /// Has a streaming upload been started?
+    pub fn is_streaming(&self) -> bool {
+        self.state.lock().unwrap().streaming.is_some()
+    }
+
+    /// Runs `f` on the streaming upload slot and the size, under the state lock, if the
+    /// stage may stream ([`Stage::may_stream`]).
+    pub fn with_streaming(&self, f: impl FnOnce(&mut Option<Streaming>, u64)) {
         let mut s = self.state.lock().unwrap();
-        let size = s.size;
-        f(&mut s.streaming, size)
+        if s.append_only && s.lazy.is_none() && !s.deleted {
+            let size = s.size;
+            f(&mut s.streaming, size);
+        }
     }
 
     pub fn take_streaming(&self) -> Option<Streaming> {
@@ -439,124 +468,21 @@ impl Stage {
             log::warn!("could not remove staged file {}: {e}", self.path.display());
         }
     }
+}
 
-    /// Makes the current content durable in the cache dir and records that it must
-    /// reach S3 under `key` (the promise of a returned close or fsync).
-    pub fn commit(&self, key: &str, attrs: RecordAttrs) -> FsResult<()> {
-        let (size, version) = {
-            let mut s = self.state.lock().unwrap();
-            self.settle(&mut s)?;
-            (s.size, s.version)
+impl PartSource for Stage {
+    fn read_part(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        // Bytes an upload reads no longer change (an append-only stage, or one whose
+        // changes invalidate the upload), so the tail may be read without the lock.
+        let tail = {
+            let s = self.state.lock().unwrap();
+            s.tail.as_ref().and_then(|t| t.overlap(offset, len))
         };
-        let mut record = self.record.lock().unwrap();
-        let already = record.as_ref().is_some_and(|r| {
-            r.state == journal::State::Committed
-                && r.version == version
-                && r.key == key
-                && r.meta == attrs.meta
-        });
-        if already {
-            return Ok(()); // this very content is committed already (close, then release)
-        }
-        self.file.sync_data()?;
-        let upload_id = record.as_ref().and_then(|r| r.upload_id.clone());
-        let new = Record {
-            key: key.to_string(),
-            state: journal::State::Committed,
-            size,
-            version,
-            meta: attrs.meta,
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            uploading: false,
-            upload_id,
-        };
-        journal::write(&self.path, &new)?;
-        *record = Some(new);
-        Ok(())
+        self.direct.read(&self.file, offset, len, tail.as_ref())
     }
 
-    /// Journals a new staged file as open (nothing promised yet).
-    pub fn note_open(&self, key: &str) {
-        let mut record = self.record.lock().unwrap();
-        if record.is_some() {
-            return;
-        }
-        let new = Record::open(key);
-        match journal::write(&self.path, &new) {
-            Ok(()) => *record = Some(new),
-            Err(e) => log::warn!("journal {}: {e}", self.path.display()),
-        }
-    }
-
-    /// Journals that an upload of this file starts or stopped.
-    pub fn note_uploading(&self, uploading: bool) {
-        self.update_record(|r| r.uploading = uploading);
-    }
-
-    fn update_record(&self, change: impl FnOnce(&mut Record)) {
-        let mut record = self.record.lock().unwrap();
-        let Some(mut new) = record.clone() else {
-            return;
-        };
-        change(&mut new);
-        match journal::write(&self.path, &new) {
-            Ok(()) => *record = Some(new),
-            Err(e) => log::warn!("journal {}: {e}", self.path.display()),
-        }
-    }
-
-    /// Notes a multipart upload started for this file (so a crash cannot leave it
-    /// behind), or that it ended (`None`).
-    pub fn note_upload(&self, key: &str, upload_id: Option<&str>) {
-        let mut record = self.record.lock().unwrap();
-        let new = match record.clone() {
-            Some(mut r) => {
-                r.upload_id = upload_id.map(str::to_string);
-                r
-            }
-            None if upload_id.is_none() => return,
-            None => Record {
-                upload_id: upload_id.map(str::to_string),
-                ..Record::open(key)
-            },
-        };
-        match journal::write(&self.path, &new) {
-            Ok(()) => *record = Some(new),
-            Err(e) => log::warn!("journal {}: {e}", self.path.display()),
-        }
-    }
-
-    /// The committed record follows a rename.
-    pub fn rekey(&self, key: &str) -> FsResult<()> {
-        let mut record = self.record.lock().unwrap();
-        if let Some(r) = record.as_mut() {
-            r.key = key.to_string();
-            journal::write(&self.path, r)?;
-        }
-        Ok(())
-    }
-
-    /// S3 has the stage up to `version`: a record promising no more than that goes.
-    pub fn settle_record(&self, version: u64) {
-        let mut record = self.record.lock().unwrap();
-        if record.as_ref().is_some_and(|r| r.version <= version) {
-            if let Err(e) = journal::remove(&self.path) {
-                log::warn!("journal {}: {e}", self.path.display());
-            }
-            *record = None;
-        }
-    }
-
-    /// The file is gone: its record must not bring it back after a crash.
-    pub fn forget_record(&self) {
-        let mut record = self.record.lock().unwrap();
-        if let Err(e) = journal::remove(&self.path) {
-            log::warn!("journal {}: {e}", self.path.display());
-        }
-        *record = None;
+    fn multipart_started(&self, key: &str, upload_id: Option<&str>) {
+        self.note_upload(key, upload_id);
     }
 }
 

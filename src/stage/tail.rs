@@ -128,7 +128,7 @@ impl Direct {
         if let Some(file) = self.file() {
             match file.write_all_at(data, offset) {
                 Ok(()) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
                     log::info!("the cache directory does not take O_DIRECT; using buffered writes");
                     self.working.store(false, Ordering::Relaxed);
                 }
@@ -192,7 +192,7 @@ impl Direct {
                 match file.read_at(&mut target[done..], offset + done as u64) {
                     Ok(0) => break,
                     Ok(n) => done += n,
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => break,
                     Err(e) => return Err(e),
                 }
                 if done % ALIGN != 0 {

@@ -1,5 +1,9 @@
 //! The file system's errors and the one place that decides which errno each becomes.
+//! The layers below the core return their own errors (`StoreError`, `StageError`,
+//! `NameError`); each is turned into an [`FsError`] here, once.
 
+use crate::layout::NameError;
+use crate::stage::StageError;
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,8 +40,10 @@ pub enum FsError {
     NoXattr,
     #[error("local I/O error: {0}")]
     Io(String),
+    #[error("the caller's buffer is too small")]
+    BufferTooSmall,
     #[error("S3: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
 }
 
 pub type FsResult<T> = Result<T, FsError>;
@@ -59,6 +65,7 @@ impl FsError {
             FsError::NoSpace => libc::ENOSPC,
             FsError::TooBig => libc::E2BIG,
             FsError::NoXattr => libc::ENODATA,
+            FsError::BufferTooSmall => libc::ERANGE,
             FsError::Stale | FsError::Io(_) => libc::EIO,
             FsError::Store(StoreError::NotFound) => libc::ENOENT,
             FsError::Store(StoreError::AccessDenied(_)) => libc::EACCES,
@@ -87,6 +94,35 @@ impl From<std::io::Error> for FsError {
         match e.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
             _ => FsError::Io(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for FsError {
+    /// A failed precondition (If-Match) means the object changed under us.
+    fn from(e: StoreError) -> FsError {
+        match e {
+            StoreError::PreconditionFailed => FsError::Stale,
+            e => FsError::Store(e),
+        }
+    }
+}
+
+impl From<NameError> for FsError {
+    fn from(e: NameError) -> FsError {
+        match e {
+            NameError::TooLong => FsError::NameTooLong,
+            NameError::Invalid(why) => FsError::Invalid(why),
+        }
+    }
+}
+
+impl From<StageError> for FsError {
+    fn from(e: StageError) -> FsError {
+        match e {
+            StageError::NoSpace => FsError::NoSpace,
+            StageError::Io(e) => FsError::Io(e),
+            StageError::Store(e) => e.into(),
         }
     }
 }

@@ -1,0 +1,329 @@
+//! File I/O: open and create, reads (from the stage when there is one, else from S3),
+//! writes into the stage, and the close, fsync and release of a handle.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::handles::{FileHandle, Handle};
+use super::{Attr, Caller, Extras, FsError, FsResult, Kind, OpenMode, S3Fs, now};
+use crate::layout::check_name;
+use crate::read::Reader;
+use crate::stage::{RemoteBase, Stage};
+use crate::store::{ObjectStore, StoreError};
+
+impl<S: ObjectStore> S3Fs<S> {
+    /// The stage of `ino`, created if the file has none (empty when `truncate`,
+    /// otherwise standing for the object in S3, fetched only when needed).
+    pub(super) fn stage_for_write(&self, ino: u64, truncate: bool) -> FsResult<Arc<Stage>> {
+        let mut table = self.inodes.lock().unwrap();
+        let inode = table.get(ino).ok_or(FsError::NotFound)?;
+        if inode.attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if let Some(stage) = table.stage(ino) {
+            return Ok(stage);
+        }
+        let base = if truncate {
+            None
+        } else {
+            let key = self
+                .layout
+                .file_key(&table.path(ino).ok_or(FsError::NotFound)?);
+            inode.remote.as_ref().map(|r| RemoteBase {
+                key,
+                etag: r.etag.clone(),
+                size: r.size,
+            })
+        };
+        let stage = Arc::new(self.stages.create(base)?);
+        if let Some(path) = table.path(ino) {
+            stage.note_open(&self.layout.file_key(&path));
+        }
+        table.set_stage(ino, Some(stage.clone()));
+        Ok(stage)
+    }
+
+    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<(u64, bool)> {
+        if mode.write {
+            self.check_writable()?;
+            if self.closing.load(Ordering::Relaxed) {
+                return Err(FsError::ReadOnly);
+            }
+            let stage = self.stage_for_write(ino, mode.truncate)?;
+            if mode.truncate {
+                if stage.size() > 0 {
+                    stage.truncate(&*self.store, 0).await?;
+                }
+                let t = now();
+                if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
+                    inode.attr.size = 0;
+                    inode.attr.mtime = t;
+                    inode.attr.ctime = t;
+                }
+            }
+        }
+        let mut table = self.inodes.lock().unwrap();
+        let inode = table.get(ino).ok_or(FsError::NotFound)?;
+        if inode.attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let reader = match (&inode.remote, mode.write, table.stage(ino)) {
+            (Some(remote), false, None) => {
+                let path = table.path(ino).ok_or(FsError::NotFound)?;
+                Some(Reader::new(
+                    self.store.clone(),
+                    self.cache.clone(),
+                    &self.layout.file_key(&path),
+                    remote.etag.clone(),
+                    remote.size,
+                ))
+            }
+            _ => None,
+        };
+        let inode = table.get_mut(ino).expect("present");
+        inode.open_handles += 1;
+        let seen = reader.as_ref().map(|r| r.etag().clone());
+        let keep_cache = seen.is_some() && inode.page_cache_etag == seen;
+        inode.page_cache_etag = seen;
+        let content_version = inode.content_version;
+        drop(table);
+        let fh = self.handles.add(Handle::File(FileHandle {
+            ino,
+            writable: mode.write,
+            reader,
+            content_version,
+        }));
+        Ok((fh, keep_cache))
+    }
+
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<(Attr, u64)> {
+        self.check_writable()?;
+        let name = check_name(name)?;
+        let stage = Arc::new(self.stages.create(None)?);
+        let mut table = self.inodes.lock().unwrap();
+        let dir = self.dir_path(&table, parent)?;
+        let path = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        if let Err(e) = self.layout.check_path(&path, false) {
+            stage.discard();
+            return Err(e.into());
+        }
+        let t = now();
+        let mut attr = self.file_attr(0, t);
+        attr.perm = (mode & 0o7777) as u16;
+        attr.uid = caller.uid;
+        attr.gid = caller.gid;
+        stage.note_open(&self.layout.file_key(&path));
+        let ino = table.upsert(
+            parent,
+            name,
+            attr,
+            None,
+            self.valid_until(),
+            Some(Extras::default()),
+        );
+        Self::touch_dir(&mut table, parent, t);
+        if let Some(old) = table.stage(ino) {
+            // The kernel believed the name free while it was staged here: replace it.
+            old.mark_deleted();
+            old.discard();
+        }
+        table.set_stage(ino, Some(stage));
+        table.add_lookup(ino);
+        table.get_mut(ino).expect("present").open_handles += 1;
+        let attr = Self::current_attr(&table, ino).expect("present");
+        drop(table);
+        let fh = self.handles.add(Handle::File(FileHandle {
+            ino,
+            writable: true,
+            reader: None,
+            content_version: 0,
+        }));
+        Ok((attr, fh))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<Bytes> {
+        let handle = self.handles.get(fh)?;
+        let Handle::File(file) = &*handle else {
+            return Err(FsError::IsDir);
+        };
+        let stage = self.inodes.lock().unwrap().stage(file.ino);
+        if let Some(stage) = stage {
+            return Ok(Bytes::from(stage.read(&*self.store, offset, len).await?));
+        }
+        let Some(reader) = &file.reader else {
+            return Ok(Bytes::new());
+        };
+        match reader.read(offset, len).await {
+            Err(StoreError::PreconditionFailed | StoreError::NotFound) => {
+                match self.follow_object(fh, file).as_deref() {
+                    Some(Handle::File(FileHandle {
+                        reader: Some(reader),
+                        ..
+                    })) => Ok(reader.read(offset, len).await?),
+                    _ => Err(FsError::Stale),
+                }
+            }
+            result => Ok(result?),
+        }
+    }
+
+    /// A reader's object is gone or has another ETag. If this mount moved it (rename) or
+    /// rewrote only its metadata (a copy onto itself), the content is the same: the
+    /// handle follows the object to its current key and ETag. Otherwise None (the
+    /// content changed underneath: the read fails rather than mix versions).
+    fn follow_object(&self, fh: u64, file: &FileHandle<S>) -> Option<Arc<Handle<S>>> {
+        let old = file.reader.as_ref()?;
+        let table = self.inodes.lock().unwrap();
+        let inode = table.get(file.ino)?;
+        if inode.content_version != file.content_version {
+            return None;
+        }
+        let remote = inode.remote.as_ref()?;
+        let key = self.layout.file_key(&table.path(file.ino)?);
+        if remote.size != old.size() || (*key == *old.key() && remote.etag == *old.etag()) {
+            return None;
+        }
+        let reader = Reader::new(
+            self.store.clone(),
+            self.cache.clone(),
+            &key,
+            remote.etag.clone(),
+            remote.size,
+        );
+        drop(table);
+        let handle = Arc::new(Handle::File(FileHandle {
+            ino: file.ino,
+            writable: file.writable,
+            reader: Some(reader),
+            content_version: file.content_version,
+        }));
+        self.handles.replace(fh, handle.clone());
+        Some(handle)
+    }
+
+    /// The stage a write through `fh` goes to.
+    fn write_target(&self, fh: u64) -> FsResult<(u64, Arc<Stage>)> {
+        let handle = self.handles.get(fh)?;
+        let Handle::File(file) = &*handle else {
+            return Err(FsError::IsDir);
+        };
+        if !file.writable {
+            return Err(FsError::BadHandle);
+        }
+        Ok((file.ino, self.stage_for_write(file.ino, false)?))
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (ino, stage) = self.write_target(fh)?;
+        let size = stage.write(&*self.store, offset, data).await?;
+        self.after_write(ino, &stage, size);
+        Ok(data.len() as u32)
+    }
+
+    /// A write that needs no wait (nothing to fetch from S3 first), done in the calling
+    /// thread so the data is not copied once more; None means: call [`S3Fs::write`].
+    /// Must run inside the runtime (it may start part uploads).
+    pub fn try_write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<FsResult<u32>> {
+        let (ino, stage) = match self.write_target(fh) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        let size = match stage.try_write_now(offset, data)? {
+            Ok(size) => size,
+            Err(e) => return Some(Err(e.into())),
+        };
+        self.after_write(ino, &stage, size);
+        Some(Ok(data.len() as u32))
+    }
+
+    /// Updates size and times, and starts the parts a sequential writer has completed.
+    fn after_write(&self, ino: u64, stage: &Arc<Stage>, size: u64) {
+        let target = {
+            let mut table = self.inodes.lock().unwrap();
+            let t = now();
+            if let Some(inode) = table.get_mut(ino) {
+                inode.attr.size = size;
+                inode.attr.mtime = t;
+                inode.attr.ctime = t;
+            }
+            if size >= 2 * self.cfg.part_size && stage.may_stream() {
+                // The headers are needed once, when the streaming upload starts (it
+                // completes at close: its Last-Modified is then the mtime).
+                let headers = match stage.is_streaming() {
+                    true => None,
+                    false => Self::headers_for(&table, ino, false),
+                };
+                table.path(ino).map(|p| (self.layout.file_key(&p), headers))
+            } else {
+                None
+            }
+        };
+        if let Some((key, headers)) = target {
+            stage.with_streaming(|slot, size| {
+                self.uploader
+                    .stream_parts(stage, slot, size, &key, headers.as_ref())
+            });
+        }
+    }
+
+    /// close(): uploads what this handle's file has staged, if it changed; with
+    /// write-back, makes it durable in the cache dir and leaves the upload to the
+    /// background.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handles.get(fh)?;
+        match &*handle {
+            Handle::File(file) if file.writable && self.cfg.write_back => {
+                self.commit_and_queue(file.ino)
+            }
+            Handle::File(file) if file.writable => self.sync(file.ino).await,
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh).await
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handles.remove(fh)?;
+        let Handle::File(file) = &*handle else {
+            return Ok(());
+        };
+        let ino = file.ino;
+        let last = {
+            let mut table = self.inodes.lock().unwrap();
+            let Some(inode) = table.get_mut(ino) else {
+                return Ok(());
+            };
+            inode.open_handles = inode.open_handles.saturating_sub(1);
+            inode.open_handles == 0
+        };
+        let mut result = Ok(());
+        if file.writable && last {
+            // flush() normally did it already; this catches writes after it (mmap).
+            if self.cfg.write_back {
+                result = self.commit_and_queue(ino);
+            } else {
+                result = self.sync(ino).await;
+            }
+        }
+        if last {
+            self.drop_clean_stage(ino);
+        }
+        let mut table = self.inodes.lock().unwrap();
+        table.remove_if_unused(ino);
+        result
+    }
+}

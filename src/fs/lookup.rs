@@ -1,0 +1,258 @@
+//! Name resolution: finding a name under a directory from the inode table while it is
+//! fresh, from a listing of a small directory (one request answers its siblings too), or
+//! for a large one by a HEAD of the file key and a one-key LIST of the directory prefix.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::dir::{self, Listed};
+use super::inodes::{InodeTable, Remote};
+use super::{Attr, FsError, FsResult, ROOT, S3Fs, now};
+use crate::layout::check_name;
+use crate::store::{ObjectStore, StoreError};
+
+/// A lookup miss lists a directory of up to this many pages (of 1000 names) instead
+/// of asking about the one name: it answers the lookups of all its siblings too.
+const LOOKUP_LIST_PAGES: usize = 2;
+
+impl<S: ObjectStore> S3Fs<S> {
+    pub async fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<Attr> {
+        let name = check_name(name)?;
+        let attr = self.resolve(parent, name).await?;
+        self.inodes.lock().unwrap().add_lookup(attr.ino);
+        Ok(attr)
+    }
+
+    /// Records one entry of a listing of `parent` in the table.
+    pub(super) fn upsert_listed(
+        &self,
+        table: &mut InodeTable,
+        parent: u64,
+        name: &str,
+        listed: &Listed,
+        until: Instant,
+    ) -> u64 {
+        match listed {
+            Listed::File {
+                size,
+                remote,
+                mtime,
+            } => table.upsert(
+                parent,
+                name,
+                self.file_attr(*size, *mtime),
+                Some(remote.clone()),
+                until,
+                None,
+            ),
+            Listed::Dir => table.upsert(
+                parent,
+                name,
+                self.default_dir_attr(now()),
+                None,
+                until,
+                None,
+            ),
+        }
+    }
+
+    /// Finds `name` under `parent` with its whole attributes (see [`S3Fs::find`] and
+    /// [`S3Fs::ensure_meta`]).
+    pub(super) async fn resolve(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let attr = self.find(parent, name).await?;
+        self.complete_attr(attr.ino, true).await
+    }
+
+    /// Finds `name` under `parent`: from the table while its attributes are fresh (or
+    /// it is staged here) or while the parent's listing is complete; otherwise by
+    /// listing a small parent directory in one request (which answers the lookups of
+    /// its siblings too), or for a large one by a HEAD of the file key and a one-key
+    /// LIST of the directory prefix in parallel. A directory wins over a file.
+    pub(super) async fn find(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let (dir, large) = {
+            let mut table = self.inodes.lock().unwrap();
+            let dir = self.dir_path(&table, parent)?;
+            if let Some(attr) = self.known_child(&mut table, parent, name)? {
+                return Ok(attr);
+            }
+            (dir, table.get(parent).is_some_and(|p| p.large))
+        };
+        let path = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        self.layout.check_path(&path, false)?;
+        if !large && let Some(found) = self.find_by_listing(parent, &dir, name).await? {
+            return found;
+        }
+        self.find_by_head(parent, name, &path).await
+    }
+
+    /// Lists the small directory `dir` (inode `parent`) to answer for `name`; None if
+    /// the directory turned out large (more than [`LOOKUP_LIST_PAGES`] pages) and the
+    /// listing says nothing fresh about `name`.
+    async fn find_by_listing(
+        &self,
+        parent: u64,
+        dir: &str,
+        name: &str,
+    ) -> FsResult<Option<FsResult<Attr>>> {
+        // One listing per directory at a time: lookups racing into the same
+        // directory wait for it and are answered from it.
+        let gate = self.listing_gate(parent);
+        let _listing = gate.lock().await;
+        {
+            let mut table = self.inodes.lock().unwrap();
+            if let Some(attr) = self.known_child(&mut table, parent, name)? {
+                return Ok(Some(Ok(attr)));
+            }
+        }
+        let prefix = self.layout.dir_prefix(dir);
+        let until = self.valid_until();
+        let mut pages = Vec::new();
+        let mut token = None;
+        let complete = loop {
+            let page = self.store.list_page(&prefix, true, token, None).await?;
+            token = page.next_token.clone();
+            pages.push(page);
+            if token.is_none() {
+                break true;
+            }
+            if pages.len() == LOOKUP_LIST_PAGES {
+                break false;
+            }
+        };
+        let mut table = self.inodes.lock().unwrap();
+        for page in &pages {
+            for (child, listed) in dir::page_entries(&self.layout, &prefix, page) {
+                self.upsert_listed(&mut table, parent, &child, &listed, until);
+            }
+        }
+        if complete {
+            table.mark_listed(parent, until, false);
+            let known = self.known_child(&mut table, parent, name)?;
+            return Ok(Some(known.ok_or(FsError::NotFound)));
+        }
+        table.mark_listed(parent, Instant::now(), true);
+        let fresh = table.child(parent, name).filter(|ino| {
+            table
+                .get(*ino)
+                .is_some_and(|i| i.valid_until > Instant::now())
+        });
+        Ok(fresh
+            .and_then(|ino| Self::current_attr(&table, ino))
+            .map(Ok))
+    }
+
+    /// Asks S3 about `name` (at `path`) alone: a HEAD of its file key and a one-key LIST
+    /// of its directory prefix, in parallel.
+    async fn find_by_head(&self, parent: u64, name: &str, path: &str) -> FsResult<Attr> {
+        let file_key = self.layout.file_key(path);
+        let dir_prefix = self.layout.dir_prefix(path);
+        let (head, listing) = tokio::join!(
+            self.store.head(&file_key),
+            self.store.list_page(&dir_prefix, false, None, Some(1))
+        );
+        let listing = listing?;
+        let mut table = self.inodes.lock().unwrap();
+        let dir_seen = listing
+            .objects
+            .first()
+            .map(|o| o.last_modified)
+            .or(listing.prefixes.first().map(|_| now()));
+        if let Some(first) = dir_seen {
+            let attr = self.default_dir_attr(first);
+            let ino = table.upsert(parent, name, attr, None, self.valid_until(), None);
+            return Self::current_attr(&table, ino).ok_or(FsError::NotFound);
+        }
+        match head {
+            Ok(meta) => {
+                let (attr, extras) = self.attr_from_head(&meta, false);
+                let remote = Remote {
+                    etag: meta.etag.clone(),
+                    size: meta.size,
+                    modified: Some(meta.last_modified),
+                };
+                let until = self.valid_until();
+                let ino = table.upsert(parent, name, attr, Some(remote), until, Some(extras));
+                Self::current_attr(&table, ino).ok_or(FsError::NotFound)
+            }
+            Err(StoreError::NotFound) => {
+                if let Some(ino) = table.child(parent, name)
+                    && table.stage(ino).is_none()
+                {
+                    table.detach(ino);
+                }
+                Err(FsError::NotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The lock under which directory `parent` is listed for lookups.
+    fn listing_gate(&self, parent: u64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.listing_gates.lock().unwrap();
+        // Forget gates nobody holds, so the map stays as small as the lookups in flight.
+        gates.retain(|_, g| Arc::strong_count(g) > 1);
+        gates.entry(parent).or_default().clone()
+    }
+
+    /// What the table alone can say about `name` under `parent`: its attributes if
+    /// they are fresh or staged here, NotFound if the parent's listing is complete,
+    /// None if S3 must be asked.
+    fn known_child(
+        &self,
+        table: &mut InodeTable,
+        parent: u64,
+        name: &str,
+    ) -> FsResult<Option<Attr>> {
+        let child = table.child(parent, name);
+        if let Some(ino) = child {
+            let inode = table.get(ino).expect("indexed");
+            if table.stage(ino).is_some() || inode.valid_until > Instant::now() {
+                return Ok(Some(Self::current_attr(table, ino).expect("indexed")));
+            }
+        }
+        if table.listing_fresh(parent) {
+            // A complete listing refreshed every child; one it did not is gone.
+            if let Some(ino) = child {
+                table.detach(ino);
+            }
+            return Err(FsError::NotFound);
+        }
+        Ok(None)
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.lock().unwrap().forget(ino, n);
+    }
+
+    pub fn add_lookups(&self, inos: &[u64]) {
+        let mut table = self.inodes.lock().unwrap();
+        for ino in inos {
+            table.add_lookup(*ino);
+        }
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        {
+            let mut table = self.inodes.lock().unwrap();
+            let inode = table.get(ino).ok_or(FsError::NotFound)?;
+            let fresh = inode.valid_until > Instant::now();
+            if inode.detached || table.stage(ino).is_some() || (fresh && inode.meta_known) {
+                return Ok(Self::current_attr(&table, ino).expect("present"));
+            }
+            if ino == ROOT {
+                return Ok(Self::current_attr(&table, ino).expect("present"));
+            }
+            table.get_mut(ino).expect("present").meta_known = false;
+        }
+        let attr = self.ensure_meta(ino).await?;
+        if attr.ino != ino {
+            // The name now holds another kind of object than this inode.
+            return Err(FsError::NotFound);
+        }
+        Ok(attr)
+    }
+}

@@ -1,0 +1,164 @@
+//! Saving a file's staged data: commit (durable in the cache dir and journaled as a
+//! promise), sync (uploaded now: the close of default mode) and dropping a stage once
+//! S3 has it. A stage that failed to upload is journaled as committed and stays until a
+//! retry succeeds; a broken stage (a failed local write) is never uploaded.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::inodes::Remote;
+use super::{FsError, FsResult, S3Fs};
+use crate::stage::{RecordAttrs, Stage};
+use crate::store::{ObjectHeaders, ObjectStore};
+
+impl<S: ObjectStore> S3Fs<S> {
+    /// Makes the staged data of `ino` durable and journals it as committed.
+    pub(super) fn commit(&self, ino: u64) -> FsResult<()> {
+        let (stage, key, headers) = {
+            let table = self.inodes.lock().unwrap();
+            let Some(stage) = table.stage(ino) else {
+                return Ok(());
+            };
+            let Some(path) = table.path(ino) else {
+                return Ok(()); // unlinked: nothing to keep
+            };
+            let headers = Self::headers_for(&table, ino, true).ok_or(FsError::NotFound)?;
+            (stage, self.layout.file_key(&path), headers)
+        };
+        if !stage.is_dirty() {
+            return Ok(());
+        }
+        if let Some(e) = stage.broken() {
+            return Err(e.into());
+        }
+        Ok(stage.commit(&key, record_attrs(&headers))?)
+    }
+
+    /// The close of write-back mode: commit, then leave the upload to the background.
+    pub(super) fn commit_and_queue(&self, ino: u64) -> FsResult<()> {
+        self.commit(ino)?;
+        let _ = self.pending_tx.send(ino);
+        Ok(())
+    }
+
+    /// Removes the stage of `ino` once S3 has all of it (or the file is gone) and
+    /// nobody has it open.
+    pub(super) fn drop_clean_stage(&self, ino: u64) {
+        let mut table = self.inodes.lock().unwrap();
+        let Some(stage) = table.stage(ino) else {
+            return;
+        };
+        if table.get(ino).is_some_and(|i| i.open_handles > 0) {
+            return;
+        }
+        if stage.is_dirty() && stage.broken().is_none() {
+            if !self.cfg.write_back {
+                log::warn!(
+                    "{}: not in S3 yet; its data stays staged in {}",
+                    table.path(ino).unwrap_or_default(),
+                    stage.path().display()
+                );
+            }
+            return;
+        }
+        if stage.broken().is_some() {
+            // The failed write is forgotten: the file is what S3 has, if anything.
+            match table.get_mut(ino) {
+                Some(inode) if inode.remote.is_some() => {
+                    inode.attr.size = inode.remote.as_ref().map_or(0, |r| r.size);
+                    inode.valid_until = Instant::now();
+                }
+                _ => table.detach(ino),
+            }
+        }
+        table.set_stage(ino, None);
+        drop(table);
+        stage.discard();
+    }
+
+    /// Uploads the stage of `ino` if S3 does not have its latest content. Returns only
+    /// once S3 acknowledged it; on failure the stage stays and the error is EIO.
+    pub async fn sync(&self, ino: u64) -> FsResult<()> {
+        let Some(stage) = self.inodes.lock().unwrap().stage(ino) else {
+            return Ok(());
+        };
+        if !stage.is_dirty() {
+            return Ok(());
+        }
+        let turn = stage.upload_turn().await;
+        if !stage.is_dirty() {
+            return Ok(());
+        }
+        if let Some(e) = stage.broken() {
+            // What the application wrote is not all there: upload nothing (S3 keeps
+            // the previous version) and tell it again.
+            return Err(e.into());
+        }
+        let (key, headers) = {
+            let table = self.inodes.lock().unwrap();
+            let Some(path) = table.path(ino) else {
+                return Ok(()); // unlinked meanwhile: nothing to upload
+            };
+            let headers = Self::headers_for(&table, ino, true).ok_or(FsError::NotFound)?;
+            (self.layout.file_key(&path), headers)
+        };
+        let uploaded = async {
+            let (snapshot, streaming) = turn.prepare(&*self.store).await?;
+            let target = (key.as_str(), &headers);
+            let etag = (self.uploader)
+                .upload(&stage, target, snapshot.size, streaming)
+                .await?;
+            Ok::<_, FsError>((etag, snapshot))
+        }
+        .await;
+        match uploaded {
+            Ok((etag, snapshot)) => {
+                turn.uploaded(snapshot.version);
+                self.cache.invalidate(&key);
+                let until = self.valid_until();
+                let mut table = self.inodes.lock().unwrap();
+                if let Some(inode) = table.get_mut(ino) {
+                    inode.remote = Some(Remote {
+                        etag,
+                        size: snapshot.size,
+                        modified: None,
+                    });
+                    inode.content_version += 1;
+                    inode.attr.size = snapshot.size;
+                    inode.valid_until = until;
+                }
+                log::debug!("uploaded {key} ({} bytes)", snapshot.size);
+                Ok(())
+            }
+            Err(e) => Err(self.keep_failed_upload(&stage, &key, &headers, e)),
+        }
+    }
+
+    /// An upload failed: the stage is journaled as committed, so that a crash before
+    /// the retry cannot lose it. The error the close gets is EIO (or ENOSPC).
+    fn keep_failed_upload(
+        &self,
+        stage: &Arc<Stage>,
+        key: &str,
+        headers: &ObjectHeaders,
+        e: FsError,
+    ) -> FsError {
+        log::error!(
+            "upload of {key} failed: {e}; the data stays staged in {} and is retried",
+            stage.path().display()
+        );
+        if let Err(c) = stage.commit(key, record_attrs(headers)) {
+            log::error!("could not journal {key} in the cache dir: {c}");
+        }
+        match e {
+            FsError::NoSpace => FsError::NoSpace,
+            _ => FsError::Io(e.to_string()),
+        }
+    }
+}
+
+pub(super) fn record_attrs(headers: &ObjectHeaders) -> RecordAttrs {
+    RecordAttrs {
+        meta: headers.user_meta.clone(),
+    }
+}

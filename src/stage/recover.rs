@@ -1,0 +1,91 @@
+//! What an earlier run left in the stage folder: data files whose upload did not finish,
+//! each with its journal record if it had one. A committed one (its close or fsync
+//! returned) must still reach S3; one whose close never returned was never promised and
+//! is set aside in `orphaned/` for the operator, never uploaded. Files of this run (by
+//! their run id) are never leftovers.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::journal::{self, State};
+use super::{Stage, StageDir, StageResult};
+
+/// A data file an earlier run left behind.
+pub struct Leftover {
+    pub path: PathBuf,
+    /// The multipart upload it had started (key, upload id), to abort.
+    pub multipart: Option<(String, String)>,
+    /// Set when its close returned: the data must reach S3 as this says.
+    pub committed: Option<Committed>,
+}
+
+/// Where and how a committed leftover goes.
+pub struct Committed {
+    pub key: String,
+    /// The object's user metadata (`x-amz-meta-*` without the prefix).
+    pub meta: Vec<(String, String)>,
+    /// The size the record promised.
+    pub size: u64,
+}
+
+impl StageDir {
+    /// Staged data files left by an earlier run (not uploaded when it stopped), in
+    /// name order, with what their journal records say.
+    pub fn leftovers(&self) -> Vec<Leftover> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| !journal::is_record(p))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with(&self.run_id))
+            })
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|path| {
+                let record = journal::read(&path).ok();
+                let multipart = record
+                    .as_ref()
+                    .and_then(|r| Some((r.key.clone(), r.upload_id.clone()?)));
+                let committed = record
+                    .filter(|r| r.state == State::Committed)
+                    .map(|r| Committed {
+                        key: r.key,
+                        meta: r.meta,
+                        size: r.size,
+                    });
+                Leftover {
+                    path,
+                    multipart,
+                    committed,
+                }
+            })
+            .collect()
+    }
+
+    /// A stage over a data file an earlier run left, for recovery.
+    pub fn adopt(&self, path: &Path) -> StageResult<Stage> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Stage::new(path.to_path_buf(), file, None, size))
+    }
+
+    /// Moves a leftover that was never promised to `orphaned/` in the cache dir, and
+    /// drops its record.
+    pub fn set_aside(&self, leftover: &Leftover) -> io::Result<()> {
+        let aside = self
+            .dir
+            .parent()
+            .map_or_else(|| self.dir.join("orphaned"), |d| d.join("orphaned"));
+        std::fs::create_dir_all(&aside)?;
+        let name = leftover.path.file_name().unwrap_or_default();
+        std::fs::rename(&leftover.path, aside.join(name))?;
+        journal::remove(&leftover.path)
+    }
+}
