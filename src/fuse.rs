@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -29,6 +29,59 @@ impl<S: ObjectStore> FuseAdapter<S> {
     pub fn new(fs: Arc<S3Fs<S>>, runtime: Handle) -> Self {
         FuseAdapter { fs, runtime }
     }
+
+    /// Runs `call` on the runtime and answers with `ok` on success, with the errno the
+    /// core chose otherwise.
+    fn spawn<T, R>(
+        &self,
+        op: &'static str,
+        reply: R,
+        call: impl Future<Output = FsResult<T>> + Send + 'static,
+        ok: impl FnOnce(R, T) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        R: Fail + Send + 'static,
+    {
+        self.runtime.spawn(async move {
+            match call.await {
+                Ok(value) => ok(reply, value),
+                Err(e) => reply.fail(errno(op, &e)),
+            }
+        });
+    }
+}
+
+/// The error answer every fuser reply type has.
+trait Fail {
+    fn fail(self, errno: Errno);
+}
+
+macro_rules! fail_with_error {
+    ($($reply:ty),*) => {$(
+        impl Fail for $reply {
+            fn fail(self, errno: Errno) {
+                self.error(errno)
+            }
+        }
+    )*};
+}
+
+fail_with_error!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyOpen,
+    ReplyWrite,
+    ReplyXattr
+);
+
+/// Answers with the attributes of a new or found entry.
+fn entry(reply: ReplyEntry, (ttl, attr): (Duration, Attr)) {
+    reply.entry(&ttl, &to_fuse_attr(&attr), Generation(0))
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -101,12 +154,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (fs, name) = (self.fs.clone(), name.to_owned());
-        self.runtime.spawn(async move {
-            match fs.lookup(parent.0, &name).await {
-                Ok(attr) => reply.entry(&fs.ttl(), &to_fuse_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno("lookup", &e)),
-            }
-        });
+        let call = async move { Ok((fs.ttl(), fs.lookup(parent.0, &name).await?)) };
+        self.spawn("lookup", reply, call, entry);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -115,12 +164,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.getattr(ino.0).await {
-                Ok(attr) => reply.attr(&fs.ttl(), &to_fuse_attr(&attr)),
-                Err(e) => reply.error(errno("getattr", &e)),
-            }
-        });
+        let call = async move { Ok((fs.ttl(), fs.getattr(ino.0).await?)) };
+        self.spawn("getattr", reply, call, attr);
     }
 
     fn setattr(
@@ -141,7 +186,6 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let fs = self.fs.clone();
         let change = SetAttr {
             mode,
             uid,
@@ -150,12 +194,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             atime: atime.map(time),
             mtime: mtime.map(time),
         };
-        self.runtime.spawn(async move {
-            match fs.setattr(ino.0, change).await {
-                Ok(attr) => reply.attr(&fs.ttl(), &to_fuse_attr(&attr)),
-                Err(e) => reply.error(errno("setattr", &e)),
-            }
-        });
+        let fs = self.fs.clone();
+        let call = async move { Ok((fs.ttl(), fs.setattr(ino.0, change).await?)) };
+        self.spawn("setattr", reply, call, attr);
     }
 
     fn mkdir(
@@ -168,35 +209,21 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyEntry,
     ) {
         let (fs, name, who) = (self.fs.clone(), name.to_owned(), caller(req));
-        self.runtime.spawn(async move {
-            match fs
-                .mkdir(parent.0, &name, creation_mode(mode, umask), who)
-                .await
-            {
-                Ok(attr) => reply.entry(&fs.ttl(), &to_fuse_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno("mkdir", &e)),
-            }
-        });
+        let mode = creation_mode(mode, umask);
+        let call = async move { Ok((fs.ttl(), fs.mkdir(parent.0, &name, mode, who).await?)) };
+        self.spawn("mkdir", reply, call, entry);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, name) = (self.fs.clone(), name.to_owned());
-        self.runtime.spawn(async move {
-            match fs.unlink(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("unlink", &e)),
-            }
-        });
+        let call = async move { fs.unlink(parent.0, &name).await };
+        self.spawn("unlink", reply, call, done);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, name) = (self.fs.clone(), name.to_owned());
-        self.runtime.spawn(async move {
-            match fs.rmdir(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rmdir", &e)),
-            }
-        });
+        let call = async move { fs.rmdir(parent.0, &name).await };
+        self.spawn("rmdir", reply, call, done);
     }
 
     fn rename(
@@ -209,20 +236,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let no_replace = match S3Fs::<S>::rename_no_replace(flags.bits()) {
-            Ok(no_replace) => no_replace,
-            Err(e) => return reply.error(errno("rename", &e)),
-        };
         let (fs, name, newname) = (self.fs.clone(), name.to_owned(), newname.to_owned());
-        self.runtime.spawn(async move {
-            match fs
-                .rename(parent.0, &name, newparent.0, &newname, no_replace)
-                .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rename", &e)),
-            }
-        });
+        let call = async move {
+            let no_replace = S3Fs::<S>::rename_no_replace(flags.bits())?;
+            (fs.rename(parent.0, &name, newparent.0, &newname, no_replace)).await
+        };
+        self.spawn("rename", reply, call, done);
     }
 
     fn link(
@@ -234,7 +253,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyEntry,
     ) {
         match self.fs.link() {
-            Ok(attr) => reply.entry(&self.fs.ttl(), &to_fuse_attr(&attr), Generation(0)),
+            Ok(attr) => entry(reply, (self.fs.ttl(), attr)),
             Err(e) => reply.error(errno("link", &e)),
         }
     }
@@ -245,18 +264,13 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             truncate: flags.0 & libc::O_TRUNC != 0,
         };
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.open(ino.0, mode).await {
-                Ok((fh, keep_cache)) => {
-                    let flags = if keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(fh), flags)
-                }
-                Err(e) => reply.error(errno("open", &e)),
-            }
+        let call = async move { fs.open(ino.0, mode).await };
+        self.spawn("open", reply, call, |reply, (fh, keep_cache)| {
+            let flags = match keep_cache {
+                true => FopenFlags::FOPEN_KEEP_CACHE,
+                false => FopenFlags::empty(),
+            };
+            reply.opened(FileHandle(fh), flags)
         });
     }
 
@@ -271,20 +285,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyCreate,
     ) {
         let (fs, name, who) = (self.fs.clone(), name.to_owned(), caller(req));
-        self.runtime.spawn(async move {
-            match fs
-                .create(parent.0, &name, creation_mode(mode, umask), who)
-                .await
-            {
-                Ok((attr, fh)) => reply.created(
-                    &fs.ttl(),
-                    &to_fuse_attr(&attr),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
-                Err(e) => reply.error(errno("create", &e)),
-            }
+        let mode = creation_mode(mode, umask);
+        let ttl = fs.ttl();
+        let call = async move { fs.create(parent.0, &name, mode, who).await };
+        self.spawn("create", reply, call, move |reply, (attr, fh)| {
+            let (attr, fh) = (to_fuse_attr(&attr), FileHandle(fh));
+            reply.created(&ttl, &attr, Generation(0), fh, FopenFlags::empty())
         });
     }
 
@@ -300,12 +306,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno("read", &e)),
-            }
-        });
+        let call = async move { fs.read(fh.0, offset, size).await };
+        self.spawn("read", reply, call, |reply, data| reply.data(&data));
     }
 
     fn write(
@@ -327,12 +329,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             None => {}
         }
         let (fs, data) = (self.fs.clone(), data.to_vec());
-        self.runtime.spawn(async move {
-            match fs.write(fh.0, offset, &data).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno("write", &e)),
-            }
-        });
+        let call = async move { fs.write(fh.0, offset, &data).await };
+        self.spawn("write", reply, call, |reply, n| reply.written(n));
     }
 
     fn flush(
@@ -344,12 +342,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.flush(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("close", &e)),
-            }
-        });
+        self.spawn("close", reply, async move { fs.flush(fh.0).await }, done);
     }
 
     fn release(
@@ -363,12 +356,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.release(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("release", &e)),
-            }
-        });
+        self.spawn(
+            "release",
+            reply,
+            async move { fs.release(fh.0).await },
+            done,
+        );
     }
 
     fn fsync(
@@ -380,21 +373,14 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.fsync(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("fsync", &e)),
-            }
-        });
+        self.spawn("fsync", reply, async move { fs.fsync(fh.0).await }, done);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.opendir(ino.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno("opendir", &e)),
-            }
+        let call = async move { fs.opendir(ino.0).await };
+        self.spawn("opendir", reply, call, |reply, fh| {
+            reply.opened(FileHandle(fh), FopenFlags::empty())
         });
     }
 
@@ -404,22 +390,18 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.readdir(fh.0, offset).await {
-                Ok(entries) => {
-                    for e in entries {
-                        let kind = file_type(e.attr.kind);
-                        if reply.add(INodeNo(e.attr.ino), e.offset, kind, &e.name) {
-                            break;
-                        }
-                    }
-                    reply.ok()
+        let call = async move { fs.readdir(fh.0, offset).await };
+        self.spawn("readdir", reply, call, |mut reply, entries| {
+            for e in entries {
+                let kind = file_type(e.attr.kind);
+                if reply.add(INodeNo(e.attr.ino), e.offset, kind, &e.name) {
+                    break;
                 }
-                Err(e) => reply.error(errno("readdir", &e)),
             }
+            reply.ok()
         });
     }
 
@@ -429,36 +411,28 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.readdir(fh.0, offset).await {
-                Ok(entries) => {
-                    let ttl = fs.ttl();
-                    let mut sent = Vec::with_capacity(entries.len());
-                    for e in entries {
-                        let attr = to_fuse_attr(&e.attr);
-                        if reply.add(
-                            INodeNo(e.attr.ino),
-                            e.offset,
-                            &e.name,
-                            &ttl,
-                            &attr,
-                            Generation(0),
-                        ) {
-                            break;
-                        }
-                        // The kernel counts a lookup for every entry but `.` and `..`.
-                        if e.name != "." && e.name != ".." {
-                            sent.push(e.attr.ino);
-                        }
-                    }
-                    fs.add_lookups(&sent);
-                    reply.ok()
+        let call = {
+            let fs = fs.clone();
+            async move { fs.readdir(fh.0, offset).await }
+        };
+        self.spawn("readdirplus", reply, call, move |mut reply, entries| {
+            let ttl = fs.ttl();
+            let mut sent = Vec::with_capacity(entries.len());
+            for e in entries {
+                let (ino, attr) = (INodeNo(e.attr.ino), to_fuse_attr(&e.attr));
+                if reply.add(ino, e.offset, &e.name, &ttl, &attr, Generation(0)) {
+                    break;
                 }
-                Err(e) => reply.error(errno("readdirplus", &e)),
+                // The kernel counts a lookup for every entry but `.` and `..`.
+                if e.name != "." && e.name != ".." {
+                    sent.push(e.attr.ino);
+                }
             }
+            fs.add_lookups(&sent);
+            reply.ok()
         });
     }
 
@@ -476,16 +450,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.statfs();
-        let (blocks, files) = (s.blocks, s.files);
+        let (blocks, files, bsize) = (s.blocks, s.files, s.block_size);
         reply.statfs(
-            blocks,
-            blocks,
-            blocks,
-            files,
-            files,
-            s.block_size,
-            s.max_name,
-            s.block_size,
+            blocks, blocks, blocks, files, files, bsize, s.max_name, bsize,
         );
     }
 
@@ -527,12 +494,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             Err(e) => return reply.error(errno("setxattr", &e)),
         };
         let (fs, value) = (self.fs.clone(), value.to_vec());
-        self.runtime.spawn(async move {
-            match fs.setxattr(ino.0, &name, &value, flags).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("setxattr", &e)),
-            }
-        });
+        let call = async move { fs.setxattr(ino.0, &name, &value, flags).await };
+        self.spawn("setxattr", reply, call, done);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -541,12 +504,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             Err(e) => return reply.error(errno("removexattr", &e)),
         };
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.removexattr(ino.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("removexattr", &e)),
-            }
-        });
+        let call = async move { fs.removexattr(ino.0, &name).await };
+        self.spawn("removexattr", reply, call, done);
     }
 
     fn symlink(
@@ -557,27 +516,17 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        let (fs, name, target, who) = (
-            self.fs.clone(),
-            link_name.to_owned(),
-            target.to_owned(),
-            caller(req),
-        );
-        self.runtime.spawn(async move {
-            match fs.symlink(parent.0, &name, &target, who).await {
-                Ok(attr) => reply.entry(&fs.ttl(), &to_fuse_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno("symlink", &e)),
-            }
-        });
+        let (fs, name, who) = (self.fs.clone(), link_name.to_owned(), caller(req));
+        let target = target.to_owned();
+        let call = async move { Ok((fs.ttl(), fs.symlink(parent.0, &name, &target, who).await?)) };
+        self.spawn("symlink", reply, call, entry);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.readlink(ino.0).await {
-                Ok(target) => reply.data(target.as_bytes()),
-                Err(e) => reply.error(errno("readlink", &e)),
-            }
+        let call = async move { fs.readlink(ino.0).await };
+        self.spawn("readlink", reply, call, |reply, target| {
+            reply.data(target.as_bytes())
         });
     }
 
@@ -593,18 +542,24 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let (fs, name, who) = (self.fs.clone(), name.to_owned(), caller(req));
         let mode = creation_mode(mode, umask);
-        self.runtime.spawn(async move {
-            match fs.mknod(parent.0, &name, mode, rdev, who).await {
-                Ok(attr) => reply.entry(&fs.ttl(), &to_fuse_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno("mknod", &e)),
-            }
-        });
+        let call = async move { Ok((fs.ttl(), fs.mknod(parent.0, &name, mode, rdev, who).await?)) };
+        self.spawn("mknod", reply, call, entry);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         // Permissions are checked by the kernel (default_permissions).
         reply.ok();
     }
+}
+
+/// Answers with the attributes of an inode.
+fn attr(reply: ReplyAttr, (ttl, attr): (Duration, Attr)) {
+    reply.attr(&ttl, &to_fuse_attr(&attr))
+}
+
+/// Answers a request that returns nothing.
+fn done(reply: ReplyEmpty, (): ()) {
+    reply.ok()
 }
 
 /// Answers a getxattr or listxattr with `value` as the core says it fits `size`.

@@ -149,6 +149,36 @@ pub struct Inode {
     pub large: bool,
 }
 
+impl Inode {
+    /// A new inode nobody has looked up yet, known from a listing only.
+    fn new(
+        parent: u64,
+        name: &str,
+        attr: Attr,
+        remote: Option<Remote>,
+        valid_until: Instant,
+    ) -> Inode {
+        Inode {
+            parent,
+            name: name.to_string(),
+            attr,
+            remote,
+            meta_known: false,
+            extras: Extras::default(),
+            content_version: 0,
+            touched: false,
+            valid_until,
+            lookups: 0,
+            open_handles: 0,
+            stage: None,
+            detached: false,
+            listed_until: None,
+            large: false,
+            page_cache_etag: None,
+        }
+    }
+}
+
 pub struct InodeTable {
     inodes: HashMap<u64, Inode>,
     children: HashMap<(u64, String), u64>,
@@ -162,27 +192,10 @@ pub struct InodeTable {
 impl InodeTable {
     pub fn new(root: Attr) -> InodeTable {
         let mut inodes = HashMap::new();
-        inodes.insert(
-            ROOT,
-            Inode {
-                parent: ROOT,
-                name: String::new(),
-                attr: Attr { ino: ROOT, ..root },
-                remote: None,
-                meta_known: true,
-                extras: Extras::default(),
-                content_version: 0,
-                touched: false,
-                valid_until: far_future(),
-                lookups: 1,
-                open_handles: 0,
-                stage: None,
-                detached: false,
-                listed_until: None,
-                large: false,
-                page_cache_etag: None,
-            },
-        );
+        let mut root = Inode::new(ROOT, "", Attr { ino: ROOT, ..root }, None, far_future());
+        root.meta_known = true;
+        root.lookups = 1;
+        inodes.insert(ROOT, root);
         InodeTable {
             inodes,
             children: HashMap::new(),
@@ -290,27 +303,10 @@ impl InodeTable {
         let ino = self.next;
         self.next += 1;
         attr.ino = ino;
-        self.inodes.insert(
-            ino,
-            Inode {
-                parent,
-                name: name.to_string(),
-                attr,
-                remote,
-                meta_known: extras.is_some(),
-                extras: extras.unwrap_or_default(),
-                content_version: 0,
-                touched: false,
-                valid_until,
-                lookups: 0,
-                open_handles: 0,
-                stage: None,
-                detached: false,
-                listed_until: None,
-                large: false,
-                page_cache_etag: None,
-            },
-        );
+        let mut inode = Inode::new(parent, name, attr, remote, valid_until);
+        inode.meta_known = extras.is_some();
+        inode.extras = extras.unwrap_or_default();
+        self.inodes.insert(ino, inode);
         self.children.insert((parent, name.to_string()), ino);
         *self.kids.entry(parent).or_default() += 1;
         ino
@@ -510,179 +506,5 @@ pub fn far_future() -> Instant {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
-
-    use super::*;
-
-    fn attr(kind: Kind, size: u64, perm: u16) -> Attr {
-        let t = UNIX_EPOCH + Duration::from_secs(1_000);
-        Attr {
-            ino: 0,
-            kind,
-            size,
-            mtime: t,
-            ctime: t,
-            atime: t,
-            perm,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            nlink: 1,
-        }
-    }
-
-    fn remote(etag: &str, size: u64, modified_secs: u64) -> Remote {
-        Remote {
-            etag: ETag(etag.into()),
-            size,
-            modified: Some(UNIX_EPOCH + Duration::from_secs(modified_secs)),
-        }
-    }
-
-    fn table() -> InodeTable {
-        InodeTable::new(attr(Kind::Dir, 0, 0o755))
-    }
-
-    fn soon() -> Instant {
-        Instant::now() + Duration::from_secs(60)
-    }
-
-    #[test]
-    fn upsert_keeps_the_number_and_what_head_said_of_the_same_object() {
-        let mut t = table();
-        let from_head = Some(Extras::default());
-        let ino = t.upsert(
-            ROOT,
-            "a",
-            attr(Kind::Symlink, 3, 0o777),
-            Some(remote("e1", 3, 5)),
-            soon(),
-            from_head,
-        );
-        assert_eq!(t.child(ROOT, "a"), Some(ino));
-        assert!(t.get(ino).unwrap().meta_known);
-        // A listing of the same object (same ETag, size and Last-Modified) says less.
-        let again = t.upsert(
-            ROOT,
-            "a",
-            attr(Kind::File, 3, 0o644),
-            Some(remote("e1", 3, 5)),
-            soon(),
-            None,
-        );
-        assert_eq!(again, ino);
-        let inode = t.get(ino).unwrap();
-        assert_eq!((inode.attr.kind, inode.attr.perm), (Kind::Symlink, 0o777));
-        assert!(inode.meta_known);
-        assert_eq!(inode.content_version, 0);
-    }
-
-    #[test]
-    fn upsert_takes_a_listing_of_a_changed_object_and_asks_again() {
-        let mut t = table();
-        let ino = t.upsert(
-            ROOT,
-            "f",
-            attr(Kind::File, 3, 0o600),
-            Some(remote("e1", 3, 5)),
-            soon(),
-            Some(Extras::default()),
-        );
-        // New content: new ETag.
-        t.upsert(
-            ROOT,
-            "f",
-            attr(Kind::File, 9, 0o644),
-            Some(remote("e2", 9, 6)),
-            soon(),
-            None,
-        );
-        let inode = t.get(ino).unwrap();
-        assert_eq!((inode.attr.size, inode.content_version), (9, 1));
-        assert!(
-            !inode.meta_known,
-            "a listing's attributes are defaults until a HEAD"
-        );
-        // Metadata-only change (a copy onto itself by another client): Last-Modified.
-        t.upsert(
-            ROOT,
-            "f",
-            attr(Kind::File, 9, 0o644),
-            Some(remote("e2", 9, 5)),
-            soon(),
-            Some(Extras::default()),
-        );
-        t.upsert(
-            ROOT,
-            "f",
-            attr(Kind::File, 9, 0o644),
-            Some(remote("e2", 9, 70)),
-            soon(),
-            None,
-        );
-        assert!(!t.get(ino).unwrap().meta_known);
-    }
-
-    #[test]
-    fn upsert_replaces_an_inode_of_another_kind_and_detaches_the_old_one() {
-        let mut t = table();
-        let file = t.upsert(
-            ROOT,
-            "x",
-            attr(Kind::File, 1, 0o644),
-            Some(remote("e", 1, 1)),
-            soon(),
-            None,
-        );
-        let dir = t.upsert(ROOT, "x", attr(Kind::Dir, 0, 0o755), None, soon(), None);
-        assert_ne!(file, dir);
-        assert_eq!(t.child(ROOT, "x"), Some(dir));
-        assert!(t.get(file).is_none_or(|i| i.detached));
-        assert_eq!(t.path(dir).as_deref(), Some("x"));
-    }
-
-    #[test]
-    fn paths_follow_renames_and_end_at_detach() {
-        let mut t = table();
-        let d = t.upsert(
-            ROOT,
-            "d",
-            attr(Kind::Dir, 0, 0o755),
-            None,
-            soon(),
-            Some(Extras::default()),
-        );
-        let f = t.upsert(
-            d,
-            "f",
-            attr(Kind::File, 1, 0o644),
-            None,
-            soon(),
-            Some(Extras::default()),
-        );
-        assert_eq!(t.path(f).as_deref(), Some("d/f"));
-        t.rename(d, ROOT, "e");
-        assert_eq!(t.path(f).as_deref(), Some("e/f"));
-        assert_eq!(t.child_path(d, "g").as_deref(), Some("e/g"));
-        t.detach(f);
-        assert_eq!(t.path(f), None);
-        assert_eq!(t.child(d, "f"), None);
-    }
-
-    #[test]
-    fn forgotten_inodes_go_but_parents_stay_while_children_live() {
-        let mut t = table();
-        let d = t.upsert(ROOT, "d", attr(Kind::Dir, 0, 0o755), None, soon(), None);
-        let f = t.upsert(d, "f", attr(Kind::File, 1, 0o644), None, soon(), None);
-        t.add_lookup(d);
-        t.add_lookup(f);
-        t.forget(d, 1);
-        assert!(t.get(d).is_some(), "a parent of a live inode stays");
-        t.forget(f, 1);
-        assert!(t.get(f).is_none());
-        t.remove_if_unused(d);
-        assert!(t.get(d).is_none());
-        assert!(t.get(ROOT).is_some());
-    }
-}
+#[path = "inodes_tests.rs"]
+mod tests;

@@ -1,0 +1,138 @@
+//! Unit tests of the inode table.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::*;
+
+fn attr(kind: Kind, size: u64, perm: u16) -> Attr {
+    let t = UNIX_EPOCH + Duration::from_secs(1_000);
+    Attr {
+        ino: 0,
+        kind,
+        size,
+        mtime: t,
+        ctime: t,
+        atime: t,
+        perm,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        nlink: 1,
+    }
+}
+
+fn remote(etag: &str, size: u64, modified_secs: u64) -> Option<Remote> {
+    Some(Remote {
+        etag: ETag(etag.into()),
+        size,
+        modified: Some(UNIX_EPOCH + Duration::from_secs(modified_secs)),
+    })
+}
+
+fn file(size: u64, perm: u16) -> Attr {
+    attr(Kind::File, size, perm)
+}
+
+fn dir() -> Attr {
+    attr(Kind::Dir, 0, 0o755)
+}
+
+fn table() -> InodeTable {
+    InodeTable::new(dir())
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(60)
+}
+
+/// What HEAD says of a file: attributes, the object and its (empty) extras.
+fn head(t: &mut InodeTable, parent: u64, name: &str, a: Attr, r: Option<Remote>) -> u64 {
+    t.upsert(parent, name, a, r, soon(), Some(Extras::default()))
+}
+
+/// What a listing says of a name.
+fn listed(t: &mut InodeTable, parent: u64, name: &str, a: Attr, r: Option<Remote>) -> u64 {
+    t.upsert(parent, name, a, r, soon(), None)
+}
+
+#[test]
+fn upsert_keeps_the_number_and_what_head_said_of_the_same_object() {
+    let mut t = table();
+    let from_head = Some(Extras::default());
+    let ino = t.upsert(
+        ROOT,
+        "a",
+        attr(Kind::Symlink, 3, 0o777),
+        remote("e1", 3, 5),
+        soon(),
+        from_head,
+    );
+    assert_eq!(t.child(ROOT, "a"), Some(ino));
+    assert!(t.get(ino).unwrap().meta_known);
+    // A listing of the same object (same ETag, size and Last-Modified) says less.
+    let again = listed(&mut t, ROOT, "a", file(3, 0o644), remote("e1", 3, 5));
+    assert_eq!(again, ino);
+    let inode = t.get(ino).unwrap();
+    assert_eq!((inode.attr.kind, inode.attr.perm), (Kind::Symlink, 0o777));
+    assert!(inode.meta_known);
+    assert_eq!(inode.content_version, 0);
+}
+
+#[test]
+fn upsert_takes_a_listing_of_a_changed_object_and_asks_again() {
+    let mut t = table();
+    let ino = head(&mut t, ROOT, "f", file(3, 0o600), remote("e1", 3, 5));
+    // New content: new ETag.
+    listed(&mut t, ROOT, "f", file(9, 0o644), remote("e2", 9, 6));
+    let inode = t.get(ino).unwrap();
+    assert_eq!((inode.attr.size, inode.content_version), (9, 1));
+    assert!(
+        !inode.meta_known,
+        "a listing's attributes are defaults until a HEAD"
+    );
+    // Metadata-only change (a copy onto itself by another client): Last-Modified.
+    head(&mut t, ROOT, "f", file(9, 0o644), remote("e2", 9, 5));
+    listed(&mut t, ROOT, "f", file(9, 0o644), remote("e2", 9, 70));
+    assert!(!t.get(ino).unwrap().meta_known);
+}
+
+#[test]
+fn upsert_replaces_an_inode_of_another_kind_and_detaches_the_old_one() {
+    let mut t = table();
+    let file = listed(&mut t, ROOT, "x", file(1, 0o644), remote("e", 1, 1));
+    let dir = listed(&mut t, ROOT, "x", dir(), None);
+    assert_ne!(file, dir);
+    assert_eq!(t.child(ROOT, "x"), Some(dir));
+    assert!(t.get(file).is_none_or(|i| i.detached));
+    assert_eq!(t.path(dir).as_deref(), Some("x"));
+}
+
+#[test]
+fn paths_follow_renames_and_end_at_detach() {
+    let mut t = table();
+    let d = head(&mut t, ROOT, "d", dir(), None);
+    let f = head(&mut t, d, "f", file(1, 0o644), None);
+    assert_eq!(t.path(f).as_deref(), Some("d/f"));
+    t.rename(d, ROOT, "e");
+    assert_eq!(t.path(f).as_deref(), Some("e/f"));
+    assert_eq!(t.child_path(d, "g").as_deref(), Some("e/g"));
+    t.detach(f);
+    assert_eq!(t.path(f), None);
+    assert_eq!(t.child(d, "f"), None);
+}
+
+#[test]
+fn forgotten_inodes_go_but_parents_stay_while_children_live() {
+    let mut t = table();
+    let d = listed(&mut t, ROOT, "d", dir(), None);
+    let f = listed(&mut t, d, "f", file(1, 0o644), None);
+    t.add_lookup(d);
+    t.add_lookup(f);
+    t.forget(d, 1);
+    assert!(t.get(d).is_some(), "a parent of a live inode stays");
+    t.forget(f, 1);
+    assert!(t.get(f).is_none());
+    t.remove_if_unused(d);
+    assert!(t.get(d).is_none());
+    assert!(t.get(ROOT).is_some());
+}
