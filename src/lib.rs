@@ -15,7 +15,8 @@
 //! the upload to a background queue; recovery uploads committed stages before a mount
 //! serves.
 //! Read path: ranged GETs with If-Match into a bounded LRU of blocks, with growing
-//! read-ahead windows for sequential readers.
+//! read-ahead windows for sequential readers. `ARCHITECTURE.md` walks both paths file by
+//! file; `error` is where every errno is chosen.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
