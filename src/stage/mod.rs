@@ -4,6 +4,10 @@
 //! from S3 lazily: a writer that rewrites the file from offset 0 never downloads it, any
 //! other access fetches the rest first. A stage file is deleted only once S3 has its
 //! content (or the file was deleted); a stage that failed to upload stays on disk.
+//! Uploads of a stage take turns ([`Stage::upload_turn`]); the journal record beside
+//! each stage is changed only by `journal.rs`, and what an earlier run left is read back
+//! by `recover.rs`. Errors are [`StageError`]s: local I/O, a full cache disk, or S3 when
+//! the rest of a file is fetched.
 
 use std::fs::{File, OpenOptions};
 use std::io;
