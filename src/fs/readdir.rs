@@ -4,7 +4,8 @@
 
 use super::dir::{DirCursor, Raw};
 use super::handles::Handle;
-use super::*;
+use super::{DirEntry, FsError, FsResult, ROOT, S3Fs};
+use crate::store::ObjectStore;
 
 /// Entries handed out per call; the kernel takes what fits in its buffer.
 const BATCH: usize = 256;
