@@ -7,7 +7,9 @@
 #
 # Environment: BENCH_BIG_MB (1024), BENCH_FILES (1000), BENCH_LS_OBJECTS (10000),
 # BENCH_JOBS (8 parallel writers/readers for small files), BENCH_VERIFY (1: cmp the 1 GiB file
-# read back), BENCH_RAW_ONLY (1: plain client only), BENCH_MOUNT_OPTS (extra mount options).
+# read back), BENCH_RAW_ONLY (1: plain client only), BENCH_MOUNT_OPTS (extra mount options),
+# BENCH_BIN (the s3mount binary to measure; default this checkout's release build, e.g. an
+# older build to compare against in back-to-back runs).
 # Every write step writes fresh random data (Garage deduplicates identical blocks).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,7 +31,7 @@ else
     cargo build --release --bin s3mount --example rawbench
 fi
 scripts/local-s3.sh install
-BIN=$(pwd)/target/release/s3mount
+BIN=${BENCH_BIN:-$(pwd)/target/release/s3mount}
 RAW=$(pwd)/target/release/examples/rawbench
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/s3mount-bench.XXXXXX")
