@@ -1,13 +1,14 @@
-//! The command line: clap arguments, the fstab form (`s3mount BUCKET DIR -o a=b,c`),
-//! environment fallbacks (including the `S3_*` names document applications use), size
-//! suffixes, and validation into a [`MountConfig`]. Bad values are refused here with a
+//! The command line: clap arguments, environment fallbacks (including the `S3_*` names
+//! document applications use), size suffixes, and validation into a [`MountConfig`].
+//! The fstab form (`s3mount BUCKET DIR -o a=b,c`) is rewritten into these long options
+//! beforehand by [`crate::mount_options`]. Invariant: bad values are refused here with a
 //! message naming the option, before anything is mounted.
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use nix::unistd::{getgid, getuid};
 
 use crate::config::{MountConfig, default_cache_dir};
 use crate::fs::FsConfig;
@@ -114,125 +115,6 @@ pub struct MountArgs {
     pub options: Vec<String>,
 }
 
-/// Generic mount(8) options that mean nothing to s3mount and are ignored.
-const IGNORED_MOUNT_OPTIONS: &[&str] = &[
-    "rw",
-    "defaults",
-    "auto",
-    "noauto",
-    "user",
-    "nouser",
-    "users",
-    "_netdev",
-    "nofail",
-    "suid",
-    "nosuid",
-    "dev",
-    "nodev",
-    "exec",
-    "noexec",
-    "async",
-    "atime",
-    "noatime",
-    "relatime",
-    "norelatime",
-    "strictatime",
-];
-
-/// `s3mount SOURCE DIR -o ...,remount,ro|rw,...` as mount(8) runs it for
-/// `mount -o remount,ro DIR` on a mount of type `fuse.s3mount`: the mount point and
-/// whether it becomes read-only. None for every other command line.
-pub fn remount_request(args: &[OsString]) -> Option<(PathBuf, bool)> {
-    let mut positional = Vec::new();
-    let mut options = Vec::new();
-    let mut iter = args.iter().skip(1);
-    while let Some(arg) = iter.next() {
-        let arg = arg.to_string_lossy();
-        if arg == "-o" {
-            options.extend(
-                iter.next()?
-                    .to_string_lossy()
-                    .split(',')
-                    .map(str::to_string),
-            );
-        } else if let Some(opts) = arg.strip_prefix("-o") {
-            options.extend(opts.split(',').map(str::to_string));
-        } else if !arg.starts_with('-') {
-            positional.push(arg.to_string());
-        }
-    }
-    if !options.iter().any(|o| o == "remount") {
-        return None;
-    }
-    // The last of ro/rw wins, as in mount(8).
-    let read_only = options
-        .iter()
-        .rev()
-        .find(|o| *o == "ro" || *o == "rw")
-        .is_some_and(|o| o == "ro");
-    let dir = positional.into_iter().rfind(|p| p != "mount")?;
-    Some((PathBuf::from(dir), read_only))
-}
-
-/// Rewrites the fstab form into long options, and inserts the `mount` subcommand when
-/// invoked by mount(8) as `s3mount BUCKET DIR -o opts`.
-pub fn expand_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
-    let mut out: Vec<OsString> = Vec::with_capacity(args.len());
-    let mut iter = args.into_iter();
-    if let Some(program) = iter.next() {
-        out.push(program);
-    }
-    let rest: Vec<OsString> = iter.collect();
-    if let Some(first) = rest.first().and_then(|a| a.to_str()) {
-        let is_flag = first.starts_with('-');
-        if !is_flag && !["mount", "help"].contains(&first) {
-            out.push("mount".into());
-        }
-    }
-    let mut i = 0;
-    while i < rest.len() {
-        let arg = rest[i].to_string_lossy().to_string();
-        let opts = if arg == "-o" {
-            i += 1;
-            Some(
-                rest.get(i)
-                    .ok_or("-o needs a value (-o name=value,flag)")?
-                    .to_string_lossy()
-                    .to_string(),
-            )
-        } else {
-            arg.strip_prefix("-o")
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        };
-        match opts {
-            Some(opts) => {
-                for opt in opts.split(',').filter(|o| !o.is_empty()) {
-                    let (name, value) = match opt.split_once('=') {
-                        Some((n, v)) => (n, Some(v)),
-                        None => (opt, None),
-                    };
-                    if IGNORED_MOUNT_OPTIONS.contains(&name) || name.starts_with("x-") {
-                        continue;
-                    }
-                    let name = match name {
-                        "ro" => "read-only",
-                        other => other,
-                    };
-                    let long = format!("--{}", name.replace('_', "-"));
-                    match value {
-                        Some(v) => out.push(format!("{long}={v}").into()),
-                        None => out.push(long.into()),
-                    }
-                }
-            }
-            None => out.push(rest[i].clone()),
-        }
-        i += 1;
-    }
-    Ok(out)
-}
-
 /// `8MiB`, `1GiB`, `512k`, `100` (bytes); KB/MB/GB are decimal.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -295,10 +177,58 @@ fn parse_source(source: &str) -> Result<(String, Option<String>), String> {
     ))
 }
 
+/// The numeric settings, checked against their ranges.
+struct Limits {
+    part_size: u64,
+    upload_concurrency: usize,
+    cache_size: u64,
+    metadata_ttl: f64,
+    url_expiry: u64,
+}
+
 impl MountArgs {
     pub fn into_config(self) -> Result<MountConfig, String> {
+        let (bucket, prefix) = self.bucket_and_prefix()?;
+        let limits = self.limits()?;
+        let s3 = self.s3_settings(&bucket)?;
+        let uid = self.uid.unwrap_or_else(|| getuid().as_raw());
+        let gid = self.gid.unwrap_or_else(|| getgid().as_raw());
+        let mountpoint = self.mountpoint;
+        let cache_dir = self
+            .cache_dir
+            .unwrap_or_else(|| default_cache_dir(&bucket, &prefix, &mountpoint));
+        Ok(MountConfig {
+            s3,
+            fs: FsConfig {
+                prefix,
+                uid,
+                gid,
+                file_mode: self.file_mode.unwrap_or(0o644),
+                dir_mode: self.dir_mode.unwrap_or(0o755),
+                metadata_ttl: Duration::from_secs_f64(limits.metadata_ttl),
+                read_only: self.read_only,
+                part_size: limits.part_size,
+                upload_concurrency: limits.upload_concurrency,
+                cache_dir,
+                cache_size: limits.cache_size as usize,
+                write_back: self.write_back,
+                url_expiry: Duration::from_secs(limits.url_expiry),
+                fast_listing: self.fast_listing,
+            },
+            bucket,
+            mountpoint,
+            allow_other: self.allow_other,
+            allow_root: self.allow_root,
+            nonempty: self.nonempty,
+            foreground: self.foreground,
+            log_level: self.log_level,
+        })
+    }
+
+    /// The bucket and the normalized prefix, from the source and `--prefix`.
+    fn bucket_and_prefix(&self) -> Result<(String, String), String> {
         let (bucket, source_prefix) = parse_source(&self.source)?;
-        let prefix = match (source_prefix, self.prefix) {
+        let prefix = match (source_prefix, self.prefix.clone()) {
             (Some(a), Some(b)) if normalize_prefix(&a) != normalize_prefix(&b) => {
                 return Err(format!(
                     "the prefix is given twice and differs: '{a}' in the source, '{b}' by --prefix"
@@ -306,6 +236,11 @@ impl MountArgs {
             }
             (a, b) => normalize_prefix(&a.or(b).unwrap_or_default()),
         };
+        Ok((bucket, prefix))
+    }
+
+    /// The numeric settings with their defaults, and the log level, checked.
+    fn limits(&self) -> Result<Limits, String> {
         let part_size = self.part_size.unwrap_or(8 << 20);
         if !(5 << 20..=5 << 30).contains(&part_size) {
             return Err(format!(
@@ -341,8 +276,21 @@ impl MountArgs {
                 "invalid value for --log-level: '{level}'; use error, warn, info, debug or trace"
             ));
         }
+        Ok(Limits {
+            part_size,
+            upload_concurrency,
+            cache_size,
+            metadata_ttl: ttl,
+            url_expiry,
+        })
+    }
+
+    /// Endpoint, region, profile and static credentials, from the options or the
+    /// environment.
+    fn s3_settings(&self, bucket: &str) -> Result<S3Settings, String> {
         let endpoint_url = self
             .endpoint_url
+            .clone()
             .or_else(|| env_any(&["AWS_ENDPOINT_URL", "S3_ENDPOINT_URL"]));
         if let Some(url) = &endpoint_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -353,6 +301,7 @@ impl MountArgs {
         }
         let profile = self
             .profile
+            .clone()
             .or_else(|| env_any(&["AWS_PROFILE", "S3_SESSION_PROFILE"]));
         let static_credentials = match (
             env_any(&["AWS_ACCESS_KEY_ID", "S3_ACCESS_KEY_ID"]),
@@ -365,61 +314,22 @@ impl MountArgs {
             }),
             _ => None,
         };
-        let uid = self.uid.unwrap_or_else(current_uid);
-        let gid = self.gid.unwrap_or_else(current_gid);
-        let mountpoint = self.mountpoint;
-        let cache_dir = self
-            .cache_dir
-            .unwrap_or_else(|| default_cache_dir(&bucket, &prefix, &mountpoint));
-        Ok(MountConfig {
-            s3: S3Settings {
-                bucket: bucket.clone(),
-                endpoint_url,
-                region: self.region.or_else(|| env_any(&["AWS_REGION"])),
-                force_path_style: self.force_path_style,
-                profile,
-                static_credentials,
-                max_attempts: 4,
-            },
-            fs: FsConfig {
-                prefix,
-                uid,
-                gid,
-                file_mode: self.file_mode.unwrap_or(0o644),
-                dir_mode: self.dir_mode.unwrap_or(0o755),
-                metadata_ttl: Duration::from_secs_f64(ttl),
-                read_only: self.read_only,
-                part_size,
-                upload_concurrency,
-                cache_dir,
-                cache_size: cache_size as usize,
-                write_back: self.write_back,
-                url_expiry: Duration::from_secs(url_expiry),
-                fast_listing: self.fast_listing,
-            },
-            bucket,
-            mountpoint,
-            allow_other: self.allow_other,
-            allow_root: self.allow_root,
-            nonempty: self.nonempty,
-            foreground: self.foreground,
-            log_level: self.log_level,
+        Ok(S3Settings {
+            bucket: bucket.to_string(),
+            endpoint_url,
+            region: self.region.clone().or_else(|| env_any(&["AWS_REGION"])),
+            force_path_style: self.force_path_style,
+            profile,
+            static_credentials,
+            max_attempts: 4,
         })
     }
 }
 
-fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
-}
-
-fn current_gid() -> u32 {
-    // SAFETY: getgid has no preconditions and cannot fail.
-    unsafe { libc::getgid() }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+
     use super::*;
 
     fn args(v: &[&str]) -> Vec<OsString> {
@@ -434,58 +344,6 @@ mod tests {
         assert_eq!(parse_size("2MB"), Ok(2_000_000));
         assert!(parse_size("8XB").is_err());
         assert!(parse_size("lots").is_err());
-    }
-
-    #[test]
-    fn remount_requests_are_recognised() {
-        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
-        assert_eq!(
-            remount_request(&args(&[
-                "s3mount",
-                "s3mount:b/p/",
-                "/mnt/x",
-                "-o",
-                "rw,remount,ro"
-            ])),
-            Some((PathBuf::from("/mnt/x"), true))
-        );
-        assert_eq!(
-            remount_request(&args(&["s3mount", "src", "/mnt/x", "-oremount,rw"])),
-            Some((PathBuf::from("/mnt/x"), false))
-        );
-        assert_eq!(
-            remount_request(&args(&["s3mount", "b", "/mnt/x", "-o", "ro"])),
-            None
-        );
-    }
-
-    #[test]
-    fn fstab_form_becomes_long_options() {
-        let out = expand_args(args(&[
-            "s3mount",
-            "bucket",
-            "/mnt",
-            "-o",
-            "rw,_netdev,prefix=docs/,allow_other,ro,x-systemd.automount",
-        ]))
-        .unwrap();
-        assert_eq!(
-            out,
-            args(&[
-                "s3mount",
-                "mount",
-                "bucket",
-                "/mnt",
-                "--prefix=docs/",
-                "--allow-other",
-                "--read-only"
-            ])
-        );
-        let out = expand_args(args(&["s3mount", "mount", "b", "/m", "-opart-size=16MiB"])).unwrap();
-        assert_eq!(
-            out,
-            args(&["s3mount", "mount", "b", "/m", "--part-size=16MiB"])
-        );
     }
 
     #[test]

@@ -1,4 +1,6 @@
 //! The validated settings of one mount, as plain data (no clap types), with defaults.
+//! Invariant: the default cache directory differs for every bucket, prefix and mount
+//! point, so that two mounts never share one by default.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +25,7 @@ pub struct MountConfig {
 pub fn default_cache_dir(bucket: &str, prefix: &str, mountpoint: &Path) -> PathBuf {
     let base = if std::env::var_os("XDG_CACHE_HOME").is_some() {
         PathBuf::from(std::env::var_os("XDG_CACHE_HOME").unwrap_or_default()).join("s3mount")
-    } else if is_root() {
+    } else if nix::unistd::geteuid().is_root() {
         PathBuf::from("/var/cache/s3mount")
     } else {
         std::env::var_os("HOME")
@@ -44,9 +46,4 @@ pub fn default_cache_dir(bucket: &str, prefix: &str, mountpoint: &Path) -> PathB
         })
         .collect();
     base.join(safe)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }

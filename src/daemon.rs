@@ -2,22 +2,41 @@
 //! the S3 preflight, mounting (the mount is live when `Session::new` returns), telling
 //! the waiting parent (exit 0) or systemd (READY=1), then serving until unmounted or
 //! signalled, and finishing every pending upload before the process exits.
+//!
+//! Invariants: the fork happens while the process has one thread; SIGTERM, SIGINT and
+//! SIGHUP are blocked in every thread and taken only by the signal thread, which drains
+//! pending uploads before it unmounts; the daemonizing parent exits 0 only once the mount
+//! is live; one process at a time holds a cache directory (its `lock` file), for the
+//! whole life of the mount.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::fs::{File, OpenOptions};
+use std::io::{PipeReader, PipeWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use fuser::{MountOption, SessionACL};
+use fuser::{MountOption, Session, SessionACL};
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::stat::{SFlag, fstat};
+use nix::unistd::{ForkResult, dup2_stderr, dup2_stdin, dup2_stdout, fork, geteuid, setsid};
+use sd_notify::NotifyState;
+use tokio::runtime::{Handle, Runtime};
 
 use crate::config::MountConfig;
 use crate::fs::S3Fs;
 use crate::fuse::FuseAdapter;
 use crate::store::s3::S3Store;
 use crate::store::{ObjectStore, StoreError};
+use crate::sysmount::{self, DirectMount};
 
+/// The file system as this daemon serves it: on S3.
+type Fs = S3Fs<S3Store>;
+
+/// Mounts and serves `cfg` until unmounted or signalled, in this process (foreground) or
+/// in a forked child while this process waits for the mount to be live. Must be called
+/// while the process has a single thread (as `main` does): it may fork.
 pub fn mount(cfg: MountConfig) -> ExitCode {
     init_logging(cfg.log_level.as_deref());
     if let Err(e) = local_checks(&cfg) {
@@ -25,47 +44,79 @@ pub fn mount(cfg: MountConfig) -> ExitCode {
         return ExitCode::from(1);
     }
     if cfg.foreground {
-        return serve(cfg, None);
+        return serve(cfg, Parent(None));
     }
-    let mut fds = [0i32; 2];
-    // SAFETY: fds is a valid array of two ints for pipe(2) to fill.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        eprintln!(
-            "s3mount: cannot create a pipe: {}",
-            std::io::Error::last_os_error()
-        );
-        return ExitCode::from(1);
-    }
-    // SAFETY: both fds were just returned by pipe(2) and are owned by nobody else.
-    let (mut reader, writer) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    // SAFETY: no other thread exists yet (the runtime and FUSE threads start in the
-    // child), so the child may continue normally after fork.
-    match unsafe { libc::fork() } {
-        -1 => {
-            eprintln!("s3mount: cannot fork: {}", std::io::Error::last_os_error());
+    let (reader, writer) = match std::io::pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            eprintln!("s3mount: cannot create a pipe: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // SAFETY: fork(2) is unsafe because the child of a multi-threaded process may only
+    // call async-signal-safe functions (another thread may have held a lock, e.g. the
+    // allocator's, at the fork). This process has a single thread here: nothing before
+    // this point starts one (argument parsing, logging setup and the local checks run on
+    // the main thread), and the tokio runtime, the FUSE threads and the signal thread
+    // are all started later by `serve`, in the child. So the child is an ordinary
+    // single-threaded copy and may continue normally.
+    match unsafe { fork() } {
+        Err(e) => {
+            eprintln!("s3mount: cannot fork: {}", std::io::Error::from(e));
             ExitCode::from(1)
         }
-        0 => {
+        Ok(ForkResult::Child) => {
             drop(reader);
-            // SAFETY: setsid has no memory-safety preconditions; failure is harmless.
-            unsafe { libc::setsid() };
-            serve(cfg, Some(writer))
+            // Leaves the caller's session and terminal; failing (already a session
+            // leader) is harmless.
+            let _ = setsid();
+            serve(cfg, Parent(Some(writer)))
         }
-        _child => {
+        Ok(ForkResult::Parent { .. }) => {
             drop(writer);
-            let mut answer = String::new();
-            let _ = reader.read_to_string(&mut answer);
-            if answer.starts_with("OK") {
-                ExitCode::SUCCESS
-            } else {
-                let msg = answer.trim();
-                if msg.is_empty() {
-                    eprintln!("s3mount: the mount process ended before the mount was ready");
-                } else {
-                    eprintln!("s3mount: {msg}");
-                }
-                ExitCode::from(1)
+            wait_for_child(reader)
+        }
+    }
+}
+
+/// The daemonizing parent: exits 0 once the child wrote "OK", 1 with its message otherwise.
+fn wait_for_child(mut reader: PipeReader) -> ExitCode {
+    let mut answer = String::new();
+    let _ = reader.read_to_string(&mut answer);
+    if answer.starts_with("OK") {
+        return ExitCode::SUCCESS;
+    }
+    let msg = answer.trim();
+    if msg.is_empty() {
+        eprintln!("s3mount: the mount process ended before the mount was ready");
+    } else {
+        eprintln!("s3mount: {msg}");
+    }
+    ExitCode::from(1)
+}
+
+/// The pipe to the waiting parent (None in the foreground): told "OK" once the mount is
+/// live, or the reason it failed.
+struct Parent(Option<PipeWriter>);
+
+impl Parent {
+    /// Reports a failure before the mount was live (to the parent, or on stderr).
+    fn fail(&mut self, msg: String) -> ExitCode {
+        match self.0.take() {
+            Some(mut pipe) => {
+                let _ = writeln!(pipe, "{msg}");
             }
+            None => eprintln!("s3mount: {msg}"),
+        }
+        log::error!("{msg}");
+        ExitCode::from(1)
+    }
+
+    /// The mount is live: the parent may exit 0, and this process leaves its terminal.
+    fn ready(&mut self) {
+        if let Some(mut pipe) = self.0.take() {
+            let _ = writeln!(pipe, "OK");
+            detach_stdio();
         }
     }
 }
@@ -90,7 +141,7 @@ fn local_checks(cfg: &MountConfig) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!("mount point {} does not exist", mp.display()));
         }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e) if e.raw_os_error() == Some(Errno::ENOTCONN as i32) => {
             return Err(format!(
                 "mount point {} is a dead mount; run fusermount3 -u {} first",
                 mp.display(),
@@ -131,8 +182,7 @@ fn lock_cache_dir(dir: &Path) -> Result<File, String> {
     let path = dir.join("lock");
     let file =
         File::create(&path).map_err(|e| format!("cache directory {}: {e}", dir.display()))?;
-    // SAFETY: the fd is valid for the lifetime of `file`.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if file.try_lock().is_err() {
         return Err(format!(
             "cache directory {} is in use by another s3mount (give each mount its own --cache-dir)",
             dir.display()
@@ -164,52 +214,30 @@ fn describe(cfg: &MountConfig, err: &StoreError) -> String {
 /// returns them to the system at once instead of letting glibc's adaptive threshold
 /// keep them in per-thread arenas, which would let the resident size creep up.
 fn limit_heap_growth() {
-    // SAFETY: mallopt only changes allocator tuning parameters.
+    // SAFETY: mallopt only changes allocator tuning parameters; no crate wraps it.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
-/// Blocks the termination signals in this thread and every thread it starts; a
-/// dedicated thread receives them with sigwait.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use and
-    // pthread_sigmask only reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
+/// Blocks the termination signals in this thread and every thread it starts afterwards;
+/// the signal thread receives them with sigwait.
+fn block_signals() -> SigSet {
+    let set: SigSet = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]
+        .into_iter()
+        .collect();
+    if let Err(e) = set.thread_block() {
+        log::warn!("could not block the termination signals: {e}");
     }
+    set
 }
 
-fn wait_signal(set: &libc::sigset_t) -> i32 {
-    let mut sig = 0;
-    // SAFETY: `set` was initialised by block_signals and `sig` is a valid out pointer.
-    unsafe { libc::sigwait(set, &mut sig) };
-    sig
-}
-
-/// Runs the mount in this process; `ready` is the daemonizing parent's pipe.
-fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
-    let mut ready = ready;
-    let fail = |ready: &mut Option<File>, msg: String| {
-        match ready.take() {
-            Some(mut pipe) => {
-                let _ = writeln!(pipe, "{msg}");
-            }
-            None => eprintln!("s3mount: {msg}"),
-        }
-        log::error!("{msg}");
-        ExitCode::from(1)
-    };
+/// Runs the mount in this process; `parent` is the daemonizing parent's pipe.
+fn serve(cfg: MountConfig, mut parent: Parent) -> ExitCode {
     let _lock = match lock_cache_dir(&cfg.fs.cache_dir) {
         Ok(l) => l,
-        Err(e) => return fail(&mut ready, e),
+        Err(e) => return parent.fail(e),
     };
     limit_heap_growth();
     let signals = block_signals();
@@ -219,108 +247,18 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
         .build()
     {
         Ok(r) => r,
-        Err(e) => return fail(&mut ready, format!("cannot start the runtime: {e}")),
+        Err(e) => return parent.fail(format!("cannot start the runtime: {e}")),
     };
-    let store = Arc::new(runtime.block_on(S3Store::connect(&cfg.s3)));
-    let preflight = runtime.block_on(async {
-        store.check_bucket().await?;
-        store
-            .list_page(&cfg.fs.prefix, true, None, Some(1))
-            .await
-            .map(|_| ())
-    });
-    if let Err(e) = preflight {
-        return fail(&mut ready, describe(&cfg, &e));
+    let fs = match open_fs(&cfg, &runtime) {
+        Ok(fs) => fs,
+        Err(e) => return parent.fail(e),
+    };
+    if let Err(e) = recover(&cfg, &runtime, &fs) {
+        return parent.fail(e);
     }
-    let fs = match S3Fs::new(store, cfg.fs.clone()) {
-        Ok(fs) => Arc::new(fs),
-        Err(e) => {
-            let dir = cfg.fs.cache_dir.display();
-            return fail(&mut ready, format!("cache directory {dir}: {e}"));
-        }
-    };
-    let recovery = runtime.block_on(fs.recover());
-    if recovery != Default::default() {
-        log::info!(
-            "recovery: {} file(s) ({} bytes) uploaded from the cache dir, {} unfinished file(s) moved to {}, {} stale multipart upload(s) aborted",
-            recovery.uploaded,
-            recovery.bytes,
-            recovery.orphaned,
-            cfg.fs.cache_dir.join("orphaned").display(),
-            recovery.aborted
-        );
-    }
-    if recovery.failed > 0 {
-        return fail(
-            &mut ready,
-            format!(
-                "{} file(s) saved before the last stop could not be uploaded yet; they stay in {} (mount again when S3 is reachable)",
-                recovery.failed,
-                cfg.fs.cache_dir.join("stage").display()
-            ),
-        );
-    }
-    let fsname = format!("s3mount:{}/{}", cfg.bucket, cfg.fs.prefix);
-    let mut fuse_config = fuser::Config::default();
-    fuse_config.acl = if cfg.allow_other {
-        SessionACL::All
-    } else if cfg.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
-    };
-    fuse_config.n_threads = Some(2);
-    fuse_config.clone_fd = true;
-    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
-    let allow_other = cfg.allow_other || cfg.allow_root;
-    // SAFETY: geteuid has no preconditions.
-    let direct = if unsafe { libc::geteuid() } == 0 {
-        match crate::mount::mount(&cfg.mountpoint, &fsname, cfg.fs.read_only, allow_other) {
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
-            Err(e) => {
-                let mp = cfg.mountpoint.display();
-                return fail(&mut ready, format!("cannot mount on {mp}: {e}"));
-            }
-        }
-    } else {
-        None
-    };
-    let (session, mut unmounter) = match direct {
-        Some((device, mount)) => {
-            let acl = fuse_config.acl;
-            match fuser::Session::from_fd(adapter, device, acl, fuse_config) {
-                Ok(s) => (s, Unmounter::Direct(mount)),
-                Err(e) => {
-                    mount.detach();
-                    let mp = cfg.mountpoint.display();
-                    return fail(&mut ready, format!("cannot mount on {mp}: {e}"));
-                }
-            }
-        }
-        None => {
-            let mut options = vec![
-                MountOption::FSName(fsname),
-                MountOption::Subtype("s3mount".into()),
-                MountOption::DefaultPermissions,
-                MountOption::NoDev,
-                MountOption::NoSuid,
-            ];
-            if cfg.fs.read_only {
-                options.push(MountOption::RO);
-            }
-            fuse_config.mount_options = options;
-            match fuser::Session::new(adapter, &cfg.mountpoint, &fuse_config) {
-                Ok(mut s) => {
-                    let unmounter = Unmounter::Fuser(s.unmount_callable());
-                    (s, unmounter)
-                }
-                Err(e) => {
-                    let mp = cfg.mountpoint.display();
-                    return fail(&mut ready, format!("cannot mount on {mp}: {e}"));
-                }
-            }
-        }
+    let (session, unmounter) = match mount_fuse(&cfg, &fs, runtime.handle()) {
+        Ok(mounted) => mounted,
+        Err(e) => return parent.fail(e),
     };
     log::info!(
         "mounted s3://{}/{} on {} (cache {})",
@@ -330,38 +268,15 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
         cfg.fs.cache_dir.display()
     );
     raise_kernel_readahead(&cfg.mountpoint);
-    if let Some(mut pipe) = ready.take() {
-        let _ = writeln!(pipe, "OK");
-        detach_stdio();
-    }
-    notify_systemd("READY=1");
+    parent.ready();
+    notify_systemd(NotifyState::Ready);
 
-    let on_error = match &unmounter {
-        Unmounter::Direct(m) => Some(m.clone()),
-        Unmounter::Fuser(_) => None,
-    };
-    let signal_fs = fs.clone();
-    let handle = runtime.handle().clone();
-    std::thread::Builder::new()
-        .name("s3mount-signals".into())
-        .spawn(move || {
-            let sig = wait_signal(&signals);
-            log::info!(
-                "signal {sig}: finishing {} pending upload(s), then unmounting",
-                signal_fs.dirty_count()
-            );
-            notify_systemd("STOPPING=1");
-            handle.block_on(signal_fs.shutdown());
-            if let Err(e) = unmounter.unmount() {
-                log::error!("unmount failed: {e}");
-            }
-        })
-        .expect("spawning the signal thread");
+    let on_error = unmounter.direct();
+    spawn_signal_thread(signals, fs.clone(), runtime.handle().clone(), unmounter);
     {
         let _in_runtime = runtime.enter();
         fs.start_background();
     }
-
     if let Err(e) = session.run() {
         log::error!("FUSE session ended with an error: {e}");
         if let Some(mount) = &on_error {
@@ -378,6 +293,129 @@ fn serve(cfg: MountConfig, ready: Option<File>) -> ExitCode {
     }
     log::info!("unmounted {}", cfg.mountpoint.display());
     ExitCode::SUCCESS
+}
+
+/// Connects to S3, checks that the bucket and prefix can be listed, and opens the file
+/// system on the cache directory.
+fn open_fs(cfg: &MountConfig, runtime: &Runtime) -> Result<Arc<Fs>, String> {
+    let store = Arc::new(runtime.block_on(S3Store::connect(&cfg.s3)));
+    let preflight = runtime.block_on(async {
+        store.check_bucket().await?;
+        store
+            .list_page(&cfg.fs.prefix, true, None, Some(1))
+            .await
+            .map(|_| ())
+    });
+    if let Err(e) = preflight {
+        return Err(describe(cfg, &e));
+    }
+    match S3Fs::new(store, cfg.fs.clone()) {
+        Ok(fs) => Ok(Arc::new(fs)),
+        Err(e) => Err(format!(
+            "cache directory {}: {e}",
+            cfg.fs.cache_dir.display()
+        )),
+    }
+}
+
+/// Uploads what the last run left committed in the cache directory; refuses to serve
+/// while some of it could not be uploaded.
+fn recover(cfg: &MountConfig, runtime: &Runtime, fs: &Fs) -> Result<(), String> {
+    let recovery = runtime.block_on(fs.recover());
+    if recovery != Default::default() {
+        log::info!(
+            "recovery: {} file(s) ({} bytes) uploaded from the cache dir, {} unfinished file(s) moved to {}, {} stale multipart upload(s) aborted",
+            recovery.uploaded,
+            recovery.bytes,
+            recovery.orphaned,
+            cfg.fs.cache_dir.join("orphaned").display(),
+            recovery.aborted
+        );
+    }
+    if recovery.failed > 0 {
+        return Err(format!(
+            "{} file(s) saved before the last stop could not be uploaded yet; they stay in {} (mount again when S3 is reachable)",
+            recovery.failed,
+            cfg.fs.cache_dir.join("stage").display()
+        ));
+    }
+    Ok(())
+}
+
+/// Mounts the file system: with mount(2) as root (type `fuse.s3mount`), through fuser
+/// (fusermount3) otherwise or when mount(2) is not permitted.
+fn mount_fuse(
+    cfg: &MountConfig,
+    fs: &Arc<Fs>,
+    handle: &Handle,
+) -> Result<(Session<FuseAdapter<S3Store>>, Unmounter), String> {
+    let cannot = |e: std::io::Error| format!("cannot mount on {}: {e}", cfg.mountpoint.display());
+    let fsname = format!("s3mount:{}/{}", cfg.bucket, cfg.fs.prefix);
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.acl = if cfg.allow_other {
+        SessionACL::All
+    } else if cfg.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    fuse_config.n_threads = Some(2);
+    fuse_config.clone_fd = true;
+    let adapter = FuseAdapter::new(fs.clone(), handle.clone());
+    let allow_other = cfg.allow_other || cfg.allow_root;
+    let direct = if geteuid().is_root() {
+        match sysmount::mount(&cfg.mountpoint, &fsname, cfg.fs.read_only, allow_other) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+            Err(e) => return Err(cannot(e)),
+        }
+    } else {
+        None
+    };
+    if let Some((device, mount)) = direct {
+        let acl = fuse_config.acl;
+        return match Session::from_fd(adapter, device, acl, fuse_config) {
+            Ok(s) => Ok((s, Unmounter::Direct(mount))),
+            Err(e) => {
+                mount.detach();
+                Err(cannot(e))
+            }
+        };
+    }
+    let mut options = vec![
+        MountOption::FSName(fsname),
+        MountOption::Subtype("s3mount".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if cfg.fs.read_only {
+        options.push(MountOption::RO);
+    }
+    fuse_config.mount_options = options;
+    let mut session = Session::new(adapter, &cfg.mountpoint, &fuse_config).map_err(cannot)?;
+    let unmounter = Unmounter::Fuser(session.unmount_callable());
+    Ok((session, unmounter))
+}
+
+/// The thread that waits for SIGTERM, SIGINT or SIGHUP, then finishes every pending
+/// upload and unmounts (which ends the FUSE session in the main thread).
+fn spawn_signal_thread(signals: SigSet, fs: Arc<Fs>, handle: Handle, mut unmounter: Unmounter) {
+    std::thread::Builder::new()
+        .name("s3mount-signals".into())
+        .spawn(move || {
+            let sig = signals.wait().map_or(0, |s| s as i32);
+            log::info!(
+                "signal {sig}: finishing {} pending upload(s), then unmounting",
+                fs.dirty_count()
+            );
+            notify_systemd(NotifyState::Stopping);
+            handle.block_on(fs.shutdown());
+            if let Err(e) = unmounter.unmount() {
+                log::error!("unmount failed: {e}");
+            }
+        })
+        .expect("spawning the signal thread");
 }
 
 /// Kernel read-ahead on the mount, in KiB. FUSE offers only 128 KiB at init; a larger
@@ -417,54 +455,46 @@ fn raise_kernel_readahead(mountpoint: &Path) {
 /// After the parent has exited, keep stderr only where it is a file or a socket
 /// (journald); a pipe or terminal would block or break once its reader is gone.
 fn detach_stdio() {
-    let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    else {
+    let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") else {
         return;
     };
-    let fd = null.as_raw_fd();
-    // SAFETY: fstat writes into a zeroed stat struct; dup2 targets the standard fds,
-    // which stay valid; `null` outlives the calls.
-    unsafe {
-        libc::dup2(fd, 0);
-        libc::dup2(fd, 1);
-        let mut st: libc::stat = std::mem::zeroed();
-        let keep = libc::fstat(2, &mut st) == 0
-            && matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFSOCK);
-        if !keep {
-            libc::dup2(fd, 2);
-        }
+    let _ = dup2_stdin(&null);
+    let _ = dup2_stdout(&null);
+    let keep = fstat(std::io::stderr()).is_ok_and(|st| {
+        let kind = st.st_mode & SFlag::S_IFMT.bits();
+        kind == SFlag::S_IFREG.bits() || kind == SFlag::S_IFSOCK.bits()
+    });
+    if !keep {
+        let _ = dup2_stderr(&null);
     }
 }
 
-/// Sends a state line to systemd when run as a `Type=notify` service.
-fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = path.to_string_lossy().to_string();
-    let result = if let Some(abstract_name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).and_then(
-            |addr| {
-                let sock = std::os::unix::net::UnixDatagram::unbound()?;
-                sock.send_to_addr(state.as_bytes(), &addr)
-            },
-        )
-    } else {
-        std::os::unix::net::UnixDatagram::unbound()
-            .and_then(|sock| sock.send_to(state.as_bytes(), &path))
+/// Sends a state to systemd when run as a `Type=notify` service (NOTIFY_SOCKET set).
+fn notify_systemd(state: NotifyState) {
+    let result = match std::env::var_os("NOTIFY_SOCKET") {
+        // sd-notify takes the variable as a file system path; systemd also allows the
+        // name of an abstract socket, written "@name".
+        Some(path) if path.as_bytes().starts_with(b"@") => {
+            notify_abstract(&path.as_bytes()[1..], &state)
+        }
+        _ => sd_notify::notify(&[state]),
     };
     if let Err(e) = result {
         log::warn!("could not notify systemd: {e}");
     }
 }
 
+fn notify_abstract(name: &[u8], state: &NotifyState) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let addr = SocketAddr::from_abstract_name(name)?;
+    UnixDatagram::unbound()?.send_to_addr(format!("{state}\n").as_bytes(), &addr)?;
+    Ok(())
+}
+
 /// Takes the mount away: our own mount(2), or fuser's (fusermount3).
 enum Unmounter {
-    Direct(crate::mount::DirectMount),
+    Direct(DirectMount),
     Fuser(fuser::SessionUnmounter),
 }
 
@@ -473,6 +503,14 @@ impl Unmounter {
         match self {
             Unmounter::Direct(m) => m.unmount(),
             Unmounter::Fuser(u) => u.unmount(),
+        }
+    }
+
+    /// Our own mount, which a failed session must detach (fuser cleans up its own).
+    fn direct(&self) -> Option<DirectMount> {
+        match self {
+            Unmounter::Direct(m) => Some(m.clone()),
+            Unmounter::Fuser(_) => None,
         }
     }
 }

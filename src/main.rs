@@ -1,12 +1,19 @@
+//! The `s3mount` binary. A `mount -o remount,ro|rw` from mount(8) goes straight to
+//! [`s3mount::sysmount::remount`]; every other command line is rewritten from the fstab
+//! form ([`s3mount::mount_options`]), parsed by clap and handed to
+//! [`s3mount::daemon::mount`]. Invariant: the process stays single-threaded until then,
+//! since `daemon::mount` may fork.
+
 use std::process::ExitCode;
 
 use clap::Parser;
-use s3mount::cli::{Cli, Command, expand_args, remount_request};
+use s3mount::cli::{Cli, Command};
+use s3mount::mount_options::{expand_args, remount_request};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
     if let Some((dir, read_only)) = remount_request(&args) {
-        return match s3mount::mount::remount(&dir, read_only) {
+        return match s3mount::sysmount::remount(&dir, read_only) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("s3mount: cannot remount {}: {e}", dir.display());
