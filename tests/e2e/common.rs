@@ -87,6 +87,20 @@ pub fn env_or(name: &str, default: u64) -> u64 {
     .unwrap_or_else(|| panic!("{name}={v} is not a number"))
 }
 
+/// Polls `done` every 20 ms for up to `limit`; whether it became true. For what the
+/// daemon does after a close() has returned: the kernel sends RELEASE (which drops a
+/// finished or failed stage file) asynchronously.
+pub fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// close() of `f` with its result, which dropping a `File` would ignore (on the mount,
 /// a failed upload fails close with EIO).
 pub fn close_file(f: std::fs::File) -> std::io::Result<()> {

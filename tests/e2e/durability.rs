@@ -145,7 +145,12 @@ fn a_full_cache_disk_gives_enospc_uploads_nothing_half_and_keeps_serving() {
         Some(&b"version 1"[..]),
         "nothing half-written replaced the document"
     );
-    // The mount keeps serving once the failed stage is gone.
+    // The mount keeps serving once the failed stage is gone. RELEASE drops it, and the
+    // kernel sends RELEASE only after close() returned: until then the disk is still full.
+    assert!(
+        eventually(Duration::from_secs(10), || m.staged_files() == 0),
+        "the failed stage stays in the cache dir"
+    );
     std::fs::write(m.path("small.txt"), b"fits").unwrap();
     assert_eq!(
         bucket.get(&format!("{prefix}small.txt")).as_deref(),
