@@ -11,6 +11,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cycles=${1:-30}
 runs=${2:-3}
 for ((r = 1; r <= runs; r++)); do
-    CRASH_CYCLES=$cycles CRASH_SEED=$((1000 + r)) scripts/test.sh --test crash -- --nocapture 2>&1 |
+    CRASH_CYCLES=$cycles CRASH_SEED=$((1000 + r)) scripts/test.sh --test e2e crash:: -- --nocapture 2>&1 |
         grep -E "crash test:|test result|panicked"
 done

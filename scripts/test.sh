@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against a fresh local Garage on 127.0.0.1 (installs what is missing).
 #
-#   scripts/test.sh [CARGO TEST ARGS...]     e.g. scripts/test.sh --test mount_basic
+#   scripts/test.sh [CARGO TEST ARGS...]     e.g. scripts/test.sh --test e2e mount_e2e::
+#
+# The integration tests are one binary, tests/e2e (`--test e2e`), with a module per area
+# (cli, core_fs, crash, credentials, durability, mount_e2e, random_ops, s3fs_interop,
+# tools_roundtrip); a name filter after it picks tests, e.g. `--test e2e random_ops`.
+# Every test binary runs even when one fails (--no-fail-fast); the exit status is non-zero
+# if any test failed.
 #
 # The tests read AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and
 # S3MOUNT_TEST_BUCKET; S3MOUNT_TEST_GARAGE_DIR names the server's folder (for
@@ -33,5 +39,5 @@ case " ${args[*]-} " in
 esac
 
 status=0
-cargo test --release "${args[@]}" || status=$?
+cargo test --release --no-fail-fast "${args[@]}" || status=$?
 exit "$status"

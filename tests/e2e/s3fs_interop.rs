@@ -14,8 +14,6 @@
 //!
 //! Needs root (mounts, chown) and `/usr/bin/s3fs` (`scripts/common.sh` installs it).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::File;
@@ -26,10 +24,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// How long the reading side may take to show what the writer did.
-const SETTLE: Duration = Duration::from_secs(3);
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// A live s3fs-fuse mount of `BUCKET:/PREFIX` (`s3fs -f` as a child); unmounted on drop.
 struct S3fs {
@@ -105,11 +103,9 @@ impl S3fs {
 
 impl Drop for S3fs {
     fn drop(&mut self) {
-        if is_mounted(self.dir.path()) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(self.dir.path())
-                .output();
+        if let Err(e) = fuse_unmount(self.dir.path()) {
+            eprintln!("s3fs: {e}");
+            let _ = crate::common::run("fusermount3", &["-uz", self.dir.path().to_str().unwrap()]);
         }
         if let Some(mut child) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(30);

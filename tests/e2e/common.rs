@@ -15,6 +15,8 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 
+pub const MIB: usize = 1024 * 1024;
+
 pub struct S3Env {
     pub endpoint: String,
     pub bucket: String,
@@ -60,13 +62,56 @@ impl S3Env {
     }
 }
 
-/// A unique prefix per test run, so tests never see each other's keys.
+/// A unique prefix per call, so tests never see each other's keys (all tests share one
+/// process, hence the counter next to the time and the pid).
 pub fn unique_prefix(test: &str) -> String {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!("t-{test}-{nanos:x}-{}/", std::process::id())
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    format!("t-{test}-{nanos:x}-{}-{n}/", std::process::id())
+}
+
+/// The number in environment variable `name` (decimal or 0x-hex), or `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    let Ok(v) = std::env::var(name) else {
+        return default;
+    };
+    let v = v.trim();
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+    .unwrap_or_else(|| panic!("{name}={v} is not a number"))
+}
+
+/// Polls `done` every 20 ms for up to `limit`; whether it became true. For what the
+/// daemon does after a close() has returned: the kernel sends RELEASE (which drops a
+/// finished or failed stage file) asynchronously.
+pub fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// close() of `f` with its result, which dropping a `File` would ignore (on the mount,
+/// a failed upload fails close with EIO).
+pub fn close_file(f: std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = f.into_raw_fd();
+    // SAFETY: fd came from into_raw_fd and is closed exactly once.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -342,18 +387,11 @@ impl TestMount {
             .unwrap_or(0)
     }
 
+    /// Unmounts (as an operator would, `fusermount3 -u`) and waits for the daemon to
+    /// finish its pending uploads and exit.
     pub fn unmount(&self) {
-        if is_mounted(self.dir.path()) {
-            let out = Command::new("fusermount3")
-                .arg("-u")
-                .arg(self.dir.path())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if let Err(e) = fuse_unmount(self.dir.path()) {
+            panic!("{e}");
         }
         wait_daemon_gone(&self.cache);
     }
@@ -361,13 +399,107 @@ impl TestMount {
 
 impl Drop for TestMount {
     fn drop(&mut self) {
-        if is_mounted(self.dir.path()) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(self.dir.path())
-                .output();
+        let result = fuse_unmount(self.dir.path());
+        if result.is_err() {
+            // Lazily then, so that the daemon (which waits for the unmount) exits.
+            let _ = run("fusermount3", &["-uz", self.dir.path().to_str().unwrap()]);
         }
         wait_daemon_gone(&self.cache);
+        if let Err(e) = result {
+            if std::thread::panicking() {
+                eprintln!("{e}");
+            } else {
+                panic!("{e}");
+            }
+        }
+    }
+}
+
+/// How long [`fuse_unmount`] tries again while the mount is busy.
+pub const UNMOUNT_BUSY_FOR: Duration = Duration::from_secs(10);
+
+/// `fusermount3 -u DIR` unless DIR is not mounted (any more). While the kernel finds the
+/// mount busy (EBUSY), tries again for up to [`UNMOUNT_BUSY_FOR`]: a file closed just
+/// before can still be held for a moment elsewhere, e.g. by a child process that another
+/// test thread is starting (fork copies every open file; exec closes it, with a FLUSH
+/// that waits for the daemon). A mount still busy after that is an error that names the
+/// processes using it.
+pub fn fuse_unmount(dir: &Path) -> Result<(), String> {
+    let started = Instant::now();
+    let mut busy_seen = Vec::new();
+    for attempt in 1.. {
+        if !is_mounted(dir) {
+            return Ok(());
+        }
+        let out = Command::new("fusermount3")
+            .arg("-u")
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run fusermount3: {e}"))?;
+        if out.status.success() {
+            if attempt > 1 {
+                eprintln!(
+                    "fusermount3 -u {}: busy, unmounted after {:.2} s ({attempt} tries); held by: {}",
+                    dir.display(),
+                    started.elapsed().as_secs_f64(),
+                    busy_seen.join("; ")
+                );
+            }
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if !is_mounted(dir) {
+            return Ok(()); // unmounted meanwhile (by the daemon, after a signal)
+        }
+        if !stderr.contains("Device or resource busy") {
+            return Err(stderr);
+        }
+        let holders = mount_users(dir);
+        if busy_seen.last() != Some(&holders) {
+            busy_seen.push(holders.clone());
+        }
+        if started.elapsed() > UNMOUNT_BUSY_FOR {
+            return Err(format!(
+                "{stderr}: still busy after {:.1} s ({attempt} tries); using it now: {holders}",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unreachable!()
+}
+
+/// The processes with a file, working directory or root under `dir`, for messages.
+pub fn mount_users(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or(dir.to_path_buf());
+    let mut users = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let proc_dir = e.path();
+        let comm = std::fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
+        let mut links = vec![proc_dir.join("cwd"), proc_dir.join("root")];
+        if let Ok(fds) = std::fs::read_dir(proc_dir.join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        for link in links {
+            if let Ok(target) = std::fs::read_link(&link)
+                && target.starts_with(&dir)
+            {
+                users.push(format!(
+                    "{pid} ({}) {}: {}",
+                    comm.trim(),
+                    link.file_name().unwrap_or_default().to_string_lossy(),
+                    target.display()
+                ));
+            }
+        }
+    }
+    if users.is_empty() {
+        "no process (a reference inside the kernel)".into()
+    } else {
+        users.join(", ")
     }
 }
 

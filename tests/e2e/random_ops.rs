@@ -10,18 +10,15 @@
 //! A failure prints the seed and the last operations, and writes all of them to
 //! `$TMPDIR/random_ops-NAME-SEED.log`.
 
-mod common;
-
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
-use common::*;
+use crate::common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 const KIB: usize = 1024;
-const MIB: usize = 1024 * 1024;
 /// Files stay below this size; above the 5 MiB part size of the mount, so some closes
 /// are multipart uploads.
 const MAX_SIZE: usize = 7 * MIB;
@@ -31,19 +28,6 @@ const DEFAULT_SEED: u64 = 0x5eed_2026;
 const DEFAULT_STEPS: u64 = 500;
 /// Steps slower than this are reported (not failed): everything here is local.
 const SLOW: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// The number in environment variable `name` (decimal or 0x-hex), or `default`.
-fn env_or(name: &str, default: u64) -> u64 {
-    let Ok(v) = std::env::var(name) else {
-        return default;
-    };
-    let v = v.trim();
-    match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => v.parse().ok(),
-    }
-    .unwrap_or_else(|| panic!("{name}={v} is not a number"))
-}
 
 fn steps() -> usize {
     env_or("RANDOM_OPS_STEPS", DEFAULT_STEPS) as usize
@@ -500,17 +484,9 @@ impl Run {
         let (file, id, dirty) = (h.file, h.id, h.dirty);
         self.log(format!("close {} h{id} dirty={dirty}", name(file)));
         // close(2) through libc, so that an error of the flush is seen, not swallowed.
-        let fd = std::os::fd::IntoRawFd::into_raw_fd(h.f);
-        // SAFETY: fd came from into_raw_fd and is closed exactly once.
-        let rc = unsafe { libc::close(fd) };
-        assert_eq!(
-            rc,
-            0,
-            "{} close {} h{id}: {}",
-            self.ctx(),
-            name(file),
-            std::io::Error::last_os_error()
-        );
+        if let Err(e) = close_file(h.f) {
+            panic!("{} close {} h{id}: {e}", self.ctx(), name(file));
+        }
         let last = !self.handles.iter().any(|h| h.file == file);
         // A close that follows writes through the handle, and the last close of a file,
         // leave the object complete in S3.

@@ -2,15 +2,11 @@
 //! of closes returned, or at a random moment while they upload; the next mount of the
 //! same cache dir must put every one of those files in S3, byte for byte.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rand::{Rng, SeedableRng};
-
-const MIB: usize = 1024 * 1024;
 
 /// The pid of the daemon serving `cache`.
 fn daemon_pid(cache: &Path) -> Option<i32> {
@@ -32,14 +28,8 @@ fn no_committed_file_is_lost_when_the_daemon_is_killed() {
     let cache = cache_root.path().join("cache");
     let mut committed: Vec<(String, Vec<u8>)> = Vec::new();
     // CRASH_CYCLES raises the count for a soak run (scripts/crash-soak.sh).
-    let cycles: usize = std::env::var("CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
-    let seed: u64 = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed);
+    let cycles = env_or("CRASH_CYCLES", 6) as usize;
+    let seed = env_or("CRASH_SEED", 0x5eed);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for cycle in 0..cycles {
         let m = TestMount::with_cache(

@@ -5,16 +5,13 @@
 //!
 //! The tests run as root, so the tools restore owners (uid 1234, gid 5678).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
-const MIB: usize = 1024 * 1024;
 const UID: u32 = 1234;
 const GID: u32 = 5678;
 

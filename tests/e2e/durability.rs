@@ -2,16 +2,11 @@
 //! answers), a full cache disk, and SIGTERM with uploads pending. Every close either
 //! succeeds with the data in S3, or fails with the data kept and uploaded later.
 
-mod common;
-
 use std::io::Write;
-use std::os::fd::IntoRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
-
-const MIB: usize = 1024 * 1024;
+use crate::common::*;
 
 /// How saving a document went, as the application saw it.
 enum Saved {
@@ -32,12 +27,9 @@ fn save(path: &Path, data: &[u8], before_close: impl FnOnce()) -> Saved {
         return Saved::Refused;
     }
     before_close();
-    let fd = f.into_raw_fd();
-    // SAFETY: fd came from into_raw_fd and is closed exactly once.
-    if unsafe { libc::close(fd) } == 0 {
-        Saved::Yes
-    } else {
-        Saved::CloseFailed(std::io::Error::last_os_error())
+    match close_file(f) {
+        Ok(()) => Saved::Yes,
+        Err(e) => Saved::CloseFailed(e),
     }
 }
 
@@ -147,19 +139,18 @@ fn a_full_cache_disk_gives_enospc_uploads_nothing_half_and_keeps_serving() {
     let mut f = std::fs::File::create(m.path("report.pdf")).unwrap();
     let err = f.write_all(&data).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
-    let fd = f.into_raw_fd();
-    // SAFETY: fd came from into_raw_fd and is closed exactly once.
-    assert_eq!(
-        unsafe { libc::close(fd) },
-        -1,
-        "close reports the failed write too"
-    );
+    assert!(close_file(f).is_err(), "close reports the failed write too");
     assert_eq!(
         bucket.get(&format!("{prefix}report.pdf")).as_deref(),
         Some(&b"version 1"[..]),
         "nothing half-written replaced the document"
     );
-    // The mount keeps serving once the failed stage is gone.
+    // The mount keeps serving once the failed stage is gone. RELEASE drops it, and the
+    // kernel sends RELEASE only after close() returned: until then the disk is still full.
+    assert!(
+        eventually(Duration::from_secs(10), || m.staged_files() == 0),
+        "the failed stage stays in the cache dir"
+    );
     std::fs::write(m.path("small.txt"), b"fits").unwrap();
     assert_eq!(
         bucket.get(&format!("{prefix}small.txt")).as_deref(),

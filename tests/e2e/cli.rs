@@ -1,11 +1,9 @@
 //! The binary's failures: one clear line naming the cause, a non-zero exit, and nothing
 //! left mounted or running.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn mount_fails(source: &str, mountpoint: &str, extra: &[&str], envs: &[(&str, &str)]) -> String {
     let env = S3Env::get();
@@ -137,8 +135,7 @@ fn fstab_form_and_s3_environment_names_mount() {
     );
     let err = std::fs::write(dir.path().join("x"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
-    let out = run("fusermount3", &["-u", dir.path().to_str().unwrap()]);
-    assert!(out.status.success());
+    fuse_unmount(dir.path()).unwrap();
     wait_daemon_gone(cache.path());
 }
 

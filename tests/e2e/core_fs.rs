@@ -9,7 +9,7 @@ use s3mount::fs::{Caller, FsConfig, FsError, Kind, OpenMode, ROOT, S3Fs};
 use s3mount::store::StoreError;
 use s3mount::store::memory::{MemoryStore, Op};
 
-const MIB: usize = 1024 * 1024;
+use crate::common::MIB;
 
 struct Fixture {
     store: Arc<MemoryStore>,
@@ -52,6 +52,19 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
         .collect()
+}
+
+/// Waits (up to 10 s) for background work to make `done` true; false if it never does.
+/// (The tests run on a current-thread runtime: the background tasks run while this sleeps.)
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 async fn write_file(fs: &S3Fs<MemoryStore>, parent: u64, name: &str, data: &[u8]) -> u64 {
@@ -109,9 +122,8 @@ async fn large_file_streams_parts_while_writing() {
         f.fs.write(fh, (i * MIB) as u64, chunk).await.unwrap();
     }
     // Parts started before close.
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
-        f.store.count(Op::UploadPart) >= 2,
+        eventually(|| f.store.count(Op::UploadPart) >= 2).await,
         "parts upload while writing"
     );
     assert!(f.store.object("big").is_none(), "no half object is visible");
@@ -135,10 +147,8 @@ async fn rewrite_in_the_middle_invalidates_streamed_parts() {
     f.fs.flush(fh).await.unwrap();
     f.fs.release(fh).await.unwrap();
     assert_eq!(f.store.object("f").unwrap(), &data[..]);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        f.store.pending_uploads(),
-        0,
+    assert!(
+        eventually(|| f.store.pending_uploads() == 0).await,
         "the abandoned upload was aborted"
     );
 }
@@ -481,9 +491,8 @@ async fn write_back_close_returns_once_durable_and_uploads_in_the_background() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(store.object("wb.txt").unwrap(), &b"saved"[..]);
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
-        records(cache.path()).is_empty(),
+        eventually(|| records(cache.path()).is_empty()).await,
         "the record goes once S3 has the file"
     );
 }
@@ -521,8 +530,10 @@ async fn recovery_uploads_committed_files_and_sets_unfinished_ones_aside() {
         for (i, chunk) in big.chunks(MIB).enumerate() {
             fs.write(fh3, (i * MIB) as u64, chunk).await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(store.pending_uploads(), 1, "a streaming upload was started");
+        assert!(
+            eventually(|| store.pending_uploads() == 1).await,
+            "a streaming upload was started"
+        );
         std::mem::forget(fs); // no release, no shutdown: as after kill -9
     }
     store.fail_next(Op::Put, 0, StoreError::Transient("down".into()));
@@ -587,8 +598,10 @@ async fn a_failed_part_fails_close_aborts_the_upload_and_a_retry_completes_it() 
     }
     assert_eq!(f.fs.flush(fh).await.unwrap_err().errno(), libc::EIO);
     assert!(f.store.object("parts").is_none(), "no half object");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(f.store.pending_uploads(), 0, "failed uploads are aborted");
+    assert!(
+        eventually(|| f.store.pending_uploads() == 0).await,
+        "failed uploads are aborted"
+    );
     f.store.fail_after(
         Op::UploadPart,
         0,

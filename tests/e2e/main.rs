@@ -1,0 +1,24 @@
+//! The integration tests, in one test binary (`cargo test --release --test e2e`): every
+//! module here used to be a test binary of its own, and each of them linked s3mount with
+//! the whole AWS SDK; one binary is linked once.
+//!
+//! Test names keep the old file names as module paths, so `--test e2e random_ops` runs
+//! what `--test random_ops` ran, and `--test e2e mount_e2e::close_fails -- --exact` one
+//! test. All modules share one process now: a test must not change the process
+//! environment (`std::env::set_var`) or other process-wide state; `credentials` runs its
+//! check in a child process for that reason.
+//!
+//! Every module but `core_fs` (the file-system core against the in-memory store) needs
+//! the local S3 server that `scripts/test.sh` starts, and most need root for mounts.
+
+mod common;
+
+mod cli;
+mod core_fs;
+mod crash;
+mod credentials;
+mod durability;
+mod mount_e2e;
+mod random_ops;
+mod s3fs_interop;
+mod tools_roundtrip;
