@@ -70,8 +70,8 @@ pub(super) fn page_entries(
 pub(super) enum Raw {
     /// `.`, `..` or a file staged here: the inode is known.
     Known(String, u64),
-    /// A name from a listing page.
-    Listed(String, Listed),
+    /// A name from a listing page, and when that page was asked for.
+    Listed(String, Listed, Instant),
 }
 
 pub(super) struct DirCursor<S> {
@@ -84,7 +84,8 @@ pub(super) struct DirCursor<S> {
     local_names: HashSet<String>,
     token: Option<String>,
     exhausted: bool,
-    pending: VecDeque<(String, Listed)>,
+    /// Names of the pages fetched, not yet yielded, with when their page was asked for.
+    pending: VecDeque<(String, Listed, Instant)>,
     /// File names of the previous and current page: a `name/` prefix that sorts after
     /// them on the same or the next page must not list `name` twice.
     recent_files: [HashSet<String>; 2],
@@ -94,8 +95,8 @@ pub(super) struct DirCursor<S> {
     /// When the first page of this pass was asked for.
     started: Instant,
     pages: u32,
-    /// The next page, already requested.
-    next_page: Option<JoinHandle<StoreResult<ListPage>>>,
+    /// The next page, already requested, and when.
+    next_page: Option<(JoinHandle<StoreResult<ListPage>>, Instant)>,
 }
 
 impl<S: ObjectStore> DirCursor<S> {
@@ -156,7 +157,7 @@ impl<S: ObjectStore> DirCursor<S> {
         self.last_batch.clear();
         self.last_batch_start = 0;
         self.pages = 0;
-        if let Some(prefetch) = self.next_page.take() {
+        if let Some((prefetch, _)) = self.next_page.take() {
             prefetch.abort();
         }
     }
@@ -198,7 +199,7 @@ impl<S: ObjectStore> DirCursor<S> {
             let raw = match known {
                 Some((name, ino)) => Raw::Known(name, ino),
                 None => match self.pending.pop_front() {
-                    Some((name, listed)) => Raw::Listed(name, listed),
+                    Some((name, listed, asked_at)) => Raw::Listed(name, listed, asked_at),
                     None if self.exhausted => break,
                     None => {
                         self.fetch_page().await?;
@@ -216,14 +217,21 @@ impl<S: ObjectStore> DirCursor<S> {
         if self.pages == 0 {
             self.started = Instant::now();
         }
-        let page = match self.next_page.take() {
-            Some(prefetch) => prefetch
-                .await
-                .map_err(|e| FsError::Io(format!("listing task: {e}")))??,
+        let (page, asked_at) = match self.next_page.take() {
+            Some((prefetch, asked_at)) => {
+                let page = prefetch
+                    .await
+                    .map_err(|e| FsError::Io(format!("listing task: {e}")))??;
+                (page, asked_at)
+            }
             None => {
-                self.store
-                    .list_page(&self.prefix, true, self.token.take(), None)
-                    .await?
+                let asked_at = Instant::now();
+                let token = self.token.take();
+                let page = self
+                    .store
+                    .list_page(&self.prefix, true, token, None)
+                    .await?;
+                (page, asked_at)
             }
         };
         self.pages += 1;
@@ -232,17 +240,19 @@ impl<S: ObjectStore> DirCursor<S> {
         if let Some(token) = self.token.take() {
             // Fetch the next page while the kernel takes this one.
             let (store, prefix) = (self.store.clone(), self.prefix.clone());
-            self.next_page = Some(tokio::spawn(async move {
-                store.list_page(&prefix, true, Some(token), None).await
-            }));
+            let next =
+                tokio::spawn(
+                    async move { store.list_page(&prefix, true, Some(token), None).await },
+                );
+            self.next_page = Some((next, Instant::now()));
         }
-        self.take_page(page);
+        self.take_page(page, asked_at);
         Ok(())
     }
 
     /// Queues a page's entries, skipping names staged locally, and directories whose
     /// name the previous page listed as a file.
-    fn take_page(&mut self, page: ListPage) {
+    fn take_page(&mut self, page: ListPage, asked_at: Instant) {
         self.recent_files.swap(0, 1);
         self.recent_files[1].clear();
         for (name, listed) in page_entries(&self.layout, &self.prefix, &page) {
@@ -256,7 +266,7 @@ impl<S: ObjectStore> DirCursor<S> {
                 }
                 Listed::Dir => {}
             }
-            self.pending.push_back((name, listed));
+            self.pending.push_back((name, listed, asked_at));
         }
     }
 }

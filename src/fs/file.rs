@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::handles::{FileHandle, Handle};
+use super::inodes::Found;
 use super::{Attr, Caller, Extras, FsError, FsResult, Kind, OpenMode, S3Fs, now};
 use crate::layout::check_name;
 use crate::read::Reader;
@@ -125,14 +126,9 @@ impl<S: ObjectStore> S3Fs<S> {
         attr.uid = caller.uid;
         attr.gid = caller.gid;
         stage.note_open(&self.layout.file_key(&path));
-        let ino = table.upsert(
-            parent,
-            name,
-            attr,
-            None,
-            self.valid_until(),
-            Some(Extras::default()),
-        );
+        let found = Found::made_here(attr, None, Extras::default(), self.valid_until());
+        let ino = table.upsert(parent, name, found);
+        table.mark_changed(ino);
         Self::touch_dir(&mut table, parent, t);
         if let Some(old) = table.stage(ino) {
             // The kernel believed the name free while it was staged here: replace it.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::stage::Stage;
-use crate::store::ETag;
+use crate::store::{ETag, ObjectMeta};
 
 pub const ROOT: u64 = 1;
 
@@ -102,6 +102,15 @@ impl PartialEq for Remote {
 }
 
 impl Remote {
+    /// The object as a HEAD or GET described it.
+    pub fn of(meta: &ObjectMeta) -> Remote {
+        Remote {
+            etag: meta.etag.clone(),
+            size: meta.size,
+            modified: Some(meta.last_modified),
+        }
+    }
+
     /// Did the object's metadata change since `self` was seen, by what `now` says?
     /// (Whole seconds: HEAD reports no more.) After our own write we do not know S3's
     /// Last-Modified, so the first listing that shows it counts as a change.
@@ -147,9 +156,47 @@ pub struct Inode {
     /// Directories: the last listing needed more than one page, so a lookup miss asks
     /// S3 about the one name instead of listing the directory again.
     pub large: bool,
+    /// When this mount last changed the inode's object or attributes.
+    pub changed_at: Option<Instant>,
+}
+
+/// What a request to S3, or a change made here, says about a name.
+pub struct Found {
+    pub attr: Attr,
+    pub remote: Option<Remote>,
+    /// The whole metadata (from HEAD, or a change made here); None: a listing's
+    /// defaults.
+    pub extras: Option<Extras>,
+    pub valid_until: Instant,
+    /// When the request was sent (a change made here: now).
+    pub asked_at: Instant,
+}
+
+impl Found {
+    /// What a change made here (a create, a PUT) says: the whole metadata, now.
+    pub fn made_here(
+        attr: Attr,
+        remote: Option<Remote>,
+        extras: Extras,
+        valid_until: Instant,
+    ) -> Found {
+        Found {
+            attr,
+            remote,
+            extras: Some(extras),
+            valid_until,
+            asked_at: Instant::now(),
+        }
+    }
 }
 
 impl Inode {
+    /// Did this mount change the inode (in S3 or in the table) after `t`? Then what a
+    /// request sent at `t` says of it is out of date.
+    pub fn changed_after(&self, t: Instant) -> bool {
+        self.changed_at.is_some_and(|c| c > t)
+    }
+
     /// A new inode nobody has looked up yet, known from a listing only.
     fn new(
         parent: u64,
@@ -175,6 +222,7 @@ impl Inode {
             listed_until: None,
             large: false,
             page_cache_etag: None,
+            changed_at: None,
         }
     }
 }
@@ -243,26 +291,29 @@ impl InodeTable {
         })
     }
 
-    /// Records that `name` under `parent` has attributes `attr`: authoritative ones
-    /// (with `extras`, from HEAD or a local change) replace what is known, a listing's
-    /// only when the object changed. An existing inode keeps its number if the kind
-    /// agrees (a listing cannot tell files from symlinks, so it never changes a known
-    /// non-directory kind); one of another kind is detached and replaced. Returns the
-    /// inode number.
-    pub fn upsert(
-        &mut self,
-        parent: u64,
-        name: &str,
-        mut attr: Attr,
-        remote: Option<Remote>,
-        valid_until: Instant,
-        extras: Option<Extras>,
-    ) -> u64 {
+    /// Records what S3 (or a change made here) says of `name` under `parent`:
+    /// authoritative attributes (with extras, from HEAD or a local change) replace what
+    /// is known, a listing's only when the object changed. What a request sent before
+    /// this mount last changed the inode says is older than the table and is ignored.
+    /// An existing inode keeps its number if the kind agrees (a listing cannot tell
+    /// files from symlinks, so it never changes a known non-directory kind); one of
+    /// another kind is detached and replaced. Returns the inode number.
+    pub fn upsert(&mut self, parent: u64, name: &str, found: Found) -> u64 {
+        let Found {
+            mut attr,
+            remote,
+            extras,
+            valid_until,
+            asked_at,
+        } = found;
         if let Some(ino) = self.child(parent, name) {
             let inode = self
                 .inodes
                 .get_mut(&ino)
                 .expect("child index is consistent");
+            if inode.changed_after(asked_at) {
+                return ino;
+            }
             let same_kind = inode.attr.kind == attr.kind
                 || (extras.is_none() && inode.attr.kind != Kind::Dir && attr.kind != Kind::Dir);
             if same_kind {
@@ -310,6 +361,13 @@ impl InodeTable {
         self.children.insert((parent, name.to_string()), ino);
         *self.kids.entry(parent).or_default() += 1;
         ino
+    }
+
+    /// This mount changed `ino` (its object or its attributes) just now.
+    pub fn mark_changed(&mut self, ino: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.changed_at = Some(Instant::now());
+        }
     }
 
     pub fn stage(&self, ino: u64) -> Option<Arc<Stage>> {

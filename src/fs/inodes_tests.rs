@@ -45,27 +45,36 @@ fn soon() -> Instant {
     Instant::now() + Duration::from_secs(60)
 }
 
+/// What a request sent now says.
+fn found(attr: Attr, remote: Option<Remote>, extras: Option<Extras>) -> Found {
+    Found {
+        attr,
+        remote,
+        extras,
+        valid_until: soon(),
+        asked_at: Instant::now(),
+    }
+}
+
 /// What HEAD says of a file: attributes, the object and its (empty) extras.
 fn head(t: &mut InodeTable, parent: u64, name: &str, a: Attr, r: Option<Remote>) -> u64 {
-    t.upsert(parent, name, a, r, soon(), Some(Extras::default()))
+    t.upsert(parent, name, found(a, r, Some(Extras::default())))
 }
 
 /// What a listing says of a name.
 fn listed(t: &mut InodeTable, parent: u64, name: &str, a: Attr, r: Option<Remote>) -> u64 {
-    t.upsert(parent, name, a, r, soon(), None)
+    t.upsert(parent, name, found(a, r, None))
 }
 
 #[test]
 fn upsert_keeps_the_number_and_what_head_said_of_the_same_object() {
     let mut t = table();
-    let from_head = Some(Extras::default());
-    let ino = t.upsert(
+    let ino = head(
+        &mut t,
         ROOT,
         "a",
         attr(Kind::Symlink, 3, 0o777),
         remote("e1", 3, 5),
-        soon(),
-        from_head,
     );
     assert_eq!(t.child(ROOT, "a"), Some(ino));
     assert!(t.get(ino).unwrap().meta_known);
@@ -135,4 +144,32 @@ fn forgotten_inodes_go_but_parents_stay_while_children_live() {
     t.remove_if_unused(d);
     assert!(t.get(d).is_none());
     assert!(t.get(ROOT).is_some());
+}
+
+#[test]
+fn what_s3_said_before_a_change_made_here_does_not_undo_it() {
+    let mut t = table();
+    let ino = head(&mut t, ROOT, "f", file(3, 0o600), remote("e1", 3, 5));
+    // A listing (or HEAD) is sent, then this mount uploads a new version...
+    let asked_before = Instant::now();
+    std::thread::sleep(Duration::from_millis(2));
+    t.get_mut(ino).unwrap().remote = remote("e2", 7, 6);
+    t.mark_changed(ino);
+    // ... and the old answer arrives afterwards: it changes nothing.
+    let stale = Found {
+        asked_at: asked_before,
+        ..found(file(3, 0o644), remote("e1", 3, 5), Some(Extras::default()))
+    };
+    assert_eq!(t.upsert(ROOT, "f", stale), ino);
+    let inode = t.get(ino).unwrap();
+    assert_eq!(
+        (
+            inode.remote.as_ref().unwrap().etag.0.as_str(),
+            inode.attr.perm
+        ),
+        ("e2", 0o600)
+    );
+    // An answer to a request sent after the change is taken.
+    head(&mut t, ROOT, "f", file(7, 0o644), remote("e3", 7, 7));
+    assert_eq!(t.get(ino).unwrap().attr.perm, 0o644);
 }

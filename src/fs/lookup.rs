@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::dir::{self, Listed};
-use super::inodes::{InodeTable, Remote};
+use super::inodes::{Found, InodeTable, Remote};
 use super::{Attr, FsError, FsResult, ROOT, S3Fs, now};
 use crate::layout::check_name;
 use crate::store::{ObjectStore, StoreError};
@@ -23,37 +23,31 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok(attr)
     }
 
-    /// Records one entry of a listing of `parent` in the table.
+    /// Records one entry of a listing of `parent`, asked for at `asked_at`, in the
+    /// table.
     pub(super) fn upsert_listed(
         &self,
         table: &mut InodeTable,
-        parent: u64,
-        name: &str,
+        (parent, name): (u64, &str),
         listed: &Listed,
-        until: Instant,
+        (valid_until, asked_at): (Instant, Instant),
     ) -> u64 {
-        match listed {
+        let (attr, remote) = match listed {
             Listed::File {
                 size,
                 remote,
                 mtime,
-            } => table.upsert(
-                parent,
-                name,
-                self.file_attr(*size, *mtime),
-                Some(remote.clone()),
-                until,
-                None,
-            ),
-            Listed::Dir => table.upsert(
-                parent,
-                name,
-                self.default_dir_attr(now()),
-                None,
-                until,
-                None,
-            ),
-        }
+            } => (self.file_attr(*size, *mtime), Some(remote.clone())),
+            Listed::Dir => (self.default_dir_attr(now()), None),
+        };
+        let found = Found {
+            attr,
+            remote,
+            extras: None,
+            valid_until,
+            asked_at,
+        };
+        table.upsert(parent, name, found)
     }
 
     /// Finds `name` under `parent` with its whole attributes (see [`S3Fs::find`] and
@@ -109,6 +103,7 @@ impl<S: ObjectStore> S3Fs<S> {
             }
         }
         let prefix = self.layout.dir_prefix(dir);
+        let asked_at = Instant::now();
         let until = self.valid_until();
         let mut pages = Vec::new();
         let mut token = None;
@@ -126,7 +121,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let mut table = self.inodes.lock().unwrap();
         for page in &pages {
             for (child, listed) in dir::page_entries(&self.layout, &prefix, page) {
-                self.upsert_listed(&mut table, parent, &child, &listed, until);
+                self.upsert_listed(&mut table, (parent, &child), &listed, (until, asked_at));
             }
         }
         if complete {
@@ -150,6 +145,7 @@ impl<S: ObjectStore> S3Fs<S> {
     async fn find_by_head(&self, parent: u64, name: &str, path: &str) -> FsResult<Attr> {
         let file_key = self.layout.file_key(path);
         let dir_prefix = self.layout.dir_prefix(path);
+        let asked_at = Instant::now();
         let (head, listing) = tokio::join!(
             self.store.head(&file_key),
             self.store.list_page(&dir_prefix, false, None, Some(1))
@@ -161,28 +157,40 @@ impl<S: ObjectStore> S3Fs<S> {
             .first()
             .map(|o| o.last_modified)
             .or(listing.prefixes.first().map(|_| now()));
+        let valid_until = self.valid_until();
         if let Some(first) = dir_seen {
-            let attr = self.default_dir_attr(first);
-            let ino = table.upsert(parent, name, attr, None, self.valid_until(), None);
+            let found = Found {
+                attr: self.default_dir_attr(first),
+                remote: None,
+                extras: None,
+                valid_until,
+                asked_at,
+            };
+            let ino = table.upsert(parent, name, found);
             return Self::current_attr(&table, ino).ok_or(FsError::NotFound);
         }
         match head {
             Ok(meta) => {
                 let (attr, extras) = self.attr_from_head(&meta, false);
-                let remote = Remote {
-                    etag: meta.etag.clone(),
-                    size: meta.size,
-                    modified: Some(meta.last_modified),
+                let found = Found {
+                    attr,
+                    remote: Some(Remote::of(&meta)),
+                    extras: Some(extras),
+                    valid_until,
+                    asked_at,
                 };
-                let until = self.valid_until();
-                let ino = table.upsert(parent, name, attr, Some(remote), until, Some(extras));
+                let ino = table.upsert(parent, name, found);
                 Self::current_attr(&table, ino).ok_or(FsError::NotFound)
             }
             Err(StoreError::NotFound) => {
                 if let Some(ino) = table.child(parent, name)
                     && table.stage(ino).is_none()
                 {
-                    table.detach(ino);
+                    match table.get(ino).is_some_and(|i| i.changed_after(asked_at)) {
+                        // Made here after the HEAD was sent: it exists.
+                        true => return Self::current_attr(&table, ino).ok_or(FsError::NotFound),
+                        false => table.detach(ino),
+                    }
                 }
                 Err(FsError::NotFound)
             }

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::inodes::{InodeTable, Remote};
+use super::inodes::{Found, InodeTable, Remote};
 use super::{Attr, DirEntry, Extras, FsError, FsResult, Kind, ROOT, S3Fs, SetAttr, now};
 use crate::layout;
 use crate::store::{ObjectHeaders, ObjectMeta, ObjectStore, StoreError};
@@ -114,6 +114,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 _ => (self.layout.file_key(&path), false, attr.size),
             }
         };
+        let asked_at = Instant::now();
         let head = if fetch_small && !dir && (1..=SMALL_FILE).contains(&size) {
             match self.store.head_and_start(&key, SMALL_FILE).await {
                 Ok((meta, start)) => {
@@ -133,14 +134,15 @@ impl<S: ObjectStore> S3Fs<S> {
         let Some(inode) = table.get(ino) else {
             return Err(FsError::NotFound);
         };
-        if inode.meta_known || inode.detached {
+        if inode.meta_known || inode.detached || inode.changed_after(asked_at) {
+            // (Changed here after the HEAD was sent: the answer is out of date.)
             return Ok(Self::current_attr(&table, ino).expect("present"));
         }
         let (parent, name) = (inode.parent, inode.name.clone());
         let touched = inode
             .touched
             .then_some((inode.attr.mtime, inode.attr.ctime));
-        let until = self.valid_until();
+        let valid_until = self.valid_until();
         match head {
             Ok(meta) => {
                 let (mut attr, extras) = self.attr_from_head(&meta, dir);
@@ -150,12 +152,14 @@ impl<S: ObjectStore> S3Fs<S> {
                     attr.mtime = attr.mtime.max(mtime);
                     attr.ctime = attr.ctime.max(ctime);
                 }
-                let remote = (!dir).then(|| Remote {
-                    etag: meta.etag.clone(),
-                    size: meta.size,
-                    modified: Some(meta.last_modified),
-                });
-                let ino = table.upsert(parent, &name, attr, remote, until, Some(extras));
+                let found = Found {
+                    attr,
+                    remote: (!dir).then(|| Remote::of(&meta)),
+                    extras: Some(extras),
+                    valid_until,
+                    asked_at,
+                };
+                let ino = table.upsert(parent, &name, found);
                 Ok(Self::current_attr(&table, ino).expect("just upserted"))
             }
             Err(StoreError::NotFound) if dir => {
@@ -253,6 +257,7 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             inode.attr.ctime = t;
             inode.valid_until = self.valid_until();
+            inode.changed_at = Some(Instant::now());
         }
         if let Some(size) = change.size {
             let stage = self.stage_for_write(ino, false)?;
@@ -315,19 +320,13 @@ impl<S: ObjectStore> S3Fs<S> {
         if attr.kind == Kind::Dir {
             let marker = self.layout.dir_prefix(&path);
             self.store.put(&marker, Bytes::new(), &headers).await?;
+            self.inodes.lock().unwrap().mark_changed(ino);
             return Ok(());
         }
         let key = self.layout.file_key(&path);
         let remote = match remote {
             Some(r) => r,
-            None => {
-                let meta = self.store.head(&key).await?;
-                Remote {
-                    etag: meta.etag,
-                    size: meta.size,
-                    modified: Some(meta.last_modified),
-                }
-            }
+            None => Remote::of(&self.store.head(&key).await?),
         };
         let etag = self
             .store
@@ -342,6 +341,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 modified: None,
             });
             inode.valid_until = until;
+            inode.changed_at = Some(Instant::now());
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::inodes::Remote;
+use super::inodes::{Found, Remote};
 use super::{Attr, Caller, Extras, FsError, FsResult, Kind, S3Fs, now};
 use crate::layout::check_name;
 use crate::store::ObjectStore;
@@ -191,7 +191,8 @@ impl<S: ObjectStore> S3Fs<S> {
             modified: None,
         });
         let t = attr.ctime;
-        let ino = table.upsert(parent, name, attr, remote, until, Some(extras));
+        let ino = table.upsert(parent, name, Found::made_here(attr, remote, extras, until));
+        table.mark_changed(ino);
         Self::touch_dir(&mut table, parent, t);
         if dir {
             table.mark_listed(ino, until, false); // created empty: every child is known

@@ -76,9 +76,9 @@ impl<S: ObjectStore> S3Fs<S> {
             .filter_map(|(offset, raw)| {
                 let (name, ino) = match raw {
                     Raw::Known(name, ino) => (name, ino),
-                    Raw::Listed(name, listed) => {
-                        let ino =
-                            self.upsert_listed(&mut table, cursor.ino(), &name, &listed, until);
+                    Raw::Listed(name, listed, asked_at) => {
+                        let at = (cursor.ino(), name.as_str());
+                        let ino = self.upsert_listed(&mut table, at, &listed, (until, asked_at));
                         (name, ino)
                     }
                 };

@@ -86,6 +86,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 table.detach(t.ino);
             }
             table.rename(source.ino, new_parent, new_name);
+            table.mark_changed(source.ino);
             if let Some(inode) = table.get_mut(source.ino) {
                 inode.valid_until = self.valid_until();
                 inode.attr.ctime = now();

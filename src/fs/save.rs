@@ -126,6 +126,7 @@ impl<S: ObjectStore> S3Fs<S> {
                     inode.content_version += 1;
                     inode.attr.size = snapshot.size;
                     inode.valid_until = until;
+                    inode.changed_at = Some(Instant::now());
                 }
                 log::debug!("uploaded {key} ({} bytes)", snapshot.size);
                 Ok(())

@@ -186,6 +186,7 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             inode.extras = extras;
             inode.attr.ctime = now();
+            inode.changed_at = Some(std::time::Instant::now());
         }
         self.persist_or_forget(ino).await
     }

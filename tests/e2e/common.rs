@@ -363,7 +363,20 @@ impl TestMount {
             cache.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let out = Command::new(s3mount_bin()).args(&args).output().unwrap();
+        let mut cmd = Command::new(s3mount_bin());
+        cmd.args(&args);
+        // S3MOUNT_TEST_LOG_DIR=DIR keeps each daemon's debug log in DIR (for failures).
+        let log_dir = std::env::var("S3MOUNT_TEST_LOG_DIR").ok();
+        if let Some(log_dir) = &log_dir {
+            let name = prefix.trim_end_matches('/').replace('/', "_");
+            let log = Path::new(log_dir).join(format!("{name}.log"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log);
+            cmd.args(["--log-level", "debug"]).stderr(file.unwrap());
+        }
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "mount failed: {}",
