@@ -63,18 +63,54 @@ impl Layout {
         Ok(())
     }
 
-    /// The child name of `key` listed under `dir_prefix`, if it is a usable name.
-    pub fn child_name<'k>(&self, dir_prefix: &str, key: &'k str) -> Option<&'k str> {
-        let name = key.strip_prefix(dir_prefix)?.trim_end_matches('/');
-        if name.is_empty()
-            || name == "."
-            || name == ".."
-            || name.contains('/')
-            || name.len() > MAX_NAME
-        {
+    /// The child name of `key` listed under `dir_prefix`: None if `key` is not a child
+    /// (the directory's own marker, or not under it at all), `Some(Err(why))` for a
+    /// child whose name cannot be a path of the mount ([`name_problem`]).
+    pub fn child_name<'k>(
+        &self,
+        dir_prefix: &str,
+        key: &'k str,
+    ) -> Option<Result<&'k str, &'static str>> {
+        let rest = key.strip_prefix(dir_prefix)?;
+        if rest.is_empty() {
             return None;
         }
-        Some(name)
+        // A common prefix ends in its one `/`; `a//` is the empty name, not `a`.
+        let name = rest.strip_suffix('/').unwrap_or(rest);
+        if name.contains('/') {
+            return Some(Err("a listed name holds a '/'"));
+        }
+        Some(match name_problem(name) {
+            Some(why) => Err(why),
+            None => Ok(name),
+        })
+    }
+
+    /// Why `key`, under directory prefix `dir_prefix`, has no path of its own in the
+    /// mount, if it has none: a segment of the rest is empty, `.`, `..`, over 255 bytes
+    /// or holds a NUL (a trailing `/` of a directory marker is fine).
+    pub fn key_problem(&self, dir_prefix: &str, key: &str) -> Option<&'static str> {
+        let rest = key.strip_prefix(dir_prefix)?;
+        if rest.is_empty() {
+            return None;
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        rest.split('/').find_map(name_problem)
+    }
+}
+
+/// Why one segment of a key cannot be a file name for the kernel, if it cannot.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("an empty path segment ('//')")
+    } else if name == "." || name == ".." {
+        Some("a '.' or '..' path segment")
+    } else if name.len() > MAX_NAME {
+        Some("a name over 255 bytes")
+    } else if name.contains('\0') {
+        Some("a NUL character in a name")
+    } else {
+        None
     }
 }
 
@@ -310,10 +346,32 @@ mod tests {
         assert_eq!(l.file_key("a/b.pdf"), "docs/a/b.pdf");
         assert_eq!(l.dir_prefix(""), "docs/");
         assert_eq!(l.dir_prefix("a"), "docs/a/");
-        assert_eq!(l.child_name("docs/a/", "docs/a/x.pdf"), Some("x.pdf"));
-        assert_eq!(l.child_name("docs/a/", "docs/a/sub/"), Some("sub"));
+        assert_eq!(l.child_name("docs/a/", "docs/a/x.pdf"), Some(Ok("x.pdf")));
+        assert_eq!(l.child_name("docs/a/", "docs/a/sub/"), Some(Ok("sub")));
         assert_eq!(l.child_name("docs/a/", "docs/a/"), None);
-        assert_eq!(l.child_name("docs/a/", "docs/a//"), None);
+        assert_eq!(l.child_name("docs/b/", "docs/a/x"), None);
+        assert!(matches!(l.child_name("docs/a/", "docs/a//"), Some(Err(_))));
+        assert!(matches!(
+            l.child_name("docs/a/", "docs/a/../"),
+            Some(Err(_))
+        ));
+        assert!(matches!(l.child_name("docs/a/", "docs/a/."), Some(Err(_))));
+        let long = format!("docs/a/{}", "n".repeat(256));
+        assert!(matches!(l.child_name("docs/a/", &long), Some(Err(_))));
+        assert!(matches!(
+            l.child_name("docs/a/", "docs/a/n\0ul"),
+            Some(Err(_))
+        ));
+        assert_eq!(
+            l.child_name("docs/a/", "docs/a/c\u{1}\t\n\\%é"),
+            Some(Ok("c\u{1}\t\n\\%é"))
+        );
+        assert_eq!(l.key_problem("docs/a/", "docs/a/b/c.txt"), None);
+        assert_eq!(l.key_problem("docs/a/", "docs/a/b/"), None);
+        assert_eq!(l.key_problem("docs/a/", "docs/a/"), None);
+        assert!(l.key_problem("docs/a/", "docs/a/b//c").is_some());
+        assert!(l.key_problem("docs/a/", "docs/a/./c").is_some());
+        assert!(l.key_problem("docs/a/", "docs/a//").is_some());
     }
 
     #[test]

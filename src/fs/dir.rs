@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime};
 use tokio::task::JoinHandle;
 
 use super::DirEntry;
+use super::hidden::warn_hidden;
 use super::inodes::Remote;
 use crate::error::{FsError, FsResult};
 use crate::layout::Layout;
@@ -28,42 +29,54 @@ pub(super) enum Listed {
 }
 
 /// A page's entries under `prefix` in name order, skipping the directory's own marker
-/// and unusable names; a directory wins over a file of the same name (as in lookup).
+/// and leaving out (with a warning) keys whose names cannot be paths; a directory wins
+/// over a file of the same name (as in lookup), and the file is left out.
 pub(super) fn page_entries(
     layout: &Layout,
     prefix: &str,
     page: &ListPage,
 ) -> Vec<(String, Listed)> {
-    let dirs: HashSet<&str> = page
-        .prefixes
-        .iter()
-        .filter_map(|p| layout.child_name(prefix, p))
-        .collect();
+    let shown = |key| shown_name(layout, prefix, key);
+    let dirs: HashSet<&str> = page.prefixes.iter().filter_map(|p| shown(p)).collect();
     let mut entries: Vec<(String, Listed)> = page
         .objects
         .iter()
         .filter(|o| !o.key.ends_with('/'))
         .filter_map(|o| {
-            let name = layout.child_name(prefix, &o.key)?;
-            (!dirs.contains(name)).then(|| {
-                (
-                    name.to_string(),
-                    Listed::File {
+            let name = shown(&o.key)?;
+            if dirs.contains(name) {
+                warn_hidden(&o.key, "a directory of the same name hides it");
+                return None;
+            }
+            Some((
+                name.to_string(),
+                Listed::File {
+                    size: o.size,
+                    remote: Remote {
+                        etag: o.etag.clone(),
                         size: o.size,
-                        remote: Remote {
-                            etag: o.etag.clone(),
-                            size: o.size,
-                            modified: Some(o.last_modified),
-                        },
-                        mtime: o.last_modified,
+                        modified: Some(o.last_modified),
                     },
-                )
-            })
+                    mtime: o.last_modified,
+                },
+            ))
         })
         .collect();
     entries.extend(dirs.into_iter().map(|d| (d.to_string(), Listed::Dir)));
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     entries
+}
+
+/// The name under which `key` is shown in the directory `prefix`, if it is a child
+/// that can be shown; a child that cannot is warned about.
+fn shown_name<'k>(layout: &Layout, prefix: &str, key: &'k str) -> Option<&'k str> {
+    match layout.child_name(prefix, key)? {
+        Ok(name) => Some(name),
+        Err(why) => {
+            warn_hidden(key, why);
+            None
+        }
+    }
 }
 
 /// One name a cursor yields.

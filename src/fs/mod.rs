@@ -6,6 +6,7 @@
 mod dir;
 mod file;
 mod handles;
+mod hidden;
 pub mod inodes;
 mod lookup;
 mod meta;

@@ -201,7 +201,8 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok(Self::current_attr(&table, ino).expect("present"))
     }
 
-    /// Is there anything under directory `ino` (in S3 besides its marker, or staged here)?
+    /// Is there anything under directory `ino`: in S3 besides an empty marker (keys the
+    /// mount cannot show and a marker's content count), or staged here?
     pub(super) async fn dir_has_children(&self, ino: u64, path: &str) -> FsResult<bool> {
         if !self
             .inodes
@@ -214,7 +215,7 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         let prefix = self.layout.dir_prefix(path);
         let page = self.store.list_page(&prefix, false, None, Some(2)).await?;
-        Ok(page.objects.iter().any(|o| o.key != prefix) || !page.prefixes.is_empty())
+        Ok(page.objects.iter().any(|o| o.key != prefix || o.size > 0) || !page.prefixes.is_empty())
     }
 
     pub async fn rmdir(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<()> {

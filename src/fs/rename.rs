@@ -1,15 +1,17 @@
 //! rename: a file by server-side copy then delete (or by re-keying its stage), a
-//! directory by moving every key under its prefix.
+//! directory by moving every key under its prefix — refused, before anything moves, if
+//! a key under it cannot be shown in the mount.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
 
 use super::{Attr, Extras, FsError, FsResult, Kind, S3Fs, now};
-use crate::layout::check_name;
+use crate::layout::{MAX_KEY, check_name};
 use crate::stage::Stage;
-use crate::store::ObjectStore;
+use crate::store::{ListedObject, ObjectStore};
 
 impl<S: ObjectStore> S3Fs<S> {
     /// What renameat2's `flags` ask for: whether the target must not exist
@@ -201,40 +203,33 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     /// Moves every key under the old directory prefix to the new one, each by copy then
-    /// delete, so a failure part way leaves each file in its old or its new place.
+    /// delete, so a failure part way leaves each file in its old or its new place. The
+    /// keys are listed whole first: if one of them cannot be shown in the mount, nothing
+    /// moves ([`S3Fs::dir_keys_to_move`]).
     async fn rename_dir(&self, old_path: &str, new_path: &str, replace: bool) -> FsResult<()> {
         let old_prefix = self.layout.dir_prefix(old_path);
         let new_prefix = self.layout.dir_prefix(new_path);
+        let objects = self.dir_keys_to_move(&old_prefix, &new_prefix).await?;
         if replace {
             self.store.delete(&new_prefix).await?;
         }
         let (old_prefix, new_prefix) = (&old_prefix, &new_prefix);
-        let mut token = None;
+        let moves = futures::stream::iter(objects.into_iter().map(|o| {
+            let rest = o.key.strip_prefix(old_prefix.as_str()).unwrap_or_default();
+            let to = format!("{new_prefix}{rest}");
+            async move {
+                self.store.copy(&o.key, &to, o.size, None, None).await?;
+                self.store.delete(&o.key).await?;
+                self.cache.invalidate(&o.key);
+                Ok::<bool, FsError>(o.key == *old_prefix)
+            }
+        }))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
         let mut moved_marker = false;
-        loop {
-            let page = self
-                .store
-                .list_page(old_prefix, false, token.take(), None)
-                .await?;
-            let moves = futures::stream::iter(page.objects.into_iter().map(|o| {
-                let to = format!("{new_prefix}{}", &o.key[old_prefix.len()..]);
-                async move {
-                    self.store.copy(&o.key, &to, o.size, None, None).await?;
-                    self.store.delete(&o.key).await?;
-                    self.cache.invalidate(&o.key);
-                    Ok::<bool, FsError>(o.key == *old_prefix)
-                }
-            }))
-            .buffer_unordered(8)
-            .collect::<Vec<_>>()
-            .await;
-            for m in moves {
-                moved_marker |= m?;
-            }
-            match page.next_token {
-                Some(t) => token = Some(t),
-                None => break,
-            }
+        for m in moves {
+            moved_marker |= m?;
         }
         if !moved_marker {
             // Keep the directory itself, even if it existed only as a prefix.
@@ -242,5 +237,64 @@ impl<S: ObjectStore> S3Fs<S> {
             self.store.put(new_prefix, Bytes::new(), &headers).await?;
         }
         Ok(())
+    }
+
+    /// Every key under `old_prefix`, all pages, once it is known that each can move to
+    /// `new_prefix`: EPERM if one of them cannot be shown in the mount (such keys are
+    /// never renamed, and moving the rest would leave them behind in a folder that seems
+    /// gone), ENAMETOOLONG if one would outgrow S3's key limit.
+    async fn dir_keys_to_move(
+        &self,
+        old_prefix: &str,
+        new_prefix: &str,
+    ) -> FsResult<Vec<ListedObject>> {
+        let mut objects = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .store
+                .list_page(old_prefix, false, token.take(), None)
+                .await?;
+            objects.extend(
+                page.objects
+                    .into_iter()
+                    .filter(|o| o.key.starts_with(old_prefix)),
+            );
+            match page.next_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        let dirs: HashSet<&str> = objects
+            .iter()
+            .flat_map(|o| {
+                // Every directory the key lies in, as `old_prefix` + `a/b`, without the `/`.
+                o.key
+                    .match_indices('/')
+                    .filter(|(i, _)| *i >= old_prefix.len())
+                    .filter_map(|(i, _)| o.key.get(..i))
+            })
+            .collect();
+        let hidden = objects.iter().find_map(|o| {
+            let why = self.layout.key_problem(old_prefix, &o.key).or_else(|| {
+                (!o.key.ends_with('/') && dirs.contains(o.key.as_str()))
+                    .then_some("a directory of the same name hides it")
+            })?;
+            Some((o.key.as_str(), why))
+        });
+        if let Some((key, why)) = hidden {
+            log::warn!(
+                "refusing to rename directory {old_prefix:?}: key {key:?} under it cannot be \
+                 shown in the mount ({why}), and such keys are never renamed"
+            );
+            return Err(FsError::NotPermitted(
+                "the directory holds keys the mount cannot show",
+            ));
+        }
+        let longest = objects.iter().map(|o| o.key.len()).max().unwrap_or(0);
+        if longest.saturating_sub(old_prefix.len()) + new_prefix.len() > MAX_KEY {
+            return Err(FsError::NameTooLong);
+        }
+        Ok(objects)
     }
 }

@@ -1,7 +1,10 @@
 //! [`ObjectStore`] over aws-sdk-s3: client construction from the mount's settings
 //! (endpoint, path style, profile, static or chained credentials), SDK retries and
 //! timeouts, and the one place where SDK errors are classified into [`StoreError`].
-//! Every failed request is logged with its key and error, never with credentials.
+//! Every failed request is logged with its key and error (for a response the SDK could
+//! not parse, the whole chain of causes), never with credentials. Listings ask for
+//! URL-encoded keys (`encoding-type=url`) and decode them here, so keys holding
+//! characters XML 1.0 cannot carry (control characters) list like any other.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -17,10 +20,12 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as SdkPart, MetadataDirective};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart as SdkPart, EncodingType, MetadataDirective,
+};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -155,10 +160,16 @@ where
             let status = se.raw().status_code();
             let code = se.err().code().unwrap_or("");
             let message = se.err().message().unwrap_or("");
-            let text = if code.is_empty() {
-                format!("HTTP {status}")
-            } else {
+            let text = if !code.is_empty() {
                 format!("HTTP {status} {code}: {message}")
+            } else if (200..300).contains(&status) {
+                // A success whose body the SDK could not parse: say why, cause by cause.
+                format!(
+                    "HTTP {status}, but the response could not be parsed: {}",
+                    causes(se.err())
+                )
+            } else {
+                format!("HTTP {status}: {}", causes(se.err()))
             };
             match (status, code) {
                 (_, "NoSuchBucket") => StoreError::NoSuchBucket,
@@ -183,16 +194,47 @@ where
             }
         }
         SdkError::TimeoutError(_) => StoreError::Transient("request timed out".into()),
-        SdkError::ResponseError(r) => StoreError::Transient(format!("bad response: {r:?}")),
-        other => StoreError::Other(format!("{other}")),
+        SdkError::ResponseError(_) => {
+            StoreError::Transient(format!("bad response: {}", DisplayErrorContext(&err)))
+        }
+        other => StoreError::Other(format!("{}", DisplayErrorContext(other))),
     };
     match classified {
+        // Keys are quoted with their control characters escaped: one request, one line.
         StoreError::NotFound | StoreError::PreconditionFailed => {
-            log::debug!("S3 {op} {key}: {classified}")
+            log::debug!("S3 {op} {key:?}: {classified}")
         }
-        _ => log::warn!("S3 {op} {key} failed: {classified}"),
+        _ => log::warn!("S3 {op} {key:?} failed: {classified}"),
     }
     classified
+}
+
+/// An error and its sources, each cause's own message joined by `: ` (the SDK's parse
+/// errors hide what went wrong in their sources).
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A key or prefix of a listing answered with `encoding-type=url`: percent-decoded, and
+/// `+` read as a space as S3 writes it (a literal `+` comes as `%2B`), as botocore's
+/// `unquote_plus` reads it.
+fn decode_listed(op: &str, prefix: &str, raw: &str) -> StoreResult<String> {
+    let spaced = raw.replace('+', " ");
+    match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
+        Ok(key) => Ok(key.into_owned()),
+        Err(e) => {
+            let text = format!("listed key {raw:?} is not URL-encoded UTF-8: {e}");
+            log::warn!("S3 {op} {prefix:?} failed: {text}");
+            Err(StoreError::Other(text))
+        }
+    }
 }
 
 /// The status of a raw HTTP response, whatever the SDK's response type.
@@ -361,7 +403,8 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .prefix(prefix)
             .set_continuation_token(token)
-            .set_max_keys(max_keys);
+            .set_max_keys(max_keys)
+            .encoding_type(EncodingType::Url);
         if delimited {
             req = req.delimiter("/");
         }
@@ -369,23 +412,28 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| classify("ListObjectsV2", prefix, e))?;
-        let objects = out
-            .contents()
-            .iter()
-            .filter_map(|o| {
-                Some(ListedObject {
-                    key: o.key()?.to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    etag: etag(o.e_tag()),
-                    last_modified: system_time(o.last_modified()),
-                })
-            })
-            .collect();
+        // A service that ignores encoding-type says so by not echoing it: its keys are raw.
+        let encoded = out.encoding_type() == Some(&EncodingType::Url);
+        let key_of = |raw: &str| match encoded {
+            true => decode_listed("ListObjectsV2", prefix, raw),
+            false => Ok(raw.to_string()),
+        };
+        let mut objects = Vec::with_capacity(out.contents().len());
+        for o in out.contents() {
+            let Some(raw) = o.key() else { continue };
+            objects.push(ListedObject {
+                key: key_of(raw)?,
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: etag(o.e_tag()),
+                last_modified: system_time(o.last_modified()),
+            });
+        }
         let prefixes = out
             .common_prefixes()
             .iter()
-            .filter_map(|p| p.prefix().map(str::to_string))
-            .collect();
+            .filter_map(|p| p.prefix())
+            .map(key_of)
+            .collect::<StoreResult<Vec<String>>>()?;
         let next_token = if out.is_truncated().unwrap_or(false) {
             out.next_continuation_token().map(str::to_string)
         } else {
@@ -619,5 +667,20 @@ impl S3Store {
             let _ = self.abort_multipart(to, &id).await;
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_listed;
+
+    #[test]
+    fn listed_keys_are_url_decoded() {
+        let d = |raw| decode_listed("test", "p/", raw).unwrap();
+        assert_eq!(d("p%2Fctrl%01.txt"), "p/ctrl\u{1}.txt");
+        assert_eq!(d("p%2Fa%2Bb+c%20d"), "p/a+b c d");
+        assert_eq!(d("p%2Fpct%2541"), "p/pct%41");
+        assert_eq!(d("p/%C3%A9%09%0A%5C"), "p/é\t\n\\");
+        assert!(decode_listed("test", "p/", "p/%FF").is_err());
     }
 }

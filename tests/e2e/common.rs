@@ -241,7 +241,8 @@ impl Bucket {
         })
     }
 
-    /// Every key under `prefix`, all pages.
+    /// Every key under `prefix`, all pages. Keys are asked for URL-encoded
+    /// (`encoding-type=url`), so keys XML cannot carry (control characters) list too.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         self.rt.block_on(async {
             let mut keys = Vec::new();
@@ -253,14 +254,17 @@ impl Bucket {
                     .bucket(&self.env.bucket)
                     .prefix(prefix)
                     .set_continuation_token(token)
+                    .encoding_type(aws_sdk_s3::types::EncodingType::Url)
                     .send()
                     .await
                     .unwrap();
-                keys.extend(
-                    out.contents()
-                        .iter()
-                        .filter_map(|o| o.key().map(String::from)),
-                );
+                keys.extend(out.contents().iter().filter_map(|o| o.key()).map(|k| {
+                    let spaced = k.replace('+', " ");
+                    percent_encoding::percent_decode_str(&spaced)
+                        .decode_utf8()
+                        .unwrap()
+                        .into_owned()
+                }));
                 token = out.next_continuation_token().map(String::from);
                 if token.is_none() {
                     break;

@@ -19,6 +19,7 @@ mod crash;
 mod credentials;
 mod durability;
 mod mount_e2e;
+mod odd_keys;
 mod random_ops;
 mod s3fs_interop;
 mod tools_roundtrip;
