@@ -26,6 +26,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart as SdkPart, EncodingType, MetadataDirective,
 };
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -147,6 +148,40 @@ impl S3Store {
             bucket: settings.bucket.clone(),
         }
     }
+}
+
+/// The text of element `tag` in a successful answer the SDK could not parse. Some
+/// servers (Garage) echo the key raw in CreateMultipartUpload and CompleteMultipartUpload
+/// answers, and a key with a character XML 1.0 cannot carry (a control character) makes
+/// the whole answer unreadable; the one field the mount needs is still there.
+fn salvage_field<E>(err: &SdkError<E, HttpResponse>, tag: &str) -> Option<String> {
+    let SdkError::ServiceError(se) = err else {
+        return None;
+    };
+    let raw = se.raw();
+    if raw.status().as_u16() != 200 {
+        return None;
+    }
+    let body = std::str::from_utf8(raw.body().bytes()?).ok()?;
+    if body.contains("<Error>") {
+        return None;
+    }
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let start = body.find(&open)? + open.len();
+    let end = start + body[start..].find(&close)?;
+    let value = unescape_xml(&body[start..end]);
+    log::debug!("read {tag} {value:?} from an answer the SDK could not parse");
+    Some(value)
+}
+
+/// Undoes XML's escapes of `&`, `<`, `>`, `"` and `'` (all a salvaged field can hold).
+fn unescape_xml(text: &str) -> String {
+    text.replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#34;", "\"")
+        .replace("&amp;", "&")
 }
 
 /// Maps an SDK failure to what the caller can do about it, and logs it.
@@ -465,7 +500,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn create_multipart(&self, key: &str, headers: &ObjectHeaders) -> StoreResult<UploadId> {
-        let out = self
+        let sent = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
@@ -473,10 +508,15 @@ impl ObjectStore for S3Store {
             .set_metadata(user_metadata(headers))
             .set_content_type(headers.content_type.clone())
             .send()
-            .await
-            .map_err(|e| classify("CreateMultipartUpload", key, e))?;
-        out.upload_id()
-            .map(|id| UploadId(id.to_string()))
+            .await;
+        let id = match sent {
+            Ok(out) => out.upload_id().map(str::to_string),
+            Err(e) => match salvage_field(&e, "UploadId") {
+                Some(id) => Some(id),
+                None => return Err(classify("CreateMultipartUpload", key, e)),
+            },
+        };
+        id.map(UploadId)
             .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
     }
 
@@ -531,9 +571,14 @@ impl ObjectStore for S3Store {
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| classify("CompleteMultipartUpload", key, e))?;
-        Ok(etag(out.e_tag()))
+            .await;
+        match out {
+            Ok(out) => Ok(etag(out.e_tag())),
+            Err(e) => match salvage_field(&e, "ETag") {
+                Some(tag) => Ok(ETag(tag)),
+                None => Err(classify("CompleteMultipartUpload", key, e)),
+            },
+        }
     }
 
     async fn abort_multipart(&self, key: &str, id: &UploadId) -> StoreResult<()> {
