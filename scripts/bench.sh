@@ -227,7 +227,8 @@ row() {
 }
 
 echo
-echo "s3mount $(git rev-parse --short HEAD 2>/dev/null || echo '?') vs plain aws-sdk-s3 client, Garage $("${S3MOUNT_TOOLS:-$HOME/.cache/s3mount}/garage/bin/garage" --version 2>/dev/null | sed -n 's/^garage [a-z:]*v\{0,1\}\([0-9.]*\).*/\1/p') on 127.0.0.1 (TCP_NODELAY shim), $(date -u +%F)"
+MEASURED=${BENCH_BIN:+$BENCH_BIN}
+echo "s3mount ${MEASURED:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')} vs plain aws-sdk-s3 client, Garage $("${S3MOUNT_TOOLS:-$HOME/.cache/s3mount}/garage/bin/garage" --version 2>/dev/null | sed -n 's/^garage [a-z:]*v\{0,1\}\([0-9.]*\).*/\1/p') on 127.0.0.1 (TCP_NODELAY shim), $(date -u +%F)"
 printf '%-50s %10s %10s %7s  %-8s %s\n' workload s3mount raw ratio target met
 row "sequential write $BIG_MB MiB until in S3, MB/s" "${M[write]-}" "${R[write]}" ">= 250"
 row "sequential read $BIG_MB MiB, fresh mount, MB/s" "${M[read]-}" "${R[read]}" ">= 650"
