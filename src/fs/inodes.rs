@@ -1,6 +1,7 @@
 //! The inode table: inode numbers ↔ (parent, name), attributes with their expiry, the
 //! kernel's lookup counts, and the stage of files being written. Paths are derived by
 //! walking parents, so renaming a directory is one update. Numbers are never reused.
+//! It also counts the attached subdirectories of each directory, for its link count.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -63,7 +64,8 @@ pub struct Attr {
     pub gid: u32,
     /// Device number of character and block devices.
     pub rdev: u32,
-    /// Hard links: 1 for files (2 for directories), 0 once unlinked while still open.
+    /// Hard links: 1 for files, 2 + known subdirectories for directories (set by
+    /// `S3Fs::current_attr`), 0 once unlinked while still open.
     pub nlink: u32,
 }
 
@@ -184,6 +186,8 @@ pub struct InodeTable {
     children: HashMap<(u64, String), u64>,
     /// Number of attached inodes under each directory inode.
     kids: HashMap<u64, usize>,
+    /// Number of attached directories under each directory inode (its st_nlink - 2).
+    subdirs: HashMap<u64, u32>,
     /// Inodes that have a stage.
     staged: HashSet<u64>,
     next: u64,
@@ -200,6 +204,7 @@ impl InodeTable {
             inodes,
             children: HashMap::new(),
             kids: HashMap::new(),
+            subdirs: HashMap::new(),
             staged: HashSet::new(),
             next: ROOT + 1,
         }
@@ -306,10 +311,16 @@ impl InodeTable {
         let mut inode = Inode::new(parent, name, attr, remote, valid_until);
         inode.meta_known = extras.is_some();
         inode.extras = extras.unwrap_or_default();
+        let is_dir = inode.attr.kind == Kind::Dir;
         self.inodes.insert(ino, inode);
         self.children.insert((parent, name.to_string()), ino);
-        *self.kids.entry(parent).or_default() += 1;
+        self.link_to_parent(parent, is_dir);
         ino
+    }
+
+    /// The directories the table knows under directory `ino` (attached ones only).
+    pub fn subdir_count(&self, ino: u64) -> u32 {
+        self.subdirs.get(&ino).copied().unwrap_or(0)
     }
 
     pub fn stage(&self, ino: u64) -> Option<Arc<Stage>> {
@@ -329,11 +340,24 @@ impl InodeTable {
         self.remove_if_unused(ino);
     }
 
-    fn unlink_from_parent(&mut self, parent: u64) {
+    fn link_to_parent(&mut self, parent: u64, is_dir: bool) {
+        *self.kids.entry(parent).or_default() += 1;
+        if is_dir {
+            *self.subdirs.entry(parent).or_default() += 1;
+        }
+    }
+
+    fn unlink_from_parent(&mut self, parent: u64, is_dir: bool) {
         if let Some(n) = self.kids.get_mut(&parent) {
             *n -= 1;
             if *n == 0 {
                 self.kids.remove(&parent);
+            }
+        }
+        if is_dir && let Some(n) = self.subdirs.get_mut(&parent) {
+            *n -= 1;
+            if *n == 0 {
+                self.subdirs.remove(&parent);
             }
         }
     }
@@ -345,10 +369,11 @@ impl InodeTable {
         {
             inode.detached = true;
             let key = (inode.parent, inode.name.clone());
+            let is_dir = inode.attr.kind == Kind::Dir;
             if self.children.get(&key) == Some(&ino) {
                 self.children.remove(&key);
             }
-            self.unlink_from_parent(key.0);
+            self.unlink_from_parent(key.0, is_dir);
         }
         self.remove_if_unused(ino);
     }
@@ -365,6 +390,7 @@ impl InodeTable {
         };
         let old = (inode.parent, inode.name.clone());
         let was_detached = inode.detached;
+        let is_dir = inode.attr.kind == Kind::Dir;
         inode.parent = new_parent;
         inode.name = new_name.to_string();
         inode.detached = false;
@@ -372,11 +398,11 @@ impl InodeTable {
             self.children.remove(&old);
         }
         if !was_detached {
-            self.unlink_from_parent(old.0);
+            self.unlink_from_parent(old.0, is_dir);
         }
         self.children
             .insert((new_parent, new_name.to_string()), ino);
-        *self.kids.entry(new_parent).or_default() += 1;
+        self.link_to_parent(new_parent, is_dir);
     }
 
     /// Records a complete listing of directory `ino` (or that it was created empty).
@@ -445,7 +471,7 @@ impl InodeTable {
                 self.children.remove(&key);
             }
             if !inode.detached {
-                self.unlink_from_parent(key.0);
+                self.unlink_from_parent(key.0, inode.attr.kind == Kind::Dir);
                 // The parent's listing no longer has every child in the table.
                 if let Some(parent) = self.inodes.get_mut(&key.0) {
                     parent.listed_until = None;

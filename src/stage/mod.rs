@@ -6,8 +6,9 @@
 //! content (or the file was deleted); a stage that failed to upload stays on disk.
 //! Uploads of a stage take turns ([`Stage::upload_turn`]); the journal record beside
 //! each stage is changed only by `journal.rs`, and what an earlier run left is read back
-//! by `recover.rs`. Errors are [`StageError`]s: local I/O, a full cache disk, or S3 when
-//! the rest of a file is fetched.
+//! by `recover.rs`; fallocate and SEEK_DATA/SEEK_HOLE are in `space.rs`. Errors are
+//! [`StageError`]s: local I/O, a full cache disk, or S3 when the rest of a file is
+//! fetched.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -20,9 +21,11 @@ use futures::StreamExt;
 
 mod journal;
 mod recover;
+mod space;
 mod tail;
 
 pub use recover::{Committed, Leftover};
+pub use space::SpaceOp;
 
 use bytes::Bytes;
 use tail::{Direct, Tail};
