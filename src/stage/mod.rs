@@ -165,10 +165,14 @@ impl UploadTurn<'_> {
         Ok((snapshot, self.stage.take_streaming()))
     }
 
-    /// S3 now has the stage as it was at `version`: it is clean unless changed since,
-    /// and a journal record promising no more than that goes.
-    pub fn uploaded(&self, version: u64) {
+    /// S3 now has the stage as it was at `version`: it is clean unless changed since.
+    /// Then [`UploadTurn::settle_record`].
+    pub fn mark_uploaded(&self, version: u64) {
         self.stage.mark_uploaded(version);
+    }
+
+    /// A journal record promising no more than `version` goes (S3 has it).
+    pub fn settle_record(&self, version: u64) {
         self.stage.settle_record(version);
     }
 }
