@@ -1,14 +1,19 @@
 //! The last POSIX gaps, against the in-memory store: directory link counts, fallocate
 //! (allocate, keep size, punch hole, zero range), SEEK_DATA/SEEK_HOLE and the
-//! server-side copy_file_range of a whole object. (`scripts/fsx.sh` and
-//! `scripts/pjdfstest.sh` exercise the same through a real mount.)
+//! server-side copy_file_range of a whole object; and once through a real mount.
+//! (`scripts/fsx.sh` and `scripts/pjdfstest.sh` exercise them at length.)
 
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+
 use s3mount::fs::{Caller, FsConfig, OpenMode, ROOT, S3Fs};
 use s3mount::store::memory::{MemoryStore, Op};
+
+use crate::common::{Bucket, TestMount, random_bytes, run, unique_prefix};
 
 const ME: Caller = Caller {
     uid: 1000,
@@ -214,4 +219,49 @@ async fn copying_a_whole_object_onto_an_empty_file_is_a_server_side_copy() {
         Some("33152"),
         "the target's mode 0600: {meta:?}"
     );
+}
+
+#[test]
+fn through_a_mount_link_counts_holes_and_cp_behave_as_on_a_disk() {
+    let bucket = Bucket::new();
+    let prefix = unique_prefix("conformance");
+    let m = TestMount::new(&prefix, &[]);
+    let links = |rel: &str| std::fs::metadata(m.path(rel)).unwrap().nlink();
+    for dir in ["d", "d/a", "d/b"] {
+        std::fs::create_dir(m.path(dir)).unwrap();
+    }
+    assert_eq!(links("d"), 4);
+    std::fs::rename(m.path("d/a"), m.path("d/b/a")).unwrap();
+    assert_eq!((links("d"), links("d/b")), (3, 3));
+    std::fs::remove_dir(m.path("d/b/a")).unwrap();
+    assert_eq!(links("d/b"), 2);
+
+    let data = random_bytes(64 * 1024, 13);
+    std::fs::write(m.path("f"), &data).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: a valid fd and plain integers.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), punch, 8192, 16384) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    assert_eq!(hole, 8192);
+    crate::common::close_file(f).unwrap();
+    let mut want = data.clone();
+    want[8192..24576].fill(0);
+    assert_eq!(bucket.get(&format!("{prefix}f")).unwrap(), want);
+
+    let (src, dst) = (m.path("f"), m.path("g"));
+    let out = run("cp", &[src.to_str().unwrap(), dst.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(bucket.get(&format!("{prefix}g")).unwrap(), want);
+    assert_eq!(std::fs::read(m.path("g")).unwrap(), want);
 }
