@@ -42,6 +42,11 @@ pub enum FsError {
     Io(String),
     #[error("the caller's buffer is too small")]
     BufferTooSmall,
+    #[error("no data or hole at or after this offset")]
+    NoSuchOffset,
+    /// Not done here, by design: the kernel does it another way when told EOPNOTSUPP.
+    #[error("left to the kernel: {0}")]
+    LeftToKernel(&'static str),
     #[error("S3: {0}")]
     Store(StoreError),
 }
@@ -60,12 +65,15 @@ impl FsError {
             FsError::Invalid(_) => libc::EINVAL,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
+            // The same number as EOPNOTSUPP on Linux (what fallocate answers).
             FsError::Unsupported(_) => libc::ENOTSUP,
+            FsError::LeftToKernel(_) => libc::EOPNOTSUPP,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::NoSpace => libc::ENOSPC,
             FsError::TooBig => libc::E2BIG,
             FsError::NoXattr => libc::ENODATA,
             FsError::BufferTooSmall => libc::ERANGE,
+            FsError::NoSuchOffset => libc::ENXIO,
             FsError::Stale | FsError::Io(_) => libc::EIO,
             FsError::Store(StoreError::NotFound) => libc::ENOENT,
             FsError::Store(StoreError::AccessDenied(_)) => libc::EACCES,
@@ -85,6 +93,8 @@ impl FsError {
                 | FsError::NotDir
                 | FsError::IsDir
                 | FsError::NoXattr
+                | FsError::NoSuchOffset
+                | FsError::LeftToKernel(_)
         )
     }
 }

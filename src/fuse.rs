@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -74,6 +74,7 @@ fail_with_error!(
     ReplyDirectoryPlus,
     ReplyEmpty,
     ReplyEntry,
+    ReplyLseek,
     ReplyOpen,
     ReplyWrite,
     ReplyXattr
@@ -374,6 +375,58 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let fs = self.fs.clone();
         self.spawn("fsync", reply, async move { fs.fsync(fh.0).await }, done);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        let call = async move { fs.fallocate(fh.0, offset, length, mode).await };
+        self.spawn("fallocate", reply, call, done);
+    }
+
+    /// Only SEEK_DATA and SEEK_HOLE come here; the kernel does the other kinds itself.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let fs = self.fs.clone();
+        let call = async move { fs.seek(fh.0, offset, whence).await };
+        // The core returns offsets of the stage file, which fit an off_t.
+        self.spawn("lseek", reply, call, |reply, at| {
+            reply.offset(i64::try_from(at).unwrap_or(i64::MAX))
+        });
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let fs = self.fs.clone();
+        let (from, to) = ((fh_in.0, offset_in), (fh_out.0, offset_out));
+        let call = async move { fs.copy_range(from, to, len).await };
+        self.spawn("copy_file_range", reply, call, |reply, n| reply.written(n));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -154,7 +154,12 @@ impl<S: ObjectStore> S3Fs<S> {
         let Handle::File(file) = &*handle else {
             return Err(FsError::IsDir);
         };
-        let stage = self.inodes.lock().unwrap().stage(file.ino);
+        let mut stage = self.inodes.lock().unwrap().stage(file.ino);
+        if stage.is_none() && file.writable {
+            // The release of the file's last other handle dropped its clean stage while
+            // this one was being opened (close, then open again): read through a new one.
+            stage = Some(self.stage_for_write(file.ino, false)?);
+        }
         if let Some(stage) = stage {
             return Ok(Bytes::from(stage.read(&*self.store, offset, len).await?));
         }
@@ -210,7 +215,7 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     /// The stage a write through `fh` goes to.
-    fn write_target(&self, fh: u64) -> FsResult<(u64, Arc<Stage>)> {
+    pub(super) fn write_target(&self, fh: u64) -> FsResult<(u64, Arc<Stage>)> {
         let handle = self.handles.get(fh)?;
         let Handle::File(file) = &*handle else {
             return Err(FsError::IsDir);
@@ -245,7 +250,7 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     /// Updates size and times, and starts the parts a sequential writer has completed.
-    fn after_write(&self, ino: u64, stage: &Arc<Stage>, size: u64) {
+    pub(super) fn after_write(&self, ino: u64, stage: &Arc<Stage>, size: u64) {
         let target = {
             let mut table = self.inodes.lock().unwrap();
             let t = now();

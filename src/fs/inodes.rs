@@ -1,6 +1,7 @@
 //! The inode table: inode numbers ↔ (parent, name), attributes with their expiry, the
 //! kernel's lookup counts, and the stage of files being written. Paths are derived by
 //! walking parents, so renaming a directory is one update. Numbers are never reused.
+//! It also counts the attached subdirectories of each directory, for its link count.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -63,7 +64,8 @@ pub struct Attr {
     pub gid: u32,
     /// Device number of character and block devices.
     pub rdev: u32,
-    /// Hard links: 1 for files (2 for directories), 0 once unlinked while still open.
+    /// Hard links: 1 for files, 2 + known subdirectories for directories (set by
+    /// `S3Fs::current_attr`), 0 once unlinked while still open.
     pub nlink: u32,
 }
 
@@ -232,6 +234,8 @@ pub struct InodeTable {
     children: HashMap<(u64, String), u64>,
     /// Number of attached inodes under each directory inode.
     kids: HashMap<u64, usize>,
+    /// Number of attached directories under each directory inode (its st_nlink - 2).
+    subdirs: HashMap<u64, u32>,
     /// Inodes that have a stage.
     staged: HashSet<u64>,
     next: u64,
@@ -248,6 +252,7 @@ impl InodeTable {
             inodes,
             children: HashMap::new(),
             kids: HashMap::new(),
+            subdirs: HashMap::new(),
             staged: HashSet::new(),
             next: ROOT + 1,
         }
@@ -357,9 +362,10 @@ impl InodeTable {
         let mut inode = Inode::new(parent, name, attr, remote, valid_until);
         inode.meta_known = extras.is_some();
         inode.extras = extras.unwrap_or_default();
+        let is_dir = inode.attr.kind == Kind::Dir;
         self.inodes.insert(ino, inode);
         self.children.insert((parent, name.to_string()), ino);
-        *self.kids.entry(parent).or_default() += 1;
+        self.link_to_parent(parent, is_dir);
         ino
     }
 
@@ -368,6 +374,11 @@ impl InodeTable {
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.changed_at = Some(Instant::now());
         }
+    }
+
+    /// The directories the table knows under directory `ino` (attached ones only).
+    pub fn subdir_count(&self, ino: u64) -> u32 {
+        self.subdirs.get(&ino).copied().unwrap_or(0)
     }
 
     pub fn stage(&self, ino: u64) -> Option<Arc<Stage>> {
@@ -387,11 +398,24 @@ impl InodeTable {
         self.remove_if_unused(ino);
     }
 
-    fn unlink_from_parent(&mut self, parent: u64) {
+    fn link_to_parent(&mut self, parent: u64, is_dir: bool) {
+        *self.kids.entry(parent).or_default() += 1;
+        if is_dir {
+            *self.subdirs.entry(parent).or_default() += 1;
+        }
+    }
+
+    fn unlink_from_parent(&mut self, parent: u64, is_dir: bool) {
         if let Some(n) = self.kids.get_mut(&parent) {
             *n -= 1;
             if *n == 0 {
                 self.kids.remove(&parent);
+            }
+        }
+        if is_dir && let Some(n) = self.subdirs.get_mut(&parent) {
+            *n -= 1;
+            if *n == 0 {
+                self.subdirs.remove(&parent);
             }
         }
     }
@@ -403,10 +427,11 @@ impl InodeTable {
         {
             inode.detached = true;
             let key = (inode.parent, inode.name.clone());
+            let is_dir = inode.attr.kind == Kind::Dir;
             if self.children.get(&key) == Some(&ino) {
                 self.children.remove(&key);
             }
-            self.unlink_from_parent(key.0);
+            self.unlink_from_parent(key.0, is_dir);
         }
         self.remove_if_unused(ino);
     }
@@ -423,6 +448,7 @@ impl InodeTable {
         };
         let old = (inode.parent, inode.name.clone());
         let was_detached = inode.detached;
+        let is_dir = inode.attr.kind == Kind::Dir;
         inode.parent = new_parent;
         inode.name = new_name.to_string();
         inode.detached = false;
@@ -430,11 +456,11 @@ impl InodeTable {
             self.children.remove(&old);
         }
         if !was_detached {
-            self.unlink_from_parent(old.0);
+            self.unlink_from_parent(old.0, is_dir);
         }
         self.children
             .insert((new_parent, new_name.to_string()), ino);
-        *self.kids.entry(new_parent).or_default() += 1;
+        self.link_to_parent(new_parent, is_dir);
     }
 
     /// Records a complete listing of directory `ino` (or that it was created empty).
@@ -503,7 +529,7 @@ impl InodeTable {
                 self.children.remove(&key);
             }
             if !inode.detached {
-                self.unlink_from_parent(key.0);
+                self.unlink_from_parent(key.0, inode.attr.kind == Kind::Dir);
                 // The parent's listing no longer has every child in the table.
                 if let Some(parent) = self.inodes.get_mut(&key.0) {
                     parent.listed_until = None;

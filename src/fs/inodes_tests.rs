@@ -173,3 +173,23 @@ fn what_s3_said_before_a_change_made_here_does_not_undo_it() {
     head(&mut t, ROOT, "f", file(7, 0o644), remote("e3", 7, 7));
     assert_eq!(t.get(ino).unwrap().attr.perm, 0o644);
 }
+
+#[test]
+fn subdirectories_are_counted_across_create_rename_replace_and_detach() {
+    let mut t = table();
+    let a = head(&mut t, ROOT, "a", dir(), None);
+    let b = head(&mut t, ROOT, "b", dir(), None);
+    head(&mut t, a, "f", file(1, 0o644), remote("e", 1, 5));
+    let sub = head(&mut t, a, "sub", dir(), None);
+    assert_eq!((t.subdir_count(ROOT), t.subdir_count(a)), (2, 1));
+    t.rename(sub, b, "moved");
+    assert_eq!((t.subdir_count(a), t.subdir_count(b)), (0, 1));
+    // A file listed where the directory was replaces it.
+    listed(&mut t, b, "moved", file(2, 0o644), remote("x", 2, 6));
+    assert_eq!(t.subdir_count(b), 0);
+    let c = head(&mut t, b, "c", dir(), None);
+    t.detach(c);
+    assert_eq!(t.subdir_count(b), 0);
+    t.rename(a, b, "a2");
+    assert_eq!((t.subdir_count(ROOT), t.subdir_count(b)), (1, 1));
+}

@@ -3,6 +3,7 @@
 //! rename over a file, O_TRUNC, read-your-writes). It never sees FUSE types, so it is
 //! tested directly against the in-memory store.
 
+mod copy;
 mod dir;
 mod file;
 mod handles;
@@ -14,6 +15,7 @@ mod namespace;
 mod readdir;
 mod rename;
 mod save;
+mod space;
 mod writeback;
 mod xattr;
 
@@ -213,12 +215,17 @@ impl<S: ObjectStore> S3Fs<S> {
         }
     }
 
-    /// The current attributes of an inode; a staged file reports its stage's size.
+    /// The current attributes of an inode; a staged file reports its stage's size, a
+    /// directory 2 + the subdirectories the table knows of as its link count (as a
+    /// disk does; no request is made for it).
     fn current_attr(table: &InodeTable, ino: u64) -> Option<Attr> {
         let inode = table.get(ino)?;
         let mut attr = inode.attr.clone();
         if let Some(stage) = table.stage(ino) {
             attr.size = stage.size();
+        }
+        if attr.kind == Kind::Dir {
+            attr.nlink = 2u32.saturating_add(table.subdir_count(ino));
         }
         if inode.detached {
             attr.nlink = 0; // unlinked while open

@@ -113,7 +113,6 @@ impl<S: ObjectStore> S3Fs<S> {
         .await;
         match uploaded {
             Ok((etag, snapshot)) => {
-                turn.uploaded(snapshot.version);
                 self.cache.invalidate(&key);
                 let until = self.valid_until();
                 let mut table = self.inodes.lock().unwrap();
@@ -128,6 +127,12 @@ impl<S: ObjectStore> S3Fs<S> {
                     inode.valid_until = until;
                     inode.changed_at = Some(Instant::now());
                 }
+                // Clean only once the inode names the new object (under the same lock):
+                // a stage dropped as clean must not leave the next open standing on the
+                // old object, whose ranged reads would fail their If-Match.
+                turn.mark_uploaded(snapshot.version);
+                drop(table);
+                turn.settle_record(snapshot.version);
                 log::debug!("uploaded {key} ({} bytes)", snapshot.size);
                 Ok(())
             }

@@ -6,8 +6,9 @@
 //! content (or the file was deleted); a stage that failed to upload stays on disk.
 //! Uploads of a stage take turns ([`Stage::upload_turn`]); the journal record beside
 //! each stage is changed only by `journal.rs`, and what an earlier run left is read back
-//! by `recover.rs`. Errors are [`StageError`]s: local I/O, a full cache disk, or S3 when
-//! the rest of a file is fetched.
+//! by `recover.rs`; fallocate and SEEK_DATA/SEEK_HOLE are in `space.rs`. Errors are
+//! [`StageError`]s: local I/O, a full cache disk, or S3 when the rest of a file is
+//! fetched.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -20,9 +21,11 @@ use futures::StreamExt;
 
 mod journal;
 mod recover;
+mod space;
 mod tail;
 
 pub use recover::{Committed, Leftover};
+pub use space::SpaceOp;
 
 use bytes::Bytes;
 use tail::{Direct, Tail};
@@ -162,10 +165,14 @@ impl UploadTurn<'_> {
         Ok((snapshot, self.stage.take_streaming()))
     }
 
-    /// S3 now has the stage as it was at `version`: it is clean unless changed since,
-    /// and a journal record promising no more than that goes.
-    pub fn uploaded(&self, version: u64) {
+    /// S3 now has the stage as it was at `version`: it is clean unless changed since.
+    /// Then [`UploadTurn::settle_record`].
+    pub fn mark_uploaded(&self, version: u64) {
         self.stage.mark_uploaded(version);
+    }
+
+    /// A journal record promising no more than `version` goes (S3 has it).
+    pub fn settle_record(&self, version: u64) {
         self.stage.settle_record(version);
     }
 }
