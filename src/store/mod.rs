@@ -5,6 +5,7 @@
 
 pub mod memory;
 pub mod s3;
+mod s3_answers;
 
 use std::future::Future;
 use std::ops::Range;
