@@ -161,5 +161,5 @@ fn seek_in(
 }
 
 fn off(n: u64) -> io::Result<i64> {
-    i64::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
+    i64::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))
 }
