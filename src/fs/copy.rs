@@ -77,6 +77,7 @@ impl<S: ObjectStore> S3Fs<S> {
             inode.content_version += 1;
             inode.valid_until = self.valid_until();
         }
+        table.mark_changed(plan.to_ino);
         let current = table.stage(plan.to_ino);
         if current.is_some_and(|s| Arc::ptr_eq(&s, &plan.to_stage)) {
             table.set_stage(plan.to_ino, Some(fresh));
