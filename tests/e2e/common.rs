@@ -749,3 +749,24 @@ fn socket_reset(stream: &std::net::TcpStream) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// The settings of a core under test: prefix `prefix`, cache dir `cache`, 5 MiB parts.
+pub fn core_config(prefix: &str, cache: &Path) -> s3mount::fs::FsConfig {
+    use s3mount::fs::FsConfig;
+    FsConfig {
+        prefix: prefix.into(),
+        uid: 1000,
+        gid: 1000,
+        file_mode: 0o644,
+        dir_mode: 0o755,
+        metadata_ttl: Duration::from_secs(1),
+        read_only: false,
+        part_size: 5 * MIB as u64,
+        upload_concurrency: 4,
+        cache_dir: cache.to_path_buf(),
+        cache_size: 16 * MIB,
+        write_back: false,
+        url_expiry: Duration::from_secs(3600),
+        fast_listing: false,
+    }
+}

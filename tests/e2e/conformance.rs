@@ -5,15 +5,14 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 
-use s3mount::fs::{Caller, FsConfig, OpenMode, ROOT, S3Fs};
+use s3mount::fs::{Caller, OpenMode, ROOT, S3Fs};
 use s3mount::store::memory::{MemoryStore, Op};
 
-use crate::common::{Bucket, TestMount, random_bytes, run, unique_prefix};
+use crate::common::{Bucket, TestMount, core_config, random_bytes, run, unique_prefix};
 
 const ME: Caller = Caller {
     uid: 1000,
@@ -23,22 +22,7 @@ const ME: Caller = Caller {
 fn fixture() -> (Arc<MemoryStore>, S3Fs<MemoryStore>, tempfile::TempDir) {
     let store = Arc::new(MemoryStore::new());
     let cache = tempfile::tempdir().unwrap();
-    let cfg = FsConfig {
-        prefix: "p/".into(),
-        uid: 1000,
-        gid: 1000,
-        file_mode: 0o644,
-        dir_mode: 0o755,
-        metadata_ttl: Duration::from_secs(1),
-        read_only: false,
-        part_size: 5 << 20,
-        upload_concurrency: 4,
-        cache_dir: cache.path().to_path_buf(),
-        cache_size: 16 << 20,
-        write_back: false,
-        url_expiry: Duration::from_secs(3600),
-        fast_listing: false,
-    };
+    let cfg = core_config("p/", cache.path());
     let fs = S3Fs::new(store.clone(), cfg).unwrap();
     (store, fs, cache)
 }

@@ -5,11 +5,11 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use s3mount::fs::{Caller, FsConfig, FsError, Kind, OpenMode, ROOT, S3Fs};
+use s3mount::fs::{Caller, FsError, Kind, OpenMode, ROOT, S3Fs};
 use s3mount::store::StoreError;
 use s3mount::store::memory::{MemoryStore, Op};
 
-use crate::common::MIB;
+use crate::common::{MIB, core_config};
 
 struct Fixture {
     store: Arc<MemoryStore>,
@@ -20,27 +20,8 @@ struct Fixture {
 fn fixture(prefix: &str) -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let cache = tempfile::tempdir().unwrap();
-    let fs = S3Fs::new(store.clone(), config(prefix, cache.path())).unwrap();
+    let fs = S3Fs::new(store.clone(), core_config(prefix, cache.path())).unwrap();
     Fixture { store, fs, cache }
-}
-
-fn config(prefix: &str, cache: &std::path::Path) -> FsConfig {
-    FsConfig {
-        prefix: prefix.into(),
-        uid: 1000,
-        gid: 1000,
-        file_mode: 0o644,
-        dir_mode: 0o755,
-        metadata_ttl: Duration::from_secs(1),
-        read_only: false,
-        part_size: 5 * MIB as u64,
-        upload_concurrency: 4,
-        cache_dir: cache.to_path_buf(),
-        cache_size: 16 * MIB,
-        write_back: false,
-        url_expiry: std::time::Duration::from_secs(3600),
-        fast_listing: false,
-    }
 }
 
 const ME: Caller = Caller {
@@ -436,7 +417,7 @@ async fn truncating_open_needs_no_download() {
 async fn read_only_mount_refuses_writes() {
     let store = Arc::new(MemoryStore::new());
     let cache = tempfile::tempdir().unwrap();
-    let mut cfg = config("", cache.path());
+    let mut cfg = core_config("", cache.path());
     cfg.read_only = true;
     let fs = S3Fs::new(store, cfg).unwrap();
     let err = fs
@@ -447,7 +428,7 @@ async fn read_only_mount_refuses_writes() {
 }
 
 fn write_back_fixture(store: Arc<MemoryStore>, cache: &std::path::Path) -> Arc<S3Fs<MemoryStore>> {
-    let mut cfg = config("", cache);
+    let mut cfg = core_config("", cache);
     cfg.write_back = true;
     Arc::new(S3Fs::new(store, cfg).unwrap())
 }
@@ -566,7 +547,7 @@ async fn a_failed_upload_is_journaled_so_a_crash_cannot_lose_it() {
     let store = Arc::new(MemoryStore::new());
     let cache = tempfile::tempdir().unwrap();
     {
-        let fs = S3Fs::new(store.clone(), config("", cache.path())).unwrap();
+        let fs = S3Fs::new(store.clone(), core_config("", cache.path())).unwrap();
         store.fail_next(Op::Put, 100, StoreError::Transient("down".into()));
         let (_, fh) = fs.create(ROOT, OsStr::new("x"), 0o644, ME).await.unwrap();
         fs.write(fh, 0, b"eio at close").await.unwrap();
@@ -574,7 +555,7 @@ async fn a_failed_upload_is_journaled_so_a_crash_cannot_lose_it() {
         std::mem::forget(fs);
     }
     store.fail_next(Op::Put, 0, StoreError::Transient("down".into()));
-    let fs = S3Fs::new(store.clone(), config("", cache.path())).unwrap();
+    let fs = S3Fs::new(store.clone(), core_config("", cache.path())).unwrap();
     assert_eq!(fs.recover().await.uploaded, 1);
     assert_eq!(store.object("x").unwrap(), &b"eio at close"[..]);
 }
@@ -796,7 +777,7 @@ async fn symlinks_and_special_files_are_stored_as_s3fs_does() {
     assert_eq!((dev.kind, dev.rdev), (Kind::CharDevice, 0x0501));
 
     // A fresh mount reads them back.
-    let again = S3Fs::new(f.store.clone(), config("p/", f.cache.path())).unwrap();
+    let again = S3Fs::new(f.store.clone(), core_config("p/", f.cache.path())).unwrap();
     let l2 = again.lookup(ROOT, OsStr::new("l")).await.unwrap();
     assert_eq!(l2.kind, Kind::Symlink);
     assert_eq!(again.readlink(l2.ino).await.unwrap(), "../target");
@@ -848,7 +829,7 @@ async fn chmod_chown_and_utimens_persist_by_copying_the_object_onto_itself() {
         (libc::S_IFDIR | 0o711).to_string()
     );
 
-    let again = S3Fs::new(f.store.clone(), config("", f.cache.path())).unwrap();
+    let again = S3Fs::new(f.store.clone(), core_config("", f.cache.path())).unwrap();
     let doc = again.lookup(ROOT, OsStr::new("doc")).await.unwrap();
     assert_eq!(
         (doc.perm, doc.uid, doc.gid, doc.mtime),
@@ -940,7 +921,7 @@ async fn user_xattrs_follow_the_linux_rules_and_s3_attributes_are_read_only() {
         "{url}"
     );
 
-    let again = S3Fs::new(f.store.clone(), config("docs/", f.cache.path())).unwrap();
+    let again = S3Fs::new(f.store.clone(), core_config("docs/", f.cache.path())).unwrap();
     let x = again.lookup(ROOT, OsStr::new("x")).await.unwrap();
     assert_eq!(
         again.getxattr(x.ino, "user.a").await.unwrap(),
@@ -1016,7 +997,7 @@ async fn an_open_reader_follows_its_file_through_a_rename_here() {
 async fn fast_listing_lists_without_a_head_per_entry() {
     let store = Arc::new(MemoryStore::new());
     let cache = tempfile::tempdir().unwrap();
-    let mut cfg = config("", cache.path());
+    let mut cfg = core_config("", cache.path());
     cfg.fast_listing = true;
     let fs = S3Fs::new(store.clone(), cfg).unwrap();
     let mode = (libc::S_IFREG | 0o600).to_string();

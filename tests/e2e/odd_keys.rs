@@ -13,11 +13,10 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use s3mount::fs::{Caller, FsConfig, FsError, ROOT, S3Fs};
+use s3mount::fs::{Caller, FsError, ROOT, S3Fs};
 use s3mount::store::memory::MemoryStore;
 
 use crate::common::*;
@@ -28,22 +27,7 @@ const ME: Caller = Caller {
 };
 
 fn core_fs(store: &Arc<MemoryStore>, cache: &Path) -> S3Fs<MemoryStore> {
-    let config = FsConfig {
-        prefix: "p/".into(),
-        uid: 1000,
-        gid: 1000,
-        file_mode: 0o644,
-        dir_mode: 0o755,
-        metadata_ttl: Duration::from_secs(1),
-        read_only: false,
-        part_size: 5 * MIB as u64,
-        upload_concurrency: 4,
-        cache_dir: cache.to_path_buf(),
-        cache_size: 16 * MIB,
-        write_back: false,
-        url_expiry: Duration::from_secs(3600),
-        fast_listing: false,
-    };
+    let config = core_config("p/", cache);
     S3Fs::new(store.clone(), config).unwrap()
 }
 
