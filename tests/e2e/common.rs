@@ -160,32 +160,24 @@ impl Bucket {
         })
     }
 
-    pub fn etag(&self, key: &str) -> String {
+    fn head(&self, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
         self.rt.block_on(async {
-            let out = self
-                .client
-                .head_object()
+            (self.client.head_object())
                 .bucket(&self.env.bucket)
                 .key(key)
                 .send()
                 .await
-                .unwrap();
-            out.e_tag().unwrap().trim_matches('"').to_string()
+                .unwrap()
         })
     }
 
+    pub fn etag(&self, key: &str) -> String {
+        let out = self.head(key);
+        out.e_tag().unwrap().trim_matches('"').to_string()
+    }
+
     pub fn metadata(&self, key: &str) -> std::collections::HashMap<String, String> {
-        self.rt.block_on(async {
-            let out = self
-                .client
-                .head_object()
-                .bucket(&self.env.bucket)
-                .key(key)
-                .send()
-                .await
-                .unwrap();
-            out.metadata().cloned().unwrap_or_default()
-        })
+        self.head(key).metadata().cloned().unwrap_or_default()
     }
 
     pub fn put(&self, key: &str, data: &[u8]) {
