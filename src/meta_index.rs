@@ -124,6 +124,10 @@ impl MetaIndex {
         let path = cache_dir.join("meta-index.redb");
         let db = match open_db(&path) {
             Ok(db) => Ok(db),
+            // In use by another mount of the same cache dir: not ours to rebuild.
+            Err(e @ (redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch)) => {
+                Err(e)
+            }
             Err(e) => {
                 log::warn!(
                     "metadata index {} unusable ({e}): rebuilding it",
