@@ -16,6 +16,7 @@ mod readdir;
 mod rename;
 mod save;
 mod space;
+mod trash;
 mod writeback;
 mod xattr;
 
@@ -34,6 +35,7 @@ use crate::upload::Uploader;
 use handles::HandleTable;
 use inodes::InodeTable;
 pub use inodes::{Attr, Extras, Kind, ROOT};
+pub use trash::Trash;
 pub use writeback::Recovery;
 pub use xattr::{XattrAnswer, xattr_answer, xattr_list, xattr_name_to_read, xattr_name_to_write};
 
@@ -126,6 +128,8 @@ pub struct S3Fs<S: ObjectStore> {
     pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
     /// Directories being listed for lookups.
     listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// `--trash`: where unlink keeps a copy of each file before deleting it.
+    trash: Option<Trash<S>>,
 }
 
 fn now() -> SystemTime {
@@ -163,6 +167,7 @@ impl<S: ObjectStore> S3Fs<S> {
             pending_tx,
             pending_rx: Mutex::new(Some(pending_rx)),
             listing_gates: Mutex::new(HashMap::new()),
+            trash: None,
         })
     }
 
