@@ -500,6 +500,15 @@ fn a_trash_copy_that_fails_leaves_the_file_with_eio() {
         Bucket::new().get(&format!("{docs}keep.txt")).unwrap(),
         b"must not be lost"
     );
+    // A mount with that trash now refuses to start.
+    let source = format!("s3://{}/{docs}", S3Env::get().bucket);
+    let (code, err) = try_mount(&source, &["--trash", &trash], &[]);
+    assert_ne!(code, 0);
+    let said = the_line(&err);
+    assert!(
+        said.contains(&trash) && said.contains("not writable"),
+        "{err}"
+    );
     other.allow(true);
     std::fs::remove_file(m.path("keep.txt")).unwrap();
     assert_eq!(
