@@ -14,6 +14,7 @@ use crate::config::{MountConfig, default_cache_dir};
 use crate::fs::FsConfig;
 use crate::layout::normalize_prefix;
 use crate::store::s3::{S3Settings, StaticCredentials};
+use crate::trash::TrashTarget;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -115,6 +116,11 @@ pub struct MountArgs {
     /// error, warn, info, debug or trace (also RUST_LOG).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Recycle bin: a deleted file is first copied (with its metadata) to PREFIX in
+    /// the mount's bucket, or to s3://BUCKET/PREFIX/, at its path in the mount (also
+    /// S3MOUNT_TRASH).
+    #[arg(long, value_name = "PREFIX|s3://BUCKET/PREFIX/", env = "S3MOUNT_TRASH")]
+    pub trash: Option<String>,
     /// Mount options in fstab form: -o name=value,flag (every long option works here).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -196,6 +202,9 @@ impl MountArgs {
         let (bucket, prefix) = self.bucket_and_prefix()?;
         let limits = self.limits()?;
         let s3 = self.s3_settings(&bucket)?;
+        let trash = (self.trash.as_deref())
+            .map(|t| TrashTarget::parse(t, &bucket, &prefix))
+            .transpose()?;
         let uid = self.uid.unwrap_or_else(|| getuid().as_raw());
         let gid = self.gid.unwrap_or_else(|| getgid().as_raw());
         let mountpoint = self.mountpoint;
@@ -230,6 +239,7 @@ impl MountArgs {
             nonempty: self.nonempty,
             foreground: self.foreground,
             log_level: self.log_level,
+            trash,
         })
     }
 

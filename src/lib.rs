@@ -32,4 +32,5 @@ pub mod read;
 pub mod stage;
 pub mod store;
 pub mod sysmount;
+pub mod trash;
 pub mod upload;

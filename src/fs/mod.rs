@@ -16,6 +16,7 @@ mod readdir;
 mod rename;
 mod save;
 mod space;
+mod trash;
 mod writeback;
 mod xattr;
 
@@ -35,6 +36,7 @@ use crate::upload::Uploader;
 use handles::HandleTable;
 use inodes::InodeTable;
 pub use inodes::{Attr, Extras, Kind, ROOT};
+pub use trash::Trash;
 pub use writeback::Recovery;
 pub use xattr::{XattrAnswer, xattr_answer, xattr_list, xattr_name_to_read, xattr_name_to_write};
 
@@ -131,6 +133,8 @@ pub struct S3Fs<S: ObjectStore> {
     listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// HEAD answers of earlier listings, by exact object version.
     index: MetaIndex,
+    /// `--trash`: where unlink keeps a copy of each file before deleting it.
+    trash: Option<Trash<S>>,
 }
 
 fn now() -> SystemTime {
@@ -170,6 +174,7 @@ impl<S: ObjectStore> S3Fs<S> {
             pending_rx: Mutex::new(Some(pending_rx)),
             listing_gates: Mutex::new(HashMap::new()),
             index,
+            trash: None,
         })
     }
 
