@@ -30,7 +30,7 @@ use crate::layout::Layout;
 use crate::read::BlockCache;
 use crate::stage::StageDir;
 use crate::store::ObjectStore;
-use crate::upload::Uploader;
+use crate::upload::{UploadLimits, Uploader};
 use handles::HandleTable;
 use inodes::InodeTable;
 pub use inodes::{Attr, Extras, Kind, ROOT};
@@ -64,6 +64,11 @@ pub struct FsConfig {
     pub read_only: bool,
     pub part_size: u64,
     pub upload_concurrency: usize,
+    /// Parts per multipart upload the service takes (S3: 10,000); part sizes grow so
+    /// that the largest object fits.
+    pub max_parts: u32,
+    /// Bytes of upload request bodies held in memory at once, for all uploads.
+    pub upload_memory: u64,
     pub cache_dir: PathBuf,
     /// Bytes of the in-memory block cache.
     pub cache_size: usize,
@@ -152,7 +157,15 @@ impl<S: ObjectStore> S3Fs<S> {
         };
         Ok(S3Fs {
             layout: Layout::new(&cfg.prefix),
-            uploader: Uploader::new(store.clone(), cfg.part_size, cfg.upload_concurrency),
+            uploader: Uploader::new(
+                store.clone(),
+                UploadLimits {
+                    part_size: cfg.part_size,
+                    max_parts: cfg.max_parts,
+                    concurrency: cfg.upload_concurrency,
+                    memory: cfg.upload_memory,
+                },
+            ),
             cache: Arc::new(BlockCache::new(cfg.cache_size)),
             store,
             inodes: Mutex::new(InodeTable::new(root)),
