@@ -90,6 +90,14 @@ pub struct MountArgs {
     /// Parts uploaded in parallel (1..=64, default 4).
     #[arg(long, value_name = "N")]
     pub upload_concurrency: Option<usize>,
+    /// Parts per multipart upload the service takes (1..=10000, default 10000; Scaleway:
+    /// 1000). Part sizes grow so that the largest object still fits.
+    #[arg(long, value_name = "N")]
+    pub max_parts: Option<u32>,
+    /// Bytes of upload request bodies in memory at once, for all uploads together
+    /// (at least 1MiB, default 16MiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub upload_memory: Option<u64>,
     /// Seconds attributes and listings are trusted before S3 is asked again (default 1).
     #[arg(long, value_name = "SECS")]
     pub metadata_ttl: Option<f64>,
@@ -192,6 +200,8 @@ fn parse_source(source: &str) -> Result<(String, Option<String>), String> {
 struct Limits {
     part_size: u64,
     upload_concurrency: usize,
+    max_parts: u32,
+    upload_memory: u64,
     cache_size: u64,
     metadata_ttl: f64,
     url_expiry: u64,
@@ -223,6 +233,8 @@ impl MountArgs {
                 read_only: self.read_only,
                 part_size: limits.part_size,
                 upload_concurrency: limits.upload_concurrency,
+                max_parts: limits.max_parts,
+                upload_memory: limits.upload_memory,
                 cache_dir,
                 cache_size: limits.cache_size as usize,
                 write_back: self.write_back,
@@ -271,6 +283,18 @@ impl MountArgs {
                 "invalid value for --upload-concurrency: {upload_concurrency}; use 1 to 64"
             ));
         }
+        let max_parts = self.max_parts.unwrap_or(10_000);
+        if !(1..=10_000).contains(&max_parts) {
+            return Err(format!(
+                "invalid value for --max-parts: {max_parts}; S3 takes 1 to 10000 parts"
+            ));
+        }
+        let upload_memory = self.upload_memory.unwrap_or(16 << 20);
+        if upload_memory < 1 << 20 {
+            return Err(format!(
+                "invalid value for --upload-memory: {upload_memory} bytes; use at least 1MiB"
+            ));
+        }
         let cache_size = self.cache_size.unwrap_or(40 << 20);
         if cache_size < 4 << 20 {
             return Err("invalid value for --cache-size: use at least 4MiB".into());
@@ -297,6 +321,8 @@ impl MountArgs {
         Ok(Limits {
             part_size,
             upload_concurrency,
+            max_parts,
+            upload_memory,
             cache_size,
             metadata_ttl: ttl,
             url_expiry,

@@ -341,13 +341,12 @@ async fn open_trash(
     check_trash_destination(&*trash_store, target).await?;
     log::info!("deleted files are kept in {}", target.url());
     let source_bucket = target.other_bucket.then(|| cfg.bucket.clone());
-    let (part_size, concurrency) = (cfg.fs.part_size, cfg.fs.upload_concurrency);
+    let limits = cfg.fs.upload_limits();
     Ok(Trash::new(
         trash_store,
         source_bucket,
         &target.prefix,
-        part_size,
-        concurrency,
+        limits,
     ))
 }
 

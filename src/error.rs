@@ -36,6 +36,8 @@ pub enum FsError {
     Stale,
     #[error("the object's metadata would exceed what S3 stores (2 KiB)")]
     TooBig,
+    #[error("the file would be larger than the largest object S3 stores")]
+    FileTooLarge,
     #[error("no such extended attribute")]
     NoXattr,
     #[error("local I/O error: {0}")]
@@ -75,6 +77,7 @@ impl FsError {
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::NoSpace => libc::ENOSPC,
             FsError::TooBig => libc::E2BIG,
+            FsError::FileTooLarge => libc::EFBIG,
             FsError::NoXattr => libc::ENODATA,
             FsError::BufferTooSmall => libc::ERANGE,
             FsError::NoSuchOffset => libc::ENXIO,

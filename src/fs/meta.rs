@@ -253,6 +253,9 @@ impl<S: ObjectStore> S3Fs<S> {
                 _ => return Err(FsError::Invalid("only regular files can be truncated")),
             }
         }
+        if let Some(size) = change.size {
+            self.check_file_size(size)?;
+        }
         {
             let mut table = self.inodes.lock().unwrap();
             let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;

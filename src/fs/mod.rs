@@ -32,7 +32,7 @@ use crate::meta_index::MetaIndex;
 use crate::read::BlockCache;
 use crate::stage::StageDir;
 use crate::store::ObjectStore;
-use crate::upload::Uploader;
+use crate::upload::{UploadLimits, Uploader};
 use handles::HandleTable;
 use inodes::InodeTable;
 pub use inodes::{Attr, Extras, Kind, ROOT};
@@ -67,6 +67,11 @@ pub struct FsConfig {
     pub read_only: bool,
     pub part_size: u64,
     pub upload_concurrency: usize,
+    /// Parts per multipart upload the service takes (S3: 10,000); part sizes grow so
+    /// that the largest object fits.
+    pub max_parts: u32,
+    /// Bytes of upload request bodies held in memory at once, for all uploads.
+    pub upload_memory: u64,
     pub cache_dir: PathBuf,
     /// Bytes of the in-memory block cache.
     pub cache_size: usize,
@@ -80,6 +85,18 @@ pub struct FsConfig {
     pub fast_listing: bool,
     /// Bound on the persistent metadata index in the cache dir (0: no index).
     pub metadata_index_entries: u64,
+}
+
+impl FsConfig {
+    /// How uploads are cut into parts and how many run at once.
+    pub fn upload_limits(&self) -> UploadLimits {
+        UploadLimits {
+            part_size: self.part_size,
+            max_parts: self.max_parts,
+            concurrency: self.upload_concurrency,
+            memory: self.upload_memory,
+        }
+    }
 }
 
 /// Who asks: the caller's ids, for ownership of new files.
@@ -162,7 +179,7 @@ impl<S: ObjectStore> S3Fs<S> {
         };
         Ok(S3Fs {
             layout: Layout::new(&cfg.prefix),
-            uploader: Uploader::new(store.clone(), cfg.part_size, cfg.upload_concurrency),
+            uploader: Uploader::new(store.clone(), cfg.upload_limits()),
             cache: Arc::new(BlockCache::new(cfg.cache_size)),
             store,
             inodes: Mutex::new(InodeTable::new(root)),

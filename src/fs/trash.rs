@@ -20,7 +20,7 @@ use super::{FsError, FsResult, S3Fs};
 use crate::layout::MAX_KEY;
 use crate::stage::{Stage, UploadTurn};
 use crate::store::{ETag, ObjectHeaders, ObjectStore, StoreError, StoreResult};
-use crate::upload::{PartSource, Uploader};
+use crate::upload::{PartSource, UploadLimits, Uploader};
 
 /// Tries of a server-side copy whose source changed (or vanished) meanwhile.
 const COPY_TRIES: usize = 3;
@@ -38,16 +38,16 @@ pub struct Trash<S> {
 impl<S: ObjectStore> Trash<S> {
     /// A trash under `prefix` (normalized) of `store`'s bucket; `source_bucket` is the
     /// mount's bucket if that is another one. Staged files are uploaded with the mount's
-    /// part size and concurrency.
+    /// upload limits (a budget of their own: trash uploads run while the mount's own
+    /// uploads wait for the same file's upload turn).
     pub fn new(
         store: Arc<S>,
         source_bucket: Option<String>,
         prefix: &str,
-        part_size: u64,
-        concurrency: usize,
+        limits: UploadLimits,
     ) -> Trash<S> {
         Trash {
-            uploader: Uploader::new(store.clone(), part_size, concurrency),
+            uploader: Uploader::new(store.clone(), limits),
             store,
             source_bucket,
             prefix: prefix.to_string(),

@@ -13,6 +13,7 @@
 
 mod common;
 
+mod big_files;
 mod cli;
 mod conformance;
 mod core_fs;

@@ -42,7 +42,12 @@ fn core_with_trash(
         trash.add_bucket("main", mount.clone());
         "main".to_string()
     });
-    let bin = Trash::new(trash.clone(), source_bucket, "deleted/", 5 * MIB as u64, 4);
+    let bin = Trash::new(
+        trash.clone(),
+        source_bucket,
+        "deleted/",
+        cfg.upload_limits(),
+    );
     S3Fs::new(mount.clone(), cfg).unwrap().with_trash(bin)
 }
 
