@@ -102,6 +102,11 @@ pub struct MountArgs {
     /// until they are looked up by name.
     #[arg(long)]
     pub fast_listing: bool,
+    /// Entries of the persistent metadata index in the cache dir, which lets a listing
+    /// skip the HEAD of every object unchanged since it was last read (default 500000,
+    /// a few hundred bytes each; 0 turns it off).
+    #[arg(long, value_name = "N")]
+    pub metadata_index_entries: Option<u64>,
     /// Allow mounting over a non-empty directory.
     #[arg(long)]
     pub nonempty: bool,
@@ -223,6 +228,9 @@ impl MountArgs {
                 write_back: self.write_back,
                 url_expiry: Duration::from_secs(limits.url_expiry),
                 fast_listing: self.fast_listing,
+                metadata_index_entries: self
+                    .metadata_index_entries
+                    .unwrap_or(crate::meta_index::DEFAULT_MAX_ENTRIES),
             },
             bucket,
             mountpoint,

@@ -26,6 +26,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod layout;
+pub mod meta_index;
 pub mod mount_options;
 pub mod read;
 pub mod stage;

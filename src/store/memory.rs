@@ -128,6 +128,13 @@ impl MemoryStore {
         self.store(key, Bytes::copy_from_slice(data), headers);
     }
 
+    /// Moves the object's Last-Modified `by` into the past (as if written earlier).
+    pub fn age(&self, key: &str, by: std::time::Duration) {
+        if let Some(object) = self.objects.lock().unwrap().get_mut(key) {
+            object.modified -= by;
+        }
+    }
+
     fn store(&self, key: &str, data: Bytes, headers: ObjectHeaders) -> ETag {
         let etag = content_etag(&data);
         self.objects.lock().unwrap().insert(
