@@ -26,6 +26,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod layout;
+pub mod migrate;
 pub mod mount_options;
 pub mod read;
 pub mod stage;

@@ -19,6 +19,7 @@ mod core_fs;
 mod crash;
 mod credentials;
 mod durability;
+mod migrate;
 mod mount_e2e;
 mod odd_keys;
 mod random_ops;

@@ -1,0 +1,280 @@
+//! Writing one entry's object: a directory marker, a symbolic link (its target as the
+//! body), a special file (empty), or a regular file, read and uploaded with the MD5 of
+//! exactly the bytes read: one PUT up to the part size, else a multipart upload whose
+//! parts are read in order and uploaded in parallel while the next ones are read. S3
+//! checks each body against its MD5 (Content-MD5) and refuses a corrupted one.
+//! Invariants: a body is held only with a permit of `bodies` (memory stays at most
+//! permits x part size); a multipart upload is completed only when every part was
+//! accepted and the file did not change while it was read, and aborted otherwise.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::plan::headers;
+use super::read::{check_unchanged, hex, md5_file, open_source, read_part, read_whole};
+use super::walk::{Entry, EntryKind};
+use crate::layout::Layout;
+use crate::store::{BodyMd5, CompletedPart, ETag, ObjectStore, StoreError};
+
+/// S3's limit on the parts of one upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// What uploads share: the store, the key layout, the part size and the permits for
+/// bodies in memory.
+pub struct Sender<S> {
+    pub store: Arc<S>,
+    pub layout: Layout,
+    pub part_size: u64,
+    pub bodies: Arc<Semaphore>,
+}
+
+fn md5_of(body: &[u8]) -> BodyMd5 {
+    BodyMd5(Md5::digest(body).into())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("reading task failed: {e}"))?
+        .map_err(|e| format!("cannot read: {e}"))
+}
+
+/// A store refusal, worded for the operator.
+fn refused(what: &str, key: &str, e: StoreError) -> String {
+    format!("{what} {key} failed: {e}")
+}
+
+/// An ETag that is a plain MD5 must be the MD5 that was sent.
+fn check_etag(key: &str, etag: &ETag, expected: &str) -> Result<(), String> {
+    let tag = etag.0.trim_matches('"').to_ascii_lowercase();
+    let md5_like = tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_hexdigit());
+    let multipart_like = tag.contains('-');
+    if (md5_like || multipart_like) && tag != expected {
+        return Err(format!(
+            "S3 answered ETag {tag} for {key}, expected {expected}: the stored object is not what was read"
+        ));
+    }
+    Ok(())
+}
+
+impl<S: ObjectStore> Sender<S> {
+    /// Uploads `entry`; returns the bytes sent.
+    pub async fn send(&self, entry: &Entry) -> Result<u64, String> {
+        match &entry.kind {
+            EntryKind::Dir => {
+                let key = self.layout.dir_prefix(&entry.path);
+                self.put_small(&key, Bytes::new(), headers(entry, None)?)
+                    .await?;
+                Ok(0)
+            }
+            EntryKind::Special => {
+                let key = self.layout.file_key(&entry.path);
+                self.put_small(&key, Bytes::new(), headers(entry, None)?)
+                    .await?;
+                Ok(0)
+            }
+            EntryKind::Symlink(target) => {
+                let key = self.layout.file_key(&entry.path);
+                let body = Bytes::copy_from_slice(target.as_bytes());
+                self.put_small(&key, body, headers(entry, None)?).await?;
+                Ok(entry.size)
+            }
+            EntryKind::File if entry.size <= self.part_size => self.send_small(entry).await,
+            EntryKind::File => self.send_in_parts(entry).await,
+        }
+    }
+
+    async fn put_small(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: crate::store::ObjectHeaders,
+    ) -> Result<(), String> {
+        let md5 = md5_of(&body);
+        let etag = self
+            .store
+            .put_verified(key, body, &headers, md5)
+            .await
+            .map_err(|e| refused("PUT", key, e))?;
+        check_etag(key, &etag, &hex(&md5))
+    }
+
+    async fn send_small(&self, entry: &Entry) -> Result<u64, String> {
+        let key = self.layout.file_key(&entry.path);
+        let _permit = self.bodies.acquire().await.expect("never closed");
+        let (local, stamp) = (entry.local.clone(), entry.stamp);
+        let (body, md5) = blocking(move || read_whole(&local, &stamp)).await?;
+        let headers = headers(entry, Some(&md5))?;
+        let etag = self
+            .store
+            .put_verified(&key, body, &headers, md5)
+            .await
+            .map_err(|e| refused("PUT", &key, e))?;
+        check_etag(&key, &etag, &hex(&md5))?;
+        Ok(entry.size)
+    }
+
+    /// A multipart upload: the whole file's MD5 first (it goes into the headers, which
+    /// S3 takes when the upload is created), then the parts.
+    async fn send_in_parts(&self, entry: &Entry) -> Result<u64, String> {
+        let key = self.layout.file_key(&entry.path);
+        let (local, stamp) = (entry.local.clone(), entry.stamp);
+        let whole = blocking(move || md5_file(&local, &stamp)).await?;
+        let headers = headers(entry, Some(&whole))?;
+        let id = self
+            .store
+            .create_multipart(&key, &headers)
+            .await
+            .map_err(|e| refused("CreateMultipartUpload", &key, e))?;
+        let result = self.upload_parts(entry, &key, &id, &whole).await;
+        let done = match result {
+            Ok(parts) => {
+                let expected = multipart_etag(&parts);
+                let done = self
+                    .store
+                    .complete_multipart(
+                        &key,
+                        &id,
+                        &parts.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
+                    )
+                    .await
+                    .map_err(|e| refused("CompleteMultipartUpload", &key, e));
+                match done {
+                    Ok(etag) => return check_etag(&key, &etag, &expected).map(|()| entry.size),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = self.store.abort_multipart(&key, &id).await {
+            log::warn!(
+                "aborting the multipart upload of {key} failed ({e}); the next run aborts it"
+            );
+        }
+        done
+    }
+
+    /// Reads the parts in order and uploads them in parallel; the parts and their MD5s,
+    /// once every part was accepted and the file read as it was hashed.
+    async fn upload_parts(
+        &self,
+        entry: &Entry,
+        key: &str,
+        id: &crate::store::UploadId,
+        whole: &BodyMd5,
+    ) -> Result<Vec<(CompletedPart, BodyMd5)>, String> {
+        let part_size = self.part_size.max(entry.size.div_ceil(MAX_PARTS));
+        let (local, stamp) = (entry.local.clone(), entry.stamp);
+        let file = Arc::new(blocking(move || open_source(&local, &stamp)).await?);
+        let mut hasher = Some(Md5::new());
+        let mut tasks = JoinSet::new();
+        let mut offset = 0u64;
+        let mut number = 0u32;
+        let mut failure = None;
+        while offset < entry.size {
+            let len = part_size.min(entry.size - offset) as usize;
+            number += 1;
+            let permit = self
+                .bodies
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let file_for_read = file.clone();
+            let mut running = hasher.take().expect("put back after every part");
+            let read = blocking(move || {
+                let part = read_part(&file_for_read, offset, len, &mut running)?;
+                Ok((part, running))
+            })
+            .await;
+            let ((body, md5), running) = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            hasher = Some(running);
+            let (store, key, id) = (self.store.clone(), key.to_string(), id.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                let etag = store
+                    .upload_part_verified(&key, &id, number, body, md5)
+                    .await
+                    .map_err(|e| refused(&format!("UploadPart {number} of"), &key, e))?;
+                Ok::<_, String>((CompletedPart { number, etag }, md5))
+            });
+            offset += len as u64;
+            // A failed part ends the reading early.
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = flatten(done) {
+                    failure.get_or_insert(e);
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        let mut parts = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            match flatten(done) {
+                Ok(p) => parts.push(p),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let hasher = hasher.expect("put back after every part");
+        let read_whole_md5 = BodyMd5(hasher.finalize().into());
+        let file_now = file.clone();
+        blocking(move || check_unchanged(&file_now, &stamp)).await?;
+        if read_whole_md5 != *whole {
+            return Err("the file changed while it was being copied; run migrate again".into());
+        }
+        parts.sort_by_key(|p| p.0.number);
+        Ok(parts)
+    }
+}
+
+fn flatten<T>(done: Result<Result<T, String>, tokio::task::JoinError>) -> Result<T, String> {
+    done.map_err(|e| format!("upload task failed: {e}"))?
+}
+
+/// The ETag S3 gives a multipart upload: the MD5 of the parts' MD5s, and their count.
+fn multipart_etag(parts: &[(CompletedPart, BodyMd5)]) -> String {
+    let mut all = Md5::new();
+    for (_, md5) in parts {
+        all.update(md5.0);
+    }
+    format!("{:x}-{}", all.finalize(), parts.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_are_checked_when_they_are_md5s() {
+        let md5 = hex(&md5_of(b"abc"));
+        assert!(check_etag("k", &ETag(format!("\"{md5}\"")), &md5).is_ok());
+        assert!(
+            check_etag(
+                "k",
+                &ETag("\"00000000000000000000000000000000\"".into()),
+                &md5
+            )
+            .is_err()
+        );
+        // Not an MD5 (e.g. a store's own tag): nothing to check.
+        assert!(check_etag("k", &ETag("\"v1\"".into()), &md5).is_ok());
+    }
+}
