@@ -177,6 +177,7 @@ impl<S: ObjectStore> Sender<S> {
         let mut offset = 0u64;
         let mut number = 0u32;
         let mut failure = None;
+        let mut parts = Vec::new();
         while offset < entry.size {
             let len = part_size.min(entry.size - offset) as usize;
             number += 1;
@@ -211,17 +212,19 @@ impl<S: ObjectStore> Sender<S> {
                 Ok::<_, String>((CompletedPart { number, etag }, md5))
             });
             offset += len as u64;
-            // A failed part ends the reading early.
+            // Parts done so far are collected; a failed one ends the reading early.
             while let Some(done) = tasks.try_join_next() {
-                if let Err(e) = flatten(done) {
-                    failure.get_or_insert(e);
+                match flatten(done) {
+                    Ok(p) => parts.push(p),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
                 }
             }
             if failure.is_some() {
                 break;
             }
         }
-        let mut parts = Vec::new();
         while let Some(done) = tasks.join_next().await {
             match flatten(done) {
                 Ok(p) => parts.push(p),
@@ -241,6 +244,18 @@ impl<S: ObjectStore> Sender<S> {
             return Err("the file changed while it was being copied; run migrate again".into());
         }
         parts.sort_by_key(|p| p.0.number);
+        // Every part, once: S3 would complete an upload of fewer parts as a shorter object.
+        if parts.len() != number as usize
+            || parts
+                .iter()
+                .enumerate()
+                .any(|(i, p)| p.0.number != i as u32 + 1)
+        {
+            return Err(format!(
+                "{} of {number} parts were uploaded; not completed",
+                parts.len()
+            ));
+        }
         Ok(parts)
     }
 }
@@ -261,6 +276,29 @@ fn multipart_etag(parts: &[(CompletedPart, BodyMd5)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_in_parts_arrives_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(12usize << 20) + 1)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let path = dir.path().join("big");
+        std::fs::write(&path, &data).unwrap();
+        let layout = Layout::new("p/");
+        let entry = super::super::walk::entry(&path, "big".into(), &layout).unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let sender = Sender {
+            store: store.clone(),
+            layout,
+            part_size: 5 << 20,
+            bodies: Arc::new(Semaphore::new(4)),
+        };
+        assert_eq!(sender.send(&entry).await.unwrap(), data.len() as u64);
+        assert_eq!(store.object("p/big").unwrap(), data);
+        assert_eq!(store.pending_uploads(), 0);
+    }
 
     #[test]
     fn etags_are_checked_when_they_are_md5s() {

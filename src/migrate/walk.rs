@@ -154,7 +154,7 @@ fn problem(local: &Path, why: String, dir: bool) -> Found {
 
 /// The entry at `local` (relative path `path`), or why it cannot be copied and whether
 /// it is a directory.
-fn entry(local: &Path, path: String, layout: &Layout) -> Result<Entry, (String, bool)> {
+pub(super) fn entry(local: &Path, path: String, layout: &Layout) -> Result<Entry, (String, bool)> {
     let meta =
         std::fs::symlink_metadata(local).map_err(|e| (format!("cannot stat: {e}"), false))?;
     let ft = meta.file_type();
