@@ -8,6 +8,7 @@
 # Environment: BENCH_MIGRATE_SMALL (1992 files of BENCH_MIGRATE_SMALL_KIB KiB, default 256),
 # BENCH_MIGRATE_BIG (8 files of BENCH_MIGRATE_BIG_MIB MiB, default 72): by default 2,000 files
 # and 1.05 GiB in 40 folders. BENCH_MIGRATE_OPTS: extra migrate options (e.g. --concurrency 32).
+# BENCH_BIN: the s3mount binary to measure (default: this checkout's release build, built here).
 # Each side gets its own random data (Garage deduplicates identical blocks); the trees live in
 # /dev/shm so that the local disk is not what is measured.
 set -euo pipefail
@@ -22,9 +23,9 @@ read -r -a OPTS <<<"${BENCH_MIGRATE_OPTS:-}"
 DIRS=40
 
 ensure_apt_packages
-cargo build --release --bin s3mount
+[ -n "${BENCH_BIN:-}" ] || cargo build --release --bin s3mount
 scripts/local-s3.sh install
-BIN=$(pwd)/target/release/s3mount
+BIN=${BENCH_BIN:-$(pwd)/target/release/s3mount}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/s3mount-bench-migrate.XXXXXX")
 DATA=$(mktemp -d /dev/shm/s3mount-bench-migrate.XXXXXX)

@@ -16,6 +16,7 @@ mod readdir;
 mod rename;
 mod save;
 mod space;
+mod trash;
 mod writeback;
 mod xattr;
 
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use crate::error::{FsError, FsResult};
 use crate::layout::Layout;
+use crate::meta_index::MetaIndex;
 use crate::read::BlockCache;
 use crate::stage::StageDir;
 use crate::store::ObjectStore;
@@ -34,6 +36,7 @@ use crate::upload::Uploader;
 use handles::HandleTable;
 use inodes::InodeTable;
 pub use inodes::{Attr, Extras, Kind, ROOT};
+pub use trash::Trash;
 pub use writeback::Recovery;
 pub use xattr::{XattrAnswer, xattr_answer, xattr_list, xattr_name_to_read, xattr_name_to_write};
 
@@ -75,6 +78,8 @@ pub struct FsConfig {
     /// Directory listings show what LIST says (defaults for mode and owner) without a
     /// HEAD per entry; a file's stored metadata is read when it is looked up by name.
     pub fast_listing: bool,
+    /// Bound on the persistent metadata index in the cache dir (0: no index).
+    pub metadata_index_entries: u64,
 }
 
 /// Who asks: the caller's ids, for ownership of new files.
@@ -126,6 +131,10 @@ pub struct S3Fs<S: ObjectStore> {
     pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
     /// Directories being listed for lookups.
     listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// HEAD answers of earlier listings, by exact object version.
+    index: MetaIndex,
+    /// `--trash`: where unlink keeps a copy of each file before deleting it.
+    trash: Option<Trash<S>>,
 }
 
 fn now() -> SystemTime {
@@ -135,6 +144,7 @@ fn now() -> SystemTime {
 impl<S: ObjectStore> S3Fs<S> {
     pub fn new(store: Arc<S>, cfg: FsConfig) -> FsResult<S3Fs<S>> {
         let stages = StageDir::open(&cfg.cache_dir)?;
+        let index = MetaIndex::open(&cfg.cache_dir, cfg.metadata_index_entries);
         let (pending_tx, pending_rx) = tokio::sync::mpsc::unbounded_channel();
         let started = now();
         let root = Attr {
@@ -163,6 +173,8 @@ impl<S: ObjectStore> S3Fs<S> {
             pending_tx,
             pending_rx: Mutex::new(Some(pending_rx)),
             listing_gates: Mutex::new(HashMap::new()),
+            index,
+            trash: None,
         })
     }
 

@@ -1,16 +1,18 @@
 //! Deciding, entry by entry, whether the bucket already holds it: the object's size and
 //! s3fs metadata (mode with type bits, owner, mtime, device number, `user.*` xattrs)
-//! must equal the source's, and its content too. Migrate records the MD5 of what it
-//! uploaded in `x-amz-meta-s3mount-md5`; an object that carries it (and whose plain
-//! ETag, if it has one, agrees) is taken as is. Any other object, written by the mount,
-//! s3fs or another client, is compared by hashing the source file against its ETag.
+//! must equal the source's, and its content too. Migrate records what it uploaded: the
+//! MD5 of a single PUT in `x-amz-meta-s3mount-md5` (taken as is while the ETag agrees),
+//! the part size of a multipart upload in `x-amz-meta-s3mount-part-size` (so that the
+//! source's multipart ETag can be computed when the content must be compared). Any
+//! other object, written by the mount, s3fs or another client, is compared by hashing
+//! the source file against its ETag.
 //! Invariant: deciding only reads (LIST, HEAD, the source file), never writes.
 
 use std::collections::HashMap;
 
 use md5::{Digest, Md5};
 
-use super::read::{hex, md5_file};
+use super::read::{hex, md5_file, multipart_etag};
 use super::walk::{Entry, EntryKind};
 use crate::layout::{self, MAX_USER_META};
 use crate::store::{BodyMd5, ETag, ObjectHeaders, ObjectStore, StoreError, StoreResult};
@@ -18,6 +20,18 @@ use crate::store::{BodyMd5, ETag, ObjectHeaders, ObjectStore, StoreError, StoreR
 /// The user metadata header (without `x-amz-meta-`) holding the MD5 of the content
 /// migrate uploaded, in hex.
 pub const MD5_HEADER: &str = "s3mount-md5";
+/// The user metadata header holding the part size of a multipart upload by migrate.
+pub const PART_SIZE_HEADER: &str = "s3mount-part-size";
+
+/// What a regular file's object records of its content.
+pub enum Fingerprint<'a> {
+    /// Nothing (not a regular file).
+    None,
+    /// The MD5 of a single PUT.
+    Md5(&'a BodyMd5),
+    /// The part size of a multipart upload.
+    PartSize(u64),
+}
 
 /// Every object under the prefix and its size, from one listing before the run.
 pub struct RemoteIndex(HashMap<String, u64>);
@@ -55,14 +69,18 @@ pub enum Decision {
     Skip { verified: bool },
 }
 
-/// The headers the object of `entry` gets: the mount's (`layout`), plus the MD5 of a
-/// regular file's content. Fails if they exceed what S3 stores.
-pub fn headers(entry: &Entry, md5: Option<&BodyMd5>) -> Result<ObjectHeaders, String> {
+/// The headers the object of `entry` gets: the mount's (`layout`), plus a regular
+/// file's fingerprint. Fails if they exceed what S3 stores.
+pub fn headers(entry: &Entry, fingerprint: Fingerprint) -> Result<ObjectHeaders, String> {
     let mut headers = layout::object_headers(&entry.meta, true);
-    if let Some(md5) = md5 {
-        headers.user_meta.push((MD5_HEADER.into(), hex(md5)));
-        headers.user_meta.sort();
+    match fingerprint {
+        Fingerprint::None => {}
+        Fingerprint::Md5(md5) => headers.user_meta.push((MD5_HEADER.into(), hex(md5))),
+        Fingerprint::PartSize(n) => headers
+            .user_meta
+            .push((PART_SIZE_HEADER.into(), n.to_string())),
     }
+    headers.user_meta.sort();
     if layout::user_meta_len(&headers) > MAX_USER_META {
         return Err(format!(
             "its metadata (mode, times, extended attributes) exceeds the {MAX_USER_META} bytes S3 stores: not copied"
@@ -124,34 +142,48 @@ pub async fn decide<S: ObjectStore>(
             }
         }
         EntryKind::File => {
-            let header = meta.meta(MD5_HEADER).map(str::to_ascii_lowercase);
-            let trusted = match (&etag_md5, header) {
-                // Written by migrate, and not replaced since by other bytes.
-                (Some(e), Some(h)) if *e == h => Some(h),
-                // Written by migrate in parts: the header is all there is.
-                (None, Some(h)) => Some(h),
-                _ => None,
-            };
-            if trusted.is_some() && !verify {
-                return Ok(Decision::Skip { verified: false });
+            let (local, stamp) = (entry.local.clone(), entry.stamp);
+            if let Some(etag) = etag_md5 {
+                // Written by migrate, and not replaced since by other bytes?
+                let ours = meta.meta(MD5_HEADER).map(str::to_ascii_lowercase);
+                if ours.as_deref() == Some(etag.as_str()) && !verify {
+                    return Ok(Decision::Skip { verified: false });
+                }
+                let md5 = hashed(move || md5_file(&local, &stamp)).await?;
+                return Ok(match hex(&md5) == etag {
+                    true => Decision::Skip { verified: true },
+                    false => Decision::Copy("content differs"),
+                });
             }
-            let Some(reference) = trusted.or(etag_md5) else {
+            let part_size = meta
+                .meta(PART_SIZE_HEADER)
+                .and_then(|v| v.parse::<u64>().ok());
+            let Some(part_size) = part_size.filter(|p| *p > 0) else {
                 return Ok(Decision::Copy(
                     "uploaded in parts by another client: content cannot be compared",
                 ));
             };
-            let (local, stamp) = (entry.local.clone(), entry.stamp);
-            let md5 = tokio::task::spawn_blocking(move || md5_file(&local, &stamp))
-                .await
-                .map_err(|e| format!("hashing task failed: {e}"))?
-                .map_err(|e| format!("cannot read: {e}"))?;
-            if hex(&md5) == reference {
-                Ok(Decision::Skip { verified: true })
-            } else {
-                Ok(Decision::Copy("content differs"))
+            if !verify {
+                return Ok(Decision::Skip { verified: false });
             }
+            let local_etag = hashed(move || multipart_etag(&local, &stamp, part_size)).await?;
+            let remote_etag = meta.etag.0.trim_matches('"').to_ascii_lowercase();
+            Ok(match local_etag == remote_etag {
+                true => Decision::Skip { verified: true },
+                false => Decision::Copy("content differs"),
+            })
         }
     }
+}
+
+/// Hashes a source file on a blocking thread.
+async fn hashed<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("hashing task failed: {e}"))?
+        .map_err(|e| format!("cannot read: {e}"))
 }
 
 #[cfg(test)]

@@ -84,23 +84,33 @@ pub fn md5_file(path: &Path, stamp: &Stamp) -> std::io::Result<BodyMd5> {
     Ok(BodyMd5(hasher.finalize().into()))
 }
 
-/// Bytes `offset..offset + len` of an open source file and their MD5; `whole` is fed
-/// the same bytes (parts are read in order, so it ends as the whole file's MD5).
-pub fn read_part(
-    file: &File,
-    offset: u64,
-    len: usize,
-    whole: &mut Md5,
-) -> std::io::Result<(Bytes, BodyMd5)> {
+/// Bytes `offset..offset + len` of an open source file and their MD5.
+pub fn read_part(file: &File, offset: u64, len: usize) -> std::io::Result<(Bytes, BodyMd5)> {
     let mut buf = BytesMut::zeroed(len);
     file.read_exact_at(&mut buf, offset)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => changed(),
             _ => e,
         })?;
-    whole.update(&buf);
     let md5 = BodyMd5(Md5::digest(&buf).into());
     Ok((buf.freeze(), md5))
+}
+
+/// The ETag S3 gives an upload of the file in parts of `part_size`: the MD5 of the
+/// parts' MD5s, a dash and their count.
+pub fn multipart_etag(path: &Path, stamp: &Stamp, part_size: u64) -> std::io::Result<String> {
+    let file = open_source(path, stamp)?;
+    let mut all = Md5::new();
+    let (mut offset, mut parts) = (0u64, 0u32);
+    while offset < stamp.size {
+        let len = part_size.min(stamp.size - offset) as usize;
+        let (_, md5) = read_part(&file, offset, len)?;
+        all.update(md5.0);
+        offset += len as u64;
+        parts += 1;
+    }
+    check_unchanged(&file, stamp)?;
+    Ok(format!("{:x}-{parts}", all.finalize()))
 }
 
 pub fn hex(md5: &BodyMd5) -> String {

@@ -2,7 +2,8 @@
 //! body), a special file (empty), or a regular file, read and uploaded with the MD5 of
 //! exactly the bytes read: one PUT up to the part size, else a multipart upload whose
 //! parts are read in order and uploaded in parallel while the next ones are read. S3
-//! checks each body against its MD5 (Content-MD5) and refuses a corrupted one.
+//! checks each body against its MD5 (Content-MD5) and refuses a corrupted one. The
+//! object records its MD5 (single PUT) or its part size (multipart) for later runs.
 //! Invariants: a body is held only with a permit of `bodies` (memory stays at most
 //! permits x part size); a multipart upload is completed only when every part was
 //! accepted and the file did not change while it was read, and aborted otherwise.
@@ -14,8 +15,8 @@ use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::plan::headers;
-use super::read::{check_unchanged, hex, md5_file, open_source, read_part, read_whole};
+use super::plan::{Fingerprint, headers};
+use super::read::{check_unchanged, hex, open_source, read_part, read_whole};
 use super::walk::{Entry, EntryKind};
 use crate::layout::Layout;
 use crate::store::{BodyMd5, CompletedPart, ETag, ObjectStore, StoreError};
@@ -69,20 +70,21 @@ impl<S: ObjectStore> Sender<S> {
         match &entry.kind {
             EntryKind::Dir => {
                 let key = self.layout.dir_prefix(&entry.path);
-                self.put_small(&key, Bytes::new(), headers(entry, None)?)
+                self.put_small(&key, Bytes::new(), headers(entry, Fingerprint::None)?)
                     .await?;
                 Ok(0)
             }
             EntryKind::Special => {
                 let key = self.layout.file_key(&entry.path);
-                self.put_small(&key, Bytes::new(), headers(entry, None)?)
+                self.put_small(&key, Bytes::new(), headers(entry, Fingerprint::None)?)
                     .await?;
                 Ok(0)
             }
             EntryKind::Symlink(target) => {
                 let key = self.layout.file_key(&entry.path);
                 let body = Bytes::copy_from_slice(target.as_bytes());
-                self.put_small(&key, body, headers(entry, None)?).await?;
+                self.put_small(&key, body, headers(entry, Fingerprint::None)?)
+                    .await?;
                 Ok(entry.size)
             }
             EntryKind::File if entry.size <= self.part_size => self.send_small(entry).await,
@@ -110,7 +112,7 @@ impl<S: ObjectStore> Sender<S> {
         let _permit = self.bodies.acquire().await.expect("never closed");
         let (local, stamp) = (entry.local.clone(), entry.stamp);
         let (body, md5) = blocking(move || read_whole(&local, &stamp)).await?;
-        let headers = headers(entry, Some(&md5))?;
+        let headers = headers(entry, Fingerprint::Md5(&md5))?;
         let etag = self
             .store
             .put_verified(&key, body, &headers, md5)
@@ -120,19 +122,17 @@ impl<S: ObjectStore> Sender<S> {
         Ok(entry.size)
     }
 
-    /// A multipart upload: the whole file's MD5 first (it goes into the headers, which
-    /// S3 takes when the upload is created), then the parts.
+    /// A multipart upload, its part size recorded in its headers.
     async fn send_in_parts(&self, entry: &Entry) -> Result<u64, String> {
         let key = self.layout.file_key(&entry.path);
-        let (local, stamp) = (entry.local.clone(), entry.stamp);
-        let whole = blocking(move || md5_file(&local, &stamp)).await?;
-        let headers = headers(entry, Some(&whole))?;
+        let part_size = self.part_size.max(entry.size.div_ceil(MAX_PARTS));
+        let headers = headers(entry, Fingerprint::PartSize(part_size))?;
         let id = self
             .store
             .create_multipart(&key, &headers)
             .await
             .map_err(|e| refused("CreateMultipartUpload", &key, e))?;
-        let result = self.upload_parts(entry, &key, &id, &whole).await;
+        let result = self.upload_parts(entry, &key, &id, part_size).await;
         let done = match result {
             Ok(parts) => {
                 let expected = multipart_etag(&parts);
@@ -161,18 +161,16 @@ impl<S: ObjectStore> Sender<S> {
     }
 
     /// Reads the parts in order and uploads them in parallel; the parts and their MD5s,
-    /// once every part was accepted and the file read as it was hashed.
+    /// once every part was accepted and the file did not change while it was read.
     async fn upload_parts(
         &self,
         entry: &Entry,
         key: &str,
         id: &crate::store::UploadId,
-        whole: &BodyMd5,
+        part_size: u64,
     ) -> Result<Vec<(CompletedPart, BodyMd5)>, String> {
-        let part_size = self.part_size.max(entry.size.div_ceil(MAX_PARTS));
         let (local, stamp) = (entry.local.clone(), entry.stamp);
         let file = Arc::new(blocking(move || open_source(&local, &stamp)).await?);
-        let mut hasher = Some(Md5::new());
         let mut tasks = JoinSet::new();
         let mut offset = 0u64;
         let mut number = 0u32;
@@ -188,20 +186,14 @@ impl<S: ObjectStore> Sender<S> {
                 .await
                 .expect("never closed");
             let file_for_read = file.clone();
-            let mut running = hasher.take().expect("put back after every part");
-            let read = blocking(move || {
-                let part = read_part(&file_for_read, offset, len, &mut running)?;
-                Ok((part, running))
-            })
-            .await;
-            let ((body, md5), running) = match read {
+            let read = blocking(move || read_part(&file_for_read, offset, len)).await;
+            let (body, md5) = match read {
                 Ok(r) => r,
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
             };
-            hasher = Some(running);
             let (store, key, id) = (self.store.clone(), key.to_string(), id.clone());
             tasks.spawn(async move {
                 let _permit = permit;
@@ -236,13 +228,8 @@ impl<S: ObjectStore> Sender<S> {
         if let Some(e) = failure {
             return Err(e);
         }
-        let hasher = hasher.expect("put back after every part");
-        let read_whole_md5 = BodyMd5(hasher.finalize().into());
         let file_now = file.clone();
         blocking(move || check_unchanged(&file_now, &stamp)).await?;
-        if read_whole_md5 != *whole {
-            return Err("the file changed while it was being copied; run migrate again".into());
-        }
         parts.sort_by_key(|p| p.0.number);
         // Every part, once: S3 would complete an upload of fewer parts as a shorter object.
         if parts.len() != number as usize
