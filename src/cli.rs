@@ -13,6 +13,7 @@ use nix::unistd::{getgid, getuid};
 use crate::config::{MountConfig, default_cache_dir};
 use crate::fs::FsConfig;
 use crate::layout::normalize_prefix;
+use crate::migrate::MigrateConfig;
 use crate::store::s3::{S3Settings, StaticCredentials};
 use crate::trash::TrashTarget;
 
@@ -31,6 +32,9 @@ pub struct Cli {
 pub enum Command {
     /// Mount BUCKET (or s3://BUCKET/PREFIX/) on MOUNTPOINT.
     Mount(MountArgs),
+    /// Copy LOCAL_DIR into BUCKET (or s3://BUCKET/PREFIX/) as a mount would have written
+    /// it; a rerun copies only what is missing or changed.
+    Migrate(MigrateArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -39,21 +43,8 @@ pub struct MountArgs {
     pub source: String,
     /// An existing, empty directory.
     pub mountpoint: PathBuf,
-    /// Key prefix under which the mount lives (`docs/`: file /a.pdf is key docs/a.pdf).
-    #[arg(long, env = "S3_LOCATION")]
-    pub prefix: Option<String>,
-    /// S3-compatible endpoint (also AWS_ENDPOINT_URL, S3_ENDPOINT_URL).
-    #[arg(long, value_name = "URL")]
-    pub endpoint_url: Option<String>,
-    /// Region (also AWS_REGION).
-    #[arg(long)]
-    pub region: Option<String>,
-    /// Path-style addressing (MinIO, Ceph, Garage, local servers).
-    #[arg(long)]
-    pub force_path_style: bool,
-    /// Named profile of the AWS config files (also AWS_PROFILE, S3_SESSION_PROFILE).
-    #[arg(long, value_name = "NAME")]
-    pub profile: Option<String>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Local write-back cache directory.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -209,9 +200,9 @@ struct Limits {
 
 impl MountArgs {
     pub fn into_config(self) -> Result<MountConfig, String> {
-        let (bucket, prefix) = self.bucket_and_prefix()?;
+        let (bucket, prefix) = self.connection.bucket_and_prefix(&self.source)?;
         let limits = self.limits()?;
-        let s3 = self.s3_settings(&bucket)?;
+        let s3 = self.connection.s3_settings(&bucket)?;
         let trash = (self.trash.as_deref())
             .map(|t| TrashTarget::parse(t, &bucket, &prefix))
             .transpose()?;
@@ -253,20 +244,6 @@ impl MountArgs {
             log_level: self.log_level,
             trash,
         })
-    }
-
-    /// The bucket and the normalized prefix, from the source and `--prefix`.
-    fn bucket_and_prefix(&self) -> Result<(String, String), String> {
-        let (bucket, source_prefix) = parse_source(&self.source)?;
-        let prefix = match (source_prefix, self.prefix.clone()) {
-            (Some(a), Some(b)) if normalize_prefix(&a) != normalize_prefix(&b) => {
-                return Err(format!(
-                    "the prefix is given twice and differs: '{a}' in the source, '{b}' by --prefix"
-                ));
-            }
-            (a, b) => normalize_prefix(&a.or(b).unwrap_or_default()),
-        };
-        Ok((bucket, prefix))
     }
 
     /// The numeric settings with their defaults, and the log level, checked.
@@ -328,10 +305,27 @@ impl MountArgs {
             url_expiry,
         })
     }
+}
+
+impl ConnectionArgs {
+    /// The bucket and the normalized prefix, from `source` (BUCKET or
+    /// s3://BUCKET/PREFIX/) and `--prefix`.
+    pub fn bucket_and_prefix(&self, source: &str) -> Result<(String, String), String> {
+        let (bucket, source_prefix) = parse_source(source)?;
+        let prefix = match (source_prefix, self.prefix.clone()) {
+            (Some(a), Some(b)) if normalize_prefix(&a) != normalize_prefix(&b) => {
+                return Err(format!(
+                    "the prefix is given twice and differs: '{a}' in the source, '{b}' by --prefix"
+                ));
+            }
+            (a, b) => normalize_prefix(&a.or(b).unwrap_or_default()),
+        };
+        Ok((bucket, prefix))
+    }
 
     /// Endpoint, region, profile and static credentials, from the options or the
     /// environment.
-    fn s3_settings(&self, bucket: &str) -> Result<S3Settings, String> {
+    pub fn s3_settings(&self, bucket: &str) -> Result<S3Settings, String> {
         let endpoint_url = self
             .endpoint_url
             .clone()
@@ -367,6 +361,99 @@ impl MountArgs {
             static_credentials,
             max_attempts: 4,
         })
+    }
+}
+
+/// Where the bucket is and how to reach it: the options every subcommand that talks to
+/// S3 shares.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectionArgs {
+    /// Key prefix under which the mount lives (`docs/`: file /a.pdf is key docs/a.pdf).
+    #[arg(long, env = "S3_LOCATION")]
+    pub prefix: Option<String>,
+    /// S3-compatible endpoint (also AWS_ENDPOINT_URL, S3_ENDPOINT_URL).
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Region (also AWS_REGION).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Path-style addressing (MinIO, Ceph, Garage, local servers).
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// Named profile of the AWS config files (also AWS_PROFILE, S3_SESSION_PROFILE).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MigrateArgs {
+    /// The folder to copy; it is only read (unless --delete-source).
+    pub local_dir: PathBuf,
+    /// BUCKET, or s3://BUCKET/PREFIX/
+    pub target: String,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    // The mount's object options (--sse, --storage-class, --acl) belong here too, as the
+    // same flattened arguments, once the mount has them: migrate writes through the same
+    // S3 store.
+    /// Files, and parts of large files, uploaded in parallel (1..=256, default 16).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Files larger than this are uploaded in parts of this size (5MiB..5GiB, default
+    /// 8MiB, as the mount).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub part_size: Option<u64>,
+    /// List what would be copied; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete each source file once S3 has verified its object, then the folders left
+    /// empty (LOCAL_DIR itself stays).
+    #[arg(long)]
+    pub delete_source: bool,
+    /// error, warn, info, debug or trace (also RUST_LOG).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl MigrateArgs {
+    /// The S3 settings, the migration's own and the log level, checked.
+    pub fn into_job(self) -> Result<(S3Settings, MigrateConfig, Option<String>), String> {
+        let (bucket, prefix) = self.connection.bucket_and_prefix(&self.target)?;
+        let s3 = self.connection.s3_settings(&bucket)?;
+        let concurrency = self.concurrency.unwrap_or(16);
+        if !(1..=256).contains(&concurrency) {
+            return Err(format!(
+                "invalid value for --concurrency: {concurrency}; use 1 to 256"
+            ));
+        }
+        let part_size = self.part_size.unwrap_or(8 << 20);
+        if !(5 << 20..=5 << 30).contains(&part_size) {
+            return Err(format!(
+                "invalid value for --part-size: {part_size} bytes; S3 needs 5MiB to 5GiB"
+            ));
+        }
+        if let Some(level) = &self.log_level
+            && level.parse::<log::LevelFilter>().is_err()
+        {
+            return Err(format!(
+                "invalid value for --log-level: '{level}'; use error, warn, info, debug or trace"
+            ));
+        }
+        if self.dry_run && self.delete_source {
+            return Err("--dry-run and --delete-source exclude each other".into());
+        }
+        Ok((
+            s3,
+            MigrateConfig {
+                source: self.local_dir,
+                prefix,
+                concurrency,
+                part_size,
+                dry_run: self.dry_run,
+                delete_source: self.delete_source,
+            },
+            self.log_level,
+        ))
     }
 }
 
@@ -412,7 +499,9 @@ mod tests {
             "1MiB",
         ]))
         .unwrap();
-        let Command::Mount(m) = cli.command;
+        let Command::Mount(m) = cli.command else {
+            panic!("parsed as mount")
+        };
         let err = m.into_config().unwrap_err();
         assert!(err.contains("--part-size"), "{err}");
         let err = Cli::try_parse_from(args(&["s3mount", "mount", "b", "/m", "--file-mode", "999"]))

@@ -27,6 +27,7 @@ pub mod fs;
 pub mod fuse;
 pub mod layout;
 pub mod meta_index;
+pub mod migrate;
 pub mod mount_options;
 pub mod read;
 pub mod stage;

@@ -37,5 +37,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Migrate(args) => match args.into_job() {
+            Ok((s3, job, log_level)) => s3mount::migrate::run(s3, job, log_level.as_deref()),
+            Err(e) => {
+                eprintln!("s3mount migrate: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }

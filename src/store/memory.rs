@@ -19,8 +19,8 @@ use futures::StreamExt;
 
 use super::part_copy::{MAX_SINGLE_COPY, copy_in_parts};
 use super::{
-    Body, ByteChunks, CompletedPart, ETag, ListPage, ListedObject, ObjectHeaders, ObjectMeta,
-    ObjectStore, StoreError, StoreResult, UploadId,
+    Body, BodyMd5, ByteChunks, CompletedPart, ETag, ListPage, ListedObject, ObjectHeaders,
+    ObjectMeta, ObjectStore, PendingUpload, StoreError, StoreResult, UploadId,
 };
 
 #[derive(Clone)]
@@ -44,6 +44,7 @@ pub enum Op {
     Copy,
     UploadPartCopy,
     Delete,
+    ListUploads,
 }
 
 /// What an object or a part holds: its bytes, or (sizes-only) the lengths and
@@ -141,6 +142,8 @@ pub struct MemoryStore {
     /// How long a sizes-only store keeps each body chunk after it arrived.
     chunk_hold: Mutex<Option<std::time::Duration>>,
     next_id: AtomicU64,
+    /// When each multipart upload (by id) was created.
+    initiated: Mutex<HashMap<String, SystemTime>>,
     /// Other buckets by name, readable by [`ObjectStore::copy_from_bucket`].
     buckets: Mutex<HashMap<String, Arc<MemoryStore>>>,
 }
@@ -463,6 +466,7 @@ impl ObjectStore for MemoryStore {
     async fn create_multipart(&self, key: &str, headers: &ObjectHeaders) -> StoreResult<UploadId> {
         self.enter(Op::CreateMultipart).await?;
         let id = format!("upload-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        (self.initiated.lock().unwrap()).insert(id.clone(), SystemTime::now());
         self.uploads.lock().unwrap().insert(
             id.clone(),
             (key.to_string(), headers.clone(), BTreeMap::new()),
@@ -645,6 +649,57 @@ impl ObjectStore for MemoryStore {
         self.enter(Op::Delete).await?;
         self.objects.lock().unwrap().remove(key);
         Ok(())
+    }
+
+    async fn put_verified(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+        md5: BodyMd5,
+    ) -> StoreResult<ETag> {
+        check_md5(&body, md5)?;
+        self.put(key, body, headers).await
+    }
+
+    async fn upload_part_verified(
+        &self,
+        key: &str,
+        id: &UploadId,
+        number: u32,
+        body: Bytes,
+        md5: BodyMd5,
+    ) -> StoreResult<ETag> {
+        check_md5(&body, md5)?;
+        self.upload_part(key, id, number, body.into()).await
+    }
+
+    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
+        self.enter(Op::ListUploads).await?;
+        let initiated = self.initiated.lock().unwrap();
+        let mut out: Vec<PendingUpload> = (self.uploads.lock().unwrap().iter())
+            .filter(|(_, (key, _, _))| key.starts_with(prefix))
+            .map(|(id, (key, _, _))| PendingUpload {
+                key: key.clone(),
+                id: UploadId(id.clone()),
+                initiated: initiated.get(id).copied().unwrap_or(SystemTime::UNIX_EPOCH),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.key, &a.id.0).cmp(&(&b.key, &b.id.0)));
+        Ok(out)
+    }
+}
+
+/// S3's BadDigest: the body is not the one whose MD5 the client sent.
+fn check_md5(body: &[u8], md5: BodyMd5) -> StoreResult<()> {
+    use md5::{Digest, Md5};
+    if Md5::digest(body).as_slice() == md5.0 {
+        Ok(())
+    } else {
+        Err(StoreError::Other(
+            "HTTP 400 BadDigest: the Content-MD5 you specified did not match what we received"
+                .into(),
+        ))
     }
 }
 

@@ -72,6 +72,19 @@ pub struct ObjectHeaders {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadId(pub String);
 
+/// The MD5 of a body, computed where its bytes were read: the store refuses the body
+/// (stores nothing) if the bytes it received have another MD5 (S3's Content-MD5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyMd5(pub [u8; 16]);
+
+/// A multipart upload that was created and is neither completed nor aborted.
+#[derive(Clone, Debug)]
+pub struct PendingUpload {
+    pub key: String,
+    pub id: UploadId,
+    pub initiated: SystemTime,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompletedPart {
     pub number: u32,
@@ -223,4 +236,28 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<String>> + Send;
     /// Deleting a missing key succeeds, as in S3.
     fn delete(&self, key: &str) -> impl Future<Output = StoreResult<()>> + Send;
+    /// [`ObjectStore::put`] of a body whose MD5 is `md5`: refused, nothing stored, if
+    /// the store received other bytes.
+    fn put_verified(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+        md5: BodyMd5,
+    ) -> impl Future<Output = StoreResult<ETag>> + Send;
+    /// [`ObjectStore::upload_part`] of a body whose MD5 is `md5`: refused if the store
+    /// received other bytes.
+    fn upload_part_verified(
+        &self,
+        key: &str,
+        id: &UploadId,
+        number: u32,
+        body: Bytes,
+        md5: BodyMd5,
+    ) -> impl Future<Output = StoreResult<ETag>> + Send;
+    /// The multipart uploads in progress for keys under `prefix`, all pages.
+    fn list_uploads(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = StoreResult<Vec<PendingUpload>>> + Send;
 }

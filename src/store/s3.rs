@@ -30,8 +30,8 @@ use super::s3_answers::{classify, decode_listed, salvage_field};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
-    Body, ByteChunks, CompletedPart, ETag, ListPage, ListedObject, ObjectHeaders, ObjectMeta,
-    ObjectStore, StoreError, StoreResult, UploadId,
+    Body, BodyMd5, ByteChunks, CompletedPart, ETag, ListPage, ListedObject, ObjectHeaders,
+    ObjectMeta, ObjectStore, PendingUpload, StoreError, StoreResult, UploadId,
 };
 
 use super::part_copy::{COPY_PARALLEL, MAX_SINGLE_COPY, copy_in_parts, copy_ranges};
@@ -561,6 +561,106 @@ impl ObjectStore for S3Store {
             .map_err(|e| classify("CopyObject", from, e))?;
         Ok(etag(out.copy_object_result().and_then(|r| r.e_tag())))
     }
+
+    // The object options of the mount (if any) belong here as in `put`: an object
+    // written by `put_verified` must look like one written by `put`.
+    async fn put_verified(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+        md5: BodyMd5,
+    ) -> StoreResult<ETag> {
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(body.len() as i64)
+            .content_md5(content_md5(md5))
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .set_metadata(user_metadata(headers))
+            .set_content_type(headers.content_type.clone())
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| classify("PutObject", key, e))?;
+        Ok(etag(out.e_tag()))
+    }
+
+    async fn upload_part_verified(
+        &self,
+        key: &str,
+        id: &UploadId,
+        number: u32,
+        body: Bytes,
+        md5: BodyMd5,
+    ) -> StoreResult<ETag> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&id.0)
+            .part_number(number as i32)
+            .content_length(body.len() as i64)
+            .content_md5(content_md5(md5))
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| classify("UploadPart", key, e))?;
+        Ok(etag(out.e_tag()))
+    }
+
+    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
+        let mut uploads = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let out = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .encoding_type(EncodingType::Url)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| classify("ListMultipartUploads", prefix, e))?;
+            let encoded = out.encoding_type() == Some(&EncodingType::Url);
+            let key_of = |raw: &str| match encoded {
+                true => decode_listed("ListMultipartUploads", prefix, raw),
+                false => Ok(raw.to_string()),
+            };
+            for u in out.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                uploads.push(PendingUpload {
+                    key: key_of(key)?,
+                    id: UploadId(id.to_string()),
+                    initiated: system_time(u.initiated()),
+                });
+            }
+            if !out.is_truncated().unwrap_or(false) {
+                return Ok(uploads);
+            }
+            key_marker = out.next_key_marker().map(key_of).transpose()?;
+            id_marker = out.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(uploads); // a truncated page without markers: nothing to go on
+            }
+        }
+    }
+}
+
+/// The Content-MD5 header's value: the digest in base64.
+fn content_md5(md5: BodyMd5) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(md5.0)
 }
 
 impl S3Store {

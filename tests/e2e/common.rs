@@ -193,6 +193,26 @@ impl Bucket {
         })
     }
 
+    /// Puts `data` with user metadata `meta` (as another client would).
+    pub fn put_with_meta(
+        &self,
+        key: &str,
+        data: &[u8],
+        meta: &std::collections::HashMap<String, String>,
+    ) {
+        self.rt.block_on(async {
+            self.client
+                .put_object()
+                .bucket(&self.env.bucket)
+                .key(key)
+                .set_metadata(Some(meta.clone()))
+                .body(ByteStream::from(data.to_vec()))
+                .send()
+                .await
+                .unwrap();
+        })
+    }
+
     /// Creates bucket `name` (the test key may create buckets).
     pub fn create_bucket(&self, name: &str) {
         self.rt.block_on(async {
@@ -230,6 +250,24 @@ impl Bucket {
                 .send()
                 .await
                 .unwrap();
+        })
+    }
+
+    /// The keys of the multipart uploads in progress under `prefix`.
+    pub fn uploads(&self, prefix: &str) -> Vec<String> {
+        self.rt.block_on(async {
+            let out = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.env.bucket)
+                .prefix(prefix)
+                .send()
+                .await
+                .unwrap();
+            out.uploads()
+                .iter()
+                .filter_map(|u| u.key().map(String::from))
+                .collect()
         })
     }
 
@@ -579,6 +617,11 @@ pub enum Fault {
     SlowDown = 2,
     /// Pass traffic through with a delay on every chunk.
     Slow = 3,
+    /// Pass traffic through, flipping the first body byte of every PUT request (what a
+    /// bad network card or middlebox might do; S3 stores it unless a checksum says no).
+    Corrupt = 4,
+    /// Pass traffic through, with a delay on every chunk sent to the server (slow uploads).
+    SlowUpload = 5,
 }
 
 /// A TCP proxy in front of the S3 server that injects faults. Switching to a fault cuts
@@ -589,8 +632,12 @@ pub struct Proxy {
     fault: Arc<std::sync::atomic::AtomicU8>,
     percent: Arc<std::sync::atomic::AtomicU8>,
     open: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    /// Requests passed through, by HTTP method.
+    requests: RequestCounts,
     _rt: tokio::runtime::Runtime,
 }
+
+type RequestCounts = Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>;
 
 const SLOW_DOWN: &[u8] = b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: 92\r\nConnection: close\r\n\r\n<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>";
 
@@ -611,6 +658,8 @@ impl Proxy {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let (mode, share, conns) = (fault.clone(), percent.clone(), open.clone());
+        let requests = RequestCounts::default();
+        let counts = requests.clone();
         rt.spawn(async move {
             let mut n: u64 = 0;
             loop {
@@ -636,6 +685,7 @@ impl Proxy {
                     continue;
                 };
                 let _ = inbound.set_nodelay(true);
+                let counts = counts.clone();
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     if fault == Fault::SlowDown as u8 {
@@ -651,7 +701,7 @@ impl Proxy {
                         let _ = inbound.shutdown().await;
                         return;
                     }
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
                     let _ = outbound.set_nodelay(true);
@@ -680,7 +730,17 @@ impl Proxy {
                         tokio::join!(up, down);
                         return;
                     }
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let (ri, mut wi) = inbound.into_split();
+                    let (mut ro, wo) = outbound.into_split();
+                    let corrupt = fault == Fault::Corrupt as u8;
+                    let delay =
+                        (fault == Fault::SlowUpload as u8).then(|| Duration::from_millis(5));
+                    let up = relay_requests(ri, wo, counts, corrupt, delay);
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut ro, &mut wi).await;
+                        let _ = wi.shutdown().await;
+                    };
+                    tokio::join!(up, down);
                 });
             }
         });
@@ -689,8 +749,30 @@ impl Proxy {
             fault,
             percent,
             open,
+            requests,
             _rt: rt,
         }
+    }
+
+    /// Requests with HTTP method `method` passed through so far.
+    pub fn requests(&self, method: &str) -> u64 {
+        (self.requests.lock().unwrap())
+            .get(method)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests that may change the bucket (PUT, POST, DELETE) passed through so far.
+    pub fn write_requests(&self) -> u64 {
+        ["PUT", "POST", "DELETE"]
+            .iter()
+            .map(|m| self.requests(m))
+            .sum()
+    }
+
+    /// Forgets the requests counted so far.
+    pub fn reset_counts(&self) {
+        self.requests.lock().unwrap().clear();
     }
 
     pub fn url(&self) -> String {
@@ -716,6 +798,71 @@ impl Proxy {
             self.set_fault(Fault::None, 100);
         }
     }
+}
+
+/// Copies HTTP/1.1 requests from a client to the server, counting them by method (from
+/// each request's head and its Content-Length); with `corrupt`, flips the first body byte
+/// of every PUT; with `delay`, waits that long before passing on each chunk read. A
+/// request in chunked transfer encoding ends the counting of that connection (the rest
+/// passes through untouched).
+async fn relay_requests(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    counts: RequestCounts,
+    corrupt: bool,
+    delay: Option<Duration>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut head: Vec<u8> = Vec::new();
+    let (mut body_left, mut opaque, mut flip_next) = (0u64, false, false);
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let chunk = &mut buf[..n];
+        let mut i = 0;
+        while i < chunk.len() && !opaque {
+            if body_left > 0 {
+                let take = body_left.min((chunk.len() - i) as u64) as usize;
+                if flip_next {
+                    chunk[i] ^= 0xff;
+                    flip_next = false;
+                }
+                body_left -= take as u64;
+                i += take;
+                continue;
+            }
+            head.push(chunk[i]);
+            i += 1;
+            if !head.ends_with(b"\r\n\r\n") {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&head).to_string();
+            head.clear();
+            let method = text.split(' ').next().unwrap_or("").to_string();
+            *counts.lock().unwrap().entry(method.clone()).or_default() += 1;
+            for line in text.lines() {
+                let Some((name, value)) = line.split_once(':') else {
+                    continue;
+                };
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => body_left = value.trim().parse().unwrap_or(0),
+                    "transfer-encoding" => opaque = true,
+                    _ => {}
+                }
+            }
+            flip_next = corrupt && method == "PUT" && body_left > 0;
+        }
+        if to.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// Closes a socket with RST instead of FIN.

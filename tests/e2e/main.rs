@@ -21,6 +21,7 @@ mod crash;
 mod credentials;
 mod durability;
 mod meta_index;
+mod migrate;
 mod mount_e2e;
 mod odd_keys;
 mod random_ops;
