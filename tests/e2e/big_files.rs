@@ -72,6 +72,7 @@ fn a_file_written_front_to_back_grows_its_parts_within_the_memory_bound() {
     // Parts of up to 145 MiB went through 4 MiB of bodies (plus the block cache and
     // the runtime): before, one part alone was held whole.
     let rss = daemon_peak_rss(m.mountpoint());
+    eprintln!("daemon peak RSS after the upload: {} MiB", rss >> 20);
     assert!(rss < 120 * MIB as u64, "daemon peak RSS {} MiB", rss >> 20);
 
     let mut back = Vec::with_capacity(data.len());
