@@ -2,8 +2,11 @@
 //! kernel's lookup counts, and the stage of files being written. Paths are derived by
 //! walking parents, so renaming a directory is one update. Numbers are never reused.
 //! It also counts the attached subdirectories of each directory, for its link count.
+//! An inode is kept small (its name shared with the name index, rare parts boxed): the
+//! kernel may hold 100,000 of them after an `ls -l` of a big folder.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -85,6 +88,36 @@ pub struct Extras {
     pub link: Option<String>,
 }
 
+/// [`Extras`] in 8 bytes: most inodes (every listed one) have none, and a table of
+/// 100,000 inodes should not pay 48 bytes each for that. Reads see empty extras;
+/// a write makes room.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SlimExtras(Option<Box<Extras>>);
+
+static NO_EXTRAS: Extras = Extras {
+    xattrs: BTreeMap::new(),
+    link: None,
+};
+
+impl Deref for SlimExtras {
+    type Target = Extras;
+    fn deref(&self) -> &Extras {
+        self.0.as_deref().unwrap_or(&NO_EXTRAS)
+    }
+}
+
+impl DerefMut for SlimExtras {
+    fn deref_mut(&mut self) -> &mut Extras {
+        self.0.get_or_insert_default()
+    }
+}
+
+impl From<Extras> for SlimExtras {
+    fn from(extras: Extras) -> SlimExtras {
+        SlimExtras((extras != Extras::default()).then(|| Box::new(extras)))
+    }
+}
+
 /// The object in S3 that a file inode stands for.
 #[derive(Clone, Debug)]
 pub struct Remote {
@@ -131,13 +164,14 @@ impl Remote {
 
 pub struct Inode {
     pub parent: u64,
-    pub name: String,
+    /// Shared with the table's name index.
+    pub name: Arc<str>,
     pub attr: Attr,
     pub remote: Option<Remote>,
     /// The object's metadata was read (or written here): `attr` and `extras` are whole.
     /// Entries known from a listing only have defaults until a HEAD.
     pub meta_known: bool,
-    pub extras: Extras,
+    pub extras: SlimExtras,
     /// Counts the content changes of the object (uploads here, other versions seen).
     pub content_version: u64,
     /// Directories: entries changed here, so mtime and ctime are newer in memory than
@@ -147,6 +181,9 @@ pub struct Inode {
     pub valid_until: Instant,
     pub lookups: u64,
     pub open_handles: u32,
+    /// Entries of a directory batch a cursor may still hand out (see `DirCursor`): the
+    /// kernel has not counted a lookup for them yet, but must find them when it does.
+    pins: u32,
     stage: Option<Arc<Stage>>,
     /// Unlinked or replaced: no longer reachable by name.
     pub detached: bool,
@@ -154,7 +191,7 @@ pub struct Inode {
     /// empty here), so a name that is not there does not exist.
     pub listed_until: Option<Instant>,
     /// Files: the version whose pages the kernel may still cache from the last open.
-    pub page_cache_etag: Option<ETag>,
+    pub page_cache_etag: Option<Box<ETag>>,
     /// Directories: the last listing needed more than one page, so a lookup miss asks
     /// S3 about the one name instead of listing the directory again.
     pub large: bool,
@@ -209,16 +246,17 @@ impl Inode {
     ) -> Inode {
         Inode {
             parent,
-            name: name.to_string(),
+            name: Arc::from(name),
             attr,
             remote,
             meta_known: false,
-            extras: Extras::default(),
+            extras: SlimExtras::default(),
             content_version: 0,
             touched: false,
             valid_until,
             lookups: 0,
             open_handles: 0,
+            pins: 0,
             stage: None,
             detached: false,
             listed_until: None,
@@ -230,8 +268,10 @@ impl Inode {
 }
 
 pub struct InodeTable {
-    inodes: HashMap<u64, Inode>,
-    children: HashMap<(u64, String), u64>,
+    /// Boxed: a table of 100,000 inodes then grows by moving pointers, not whole
+    /// inodes, and its spare capacity costs 16 bytes a slot instead of an inode.
+    inodes: HashMap<u64, Box<Inode>>,
+    children: HashMap<(u64, Arc<str>), u64>,
     /// Number of attached inodes under each directory inode.
     kids: HashMap<u64, usize>,
     /// Number of attached directories under each directory inode (its st_nlink - 2).
@@ -247,7 +287,7 @@ impl InodeTable {
         let mut root = Inode::new(ROOT, "", Attr { ino: ROOT, ..root }, None, far_future());
         root.meta_known = true;
         root.lookups = 1;
-        inodes.insert(ROOT, root);
+        inodes.insert(ROOT, Box::new(root));
         InodeTable {
             inodes,
             children: HashMap::new(),
@@ -259,15 +299,15 @@ impl InodeTable {
     }
 
     pub fn get(&self, ino: u64) -> Option<&Inode> {
-        self.inodes.get(&ino)
+        self.inodes.get(&ino).map(|i| &**i)
     }
 
     pub fn get_mut(&mut self, ino: u64) -> Option<&mut Inode> {
-        self.inodes.get_mut(&ino)
+        self.inodes.get_mut(&ino).map(|i| &mut **i)
     }
 
     pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
-        self.children.get(&(parent, name.to_string())).copied()
+        self.children.get(&(parent, Arc::from(name))).copied()
     }
 
     /// The path of `ino` relative to the mount root ("" for the root); None once detached.
@@ -279,7 +319,7 @@ impl InodeTable {
             if inode.detached {
                 return None;
             }
-            parts.push(inode.name.as_str());
+            parts.push(&*inode.name);
             cur = inode.parent;
         }
         parts.reverse();
@@ -349,7 +389,7 @@ impl InodeTable {
                     }
                     inode.remote = remote;
                     inode.meta_known = extras.is_some();
-                    inode.extras = extras.unwrap_or_default();
+                    inode.extras = extras.unwrap_or_default().into();
                 }
                 inode.valid_until = valid_until;
                 return ino;
@@ -361,10 +401,11 @@ impl InodeTable {
         attr.ino = ino;
         let mut inode = Inode::new(parent, name, attr, remote, valid_until);
         inode.meta_known = extras.is_some();
-        inode.extras = extras.unwrap_or_default();
+        inode.extras = extras.unwrap_or_default().into();
         let is_dir = inode.attr.kind == Kind::Dir;
-        self.inodes.insert(ino, inode);
-        self.children.insert((parent, name.to_string()), ino);
+        let key = (parent, inode.name.clone());
+        self.inodes.insert(ino, Box::new(inode));
+        self.children.insert(key, ino);
         self.link_to_parent(parent, is_dir);
         ino
     }
@@ -449,8 +490,9 @@ impl InodeTable {
         let old = (inode.parent, inode.name.clone());
         let was_detached = inode.detached;
         let is_dir = inode.attr.kind == Kind::Dir;
+        let new_name: Arc<str> = Arc::from(new_name);
         inode.parent = new_parent;
-        inode.name = new_name.to_string();
+        inode.name = new_name.clone();
         inode.detached = false;
         if self.children.get(&old) == Some(&ino) {
             self.children.remove(&old);
@@ -458,8 +500,7 @@ impl InodeTable {
         if !was_detached {
             self.unlink_from_parent(old.0, is_dir);
         }
-        self.children
-            .insert((new_parent, new_name.to_string()), ino);
+        self.children.insert((new_parent, new_name), ino);
         self.link_to_parent(new_parent, is_dir);
     }
 
@@ -490,6 +531,7 @@ impl InodeTable {
                 **ino != ROOT
                     && i.lookups == 0
                     && i.open_handles == 0
+                    && i.pins == 0
                     && i.stage.is_none()
                     && i.valid_until < now
             })
@@ -503,6 +545,25 @@ impl InodeTable {
     pub fn add_lookup(&mut self, ino: u64) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.lookups += 1;
+        }
+    }
+
+    /// Keeps `ino` in the table until [`InodeTable::unpin`], whatever its lookup count.
+    pub fn pin(&mut self, ino: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.pins += 1;
+        }
+    }
+
+    /// Undoes one [`InodeTable::pin`]; an entry nobody refers to any more goes at once
+    /// if its attributes are stale (else the sweep takes it later).
+    pub fn unpin(&mut self, ino: u64) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        inode.pins = inode.pins.saturating_sub(1);
+        if inode.valid_until < Instant::now() {
+            self.remove_if_unused(ino);
         }
     }
 
@@ -520,7 +581,11 @@ impl InodeTable {
             return;
         }
         let unused = self.inodes.get(&ino).is_some_and(|i| {
-            i.lookups == 0 && i.open_handles == 0 && i.stage.is_none() && !self.has_children(ino)
+            i.lookups == 0
+                && i.open_handles == 0
+                && i.pins == 0
+                && i.stage.is_none()
+                && !self.has_children(ino)
         });
         if unused {
             let inode = self.inodes.remove(&ino).expect("checked above");
@@ -558,7 +623,7 @@ impl InodeTable {
                     && !i.detached
                     && i.stage.as_ref().is_some_and(|s| s.is_local_only())
             })
-            .map(|(ino, i)| (i.name.clone(), *ino))
+            .map(|(ino, i)| (i.name.to_string(), *ino))
             .collect()
     }
 

@@ -291,7 +291,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 return Ok(()); // the close uploads data and metadata together
             }
             if self.cfg.write_back {
-                return self.commit_and_queue(ino);
+                return self.commit_and_queue(ino).await;
             }
             self.sync(ino).await?;
             self.drop_clean_stage(ino);
@@ -306,7 +306,7 @@ impl<S: ObjectStore> S3Fs<S> {
             (
                 path,
                 inode.attr.clone(),
-                inode.extras.clone(),
+                Extras::clone(&inode.extras),
                 inode.remote.clone(),
             )
         };

@@ -22,5 +22,7 @@ mod durability;
 mod mount_e2e;
 mod odd_keys;
 mod random_ops;
+mod readdir_model;
 mod s3fs_interop;
+mod scale;
 mod tools_roundtrip;
