@@ -86,8 +86,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let inode = table.get_mut(ino).expect("present");
         inode.open_handles += 1;
         let seen = reader.as_ref().map(|r| r.etag().clone());
-        let keep_cache = seen.is_some() && inode.page_cache_etag.as_deref() == seen.as_ref();
-        inode.page_cache_etag = seen.map(Box::new);
+        let keep_cache = inode.note_page_cache(seen);
         let content_version = inode.content_version;
         drop(table);
         let fh = self.handles.add(Handle::File(FileHandle {

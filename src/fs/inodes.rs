@@ -162,6 +162,25 @@ impl Remote {
     }
 }
 
+/// The parts of an inode that most inodes (files only listed or looked up) never use,
+/// boxed so that they cost those 8 bytes.
+#[derive(Default)]
+struct Rare {
+    /// Directories: every child is in the table until then (a full listing, or created
+    /// empty here), so a name that is not there does not exist.
+    listed_until: Option<Instant>,
+    /// Directories: the last listing needed more than one page, so a lookup miss asks
+    /// S3 about the one name instead of listing the directory again.
+    large: bool,
+    /// Directories: entries changed here, so mtime and ctime are newer in memory than
+    /// on the marker.
+    touched: bool,
+    /// Files: the version whose pages the kernel may still cache from the last open.
+    page_cache_etag: Option<ETag>,
+    /// When this mount last changed the inode's object or attributes.
+    changed_at: Option<Instant>,
+}
+
 pub struct Inode {
     pub parent: u64,
     /// Shared with the table's name index.
@@ -174,9 +193,6 @@ pub struct Inode {
     pub extras: SlimExtras,
     /// Counts the content changes of the object (uploads here, other versions seen).
     pub content_version: u64,
-    /// Directories: entries changed here, so mtime and ctime are newer in memory than
-    /// on the marker.
-    pub touched: bool,
     /// Until when `attr` may be served without asking S3.
     pub valid_until: Instant,
     pub lookups: u64,
@@ -187,16 +203,8 @@ pub struct Inode {
     stage: Option<Arc<Stage>>,
     /// Unlinked or replaced: no longer reachable by name.
     pub detached: bool,
-    /// Directories: every child is in the table until then (a full listing, or created
-    /// empty here), so a name that is not there does not exist.
-    pub listed_until: Option<Instant>,
-    /// Files: the version whose pages the kernel may still cache from the last open.
-    pub page_cache_etag: Option<Box<ETag>>,
-    /// Directories: the last listing needed more than one page, so a lookup miss asks
-    /// S3 about the one name instead of listing the directory again.
-    pub large: bool,
-    /// When this mount last changed the inode's object or attributes.
-    pub changed_at: Option<Instant>,
+    /// What few inodes need (see [`Rare`]).
+    rare: Option<Box<Rare>>,
 }
 
 /// What a request to S3, or a change made here, says about a name.
@@ -233,7 +241,48 @@ impl Inode {
     /// Did this mount change the inode (in S3 or in the table) after `t`? Then what a
     /// request sent at `t` says of it is out of date.
     pub fn changed_after(&self, t: Instant) -> bool {
-        self.changed_at.is_some_and(|c| c > t)
+        self.rare
+            .as_ref()
+            .and_then(|r| r.changed_at)
+            .is_some_and(|c| c > t)
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
+    }
+
+    /// This mount changed the inode's object or attributes just now.
+    pub fn mark_changed_now(&mut self) {
+        self.rare_mut().changed_at = Some(Instant::now());
+    }
+
+    /// Directories: the last listing needed more than one page.
+    pub fn large(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.large)
+    }
+
+    /// Directories: entries changed here (mtime and ctime are newer than the marker's).
+    pub fn touched(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.touched)
+    }
+
+    pub fn set_touched(&mut self) {
+        self.rare_mut().touched = true;
+    }
+
+    fn listed_until(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.listed_until)
+    }
+
+    /// Records the version whose pages the kernel may cache from this open; true if it
+    /// is the one it may still cache from the last open.
+    pub fn note_page_cache(&mut self, seen: Option<ETag>) -> bool {
+        let keep = seen.is_some()
+            && self.rare.as_ref().and_then(|r| r.page_cache_etag.as_ref()) == seen.as_ref();
+        if seen.is_some() || self.rare.is_some() {
+            self.rare_mut().page_cache_etag = seen;
+        }
+        keep
     }
 
     /// A new inode nobody has looked up yet, known from a listing only.
@@ -252,17 +301,13 @@ impl Inode {
             meta_known: false,
             extras: SlimExtras::default(),
             content_version: 0,
-            touched: false,
             valid_until,
             lookups: 0,
             open_handles: 0,
             pins: 0,
             stage: None,
             detached: false,
-            listed_until: None,
-            large: false,
-            page_cache_etag: None,
-            changed_at: None,
+            rare: None,
         }
     }
 }
@@ -413,7 +458,7 @@ impl InodeTable {
     /// This mount changed `ino` (its object or its attributes) just now.
     pub fn mark_changed(&mut self, ino: u64) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.changed_at = Some(Instant::now());
+            inode.mark_changed_now();
         }
     }
 
@@ -507,8 +552,9 @@ impl InodeTable {
     /// Records a complete listing of directory `ino` (or that it was created empty).
     pub fn mark_listed(&mut self, ino: u64, until: Instant, large: bool) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.listed_until = Some(until);
-            inode.large = large;
+            let rare = inode.rare_mut();
+            rare.listed_until = Some(until);
+            rare.large = large;
         }
     }
 
@@ -516,7 +562,7 @@ impl InodeTable {
     pub fn listing_fresh(&self, ino: u64) -> bool {
         self.inodes
             .get(&ino)
-            .and_then(|i| i.listed_until)
+            .and_then(|i| i.listed_until())
             .is_some_and(|t| t > Instant::now())
     }
 
@@ -596,8 +642,8 @@ impl InodeTable {
             if !inode.detached {
                 self.unlink_from_parent(key.0, inode.attr.kind == Kind::Dir);
                 // The parent's listing no longer has every child in the table.
-                if let Some(parent) = self.inodes.get_mut(&key.0) {
-                    parent.listed_until = None;
+                if let Some(rare) = self.inodes.get_mut(&key.0).and_then(|p| p.rare.as_mut()) {
+                    rare.listed_until = None;
                 }
             }
             let parent = inode.parent;

@@ -71,7 +71,7 @@ impl<S: ObjectStore> S3Fs<S> {
             if let Some(attr) = self.known_child(&mut table, parent, name)? {
                 return Ok(attr);
             }
-            (dir, table.get(parent).is_some_and(|p| p.large))
+            (dir, table.get(parent).is_some_and(|p| p.large()))
         };
         let path = if dir.is_empty() {
             name.to_string()

@@ -60,7 +60,7 @@ impl<S: ObjectStore> S3Fs<S> {
         if let Some(inode) = table.get_mut(dir) {
             inode.attr.mtime = t;
             inode.attr.ctime = t;
-            inode.touched = true;
+            inode.set_touched();
         }
     }
 
@@ -140,7 +140,7 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         let (parent, name) = (inode.parent, inode.name.clone());
         let touched = inode
-            .touched
+            .touched()
             .then_some((inode.attr.mtime, inode.attr.ctime));
         let valid_until = self.valid_until();
         match head {
@@ -257,7 +257,7 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             inode.attr.ctime = t;
             inode.valid_until = self.valid_until();
-            inode.changed_at = Some(Instant::now());
+            inode.mark_changed_now();
         }
         if let Some(size) = change.size {
             let stage = self.stage_for_write(ino, false)?;
@@ -341,7 +341,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 modified: None,
             });
             inode.valid_until = until;
-            inode.changed_at = Some(Instant::now());
+            inode.mark_changed_now();
         }
         Ok(())
     }

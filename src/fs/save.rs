@@ -135,7 +135,7 @@ impl<S: ObjectStore> S3Fs<S> {
                     inode.content_version += 1;
                     inode.attr.size = snapshot.size;
                     inode.valid_until = until;
-                    inode.changed_at = Some(Instant::now());
+                    inode.mark_changed_now();
                 }
                 // Clean only once the inode names the new object (under the same lock):
                 // a stage dropped as clean must not leave the next open standing on the

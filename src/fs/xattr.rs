@@ -186,7 +186,7 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             inode.extras = extras.into();
             inode.attr.ctime = now();
-            inode.changed_at = Some(std::time::Instant::now());
+            inode.mark_changed_now();
         }
         self.persist_or_forget(ino).await
     }
