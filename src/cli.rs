@@ -14,6 +14,7 @@ use crate::config::{MountConfig, default_cache_dir};
 use crate::fs::FsConfig;
 use crate::layout::normalize_prefix;
 use crate::store::s3::{S3Settings, StaticCredentials};
+use crate::trash::TrashTarget;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -89,6 +90,14 @@ pub struct MountArgs {
     /// Parts uploaded in parallel (1..=64, default 4).
     #[arg(long, value_name = "N")]
     pub upload_concurrency: Option<usize>,
+    /// Parts per multipart upload the service takes (1..=10000, default 10000; Scaleway:
+    /// 1000). Part sizes grow so that the largest object still fits.
+    #[arg(long, value_name = "N")]
+    pub max_parts: Option<u32>,
+    /// Bytes of upload request bodies in memory at once, for all uploads together
+    /// (at least 1MiB, default 16MiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub upload_memory: Option<u64>,
     /// Seconds attributes and listings are trusted before S3 is asked again (default 1).
     #[arg(long, value_name = "SECS")]
     pub metadata_ttl: Option<f64>,
@@ -101,6 +110,11 @@ pub struct MountArgs {
     /// until they are looked up by name.
     #[arg(long)]
     pub fast_listing: bool,
+    /// Entries of the persistent metadata index in the cache dir, which lets a listing
+    /// skip the HEAD of every object unchanged since it was last read (default 500000,
+    /// a few hundred bytes each; 0 turns it off).
+    #[arg(long, value_name = "N")]
+    pub metadata_index_entries: Option<u64>,
     /// Allow mounting over a non-empty directory.
     #[arg(long)]
     pub nonempty: bool,
@@ -110,6 +124,11 @@ pub struct MountArgs {
     /// error, warn, info, debug or trace (also RUST_LOG).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Recycle bin: a deleted file is first copied (with its metadata) to PREFIX in
+    /// the mount's bucket, or to s3://BUCKET/PREFIX/, at its path in the mount (also
+    /// S3MOUNT_TRASH).
+    #[arg(long, value_name = "PREFIX|s3://BUCKET/PREFIX/", env = "S3MOUNT_TRASH")]
+    pub trash: Option<String>,
     /// Mount options in fstab form: -o name=value,flag (every long option works here).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -181,6 +200,8 @@ fn parse_source(source: &str) -> Result<(String, Option<String>), String> {
 struct Limits {
     part_size: u64,
     upload_concurrency: usize,
+    max_parts: u32,
+    upload_memory: u64,
     cache_size: u64,
     metadata_ttl: f64,
     url_expiry: u64,
@@ -191,6 +212,9 @@ impl MountArgs {
         let (bucket, prefix) = self.bucket_and_prefix()?;
         let limits = self.limits()?;
         let s3 = self.s3_settings(&bucket)?;
+        let trash = (self.trash.as_deref())
+            .map(|t| TrashTarget::parse(t, &bucket, &prefix))
+            .transpose()?;
         let uid = self.uid.unwrap_or_else(|| getuid().as_raw());
         let gid = self.gid.unwrap_or_else(|| getgid().as_raw());
         let mountpoint = self.mountpoint;
@@ -209,11 +233,16 @@ impl MountArgs {
                 read_only: self.read_only,
                 part_size: limits.part_size,
                 upload_concurrency: limits.upload_concurrency,
+                max_parts: limits.max_parts,
+                upload_memory: limits.upload_memory,
                 cache_dir,
                 cache_size: limits.cache_size as usize,
                 write_back: self.write_back,
                 url_expiry: Duration::from_secs(limits.url_expiry),
                 fast_listing: self.fast_listing,
+                metadata_index_entries: self
+                    .metadata_index_entries
+                    .unwrap_or(crate::meta_index::DEFAULT_MAX_ENTRIES),
             },
             bucket,
             mountpoint,
@@ -222,6 +251,7 @@ impl MountArgs {
             nonempty: self.nonempty,
             foreground: self.foreground,
             log_level: self.log_level,
+            trash,
         })
     }
 
@@ -253,6 +283,18 @@ impl MountArgs {
                 "invalid value for --upload-concurrency: {upload_concurrency}; use 1 to 64"
             ));
         }
+        let max_parts = self.max_parts.unwrap_or(10_000);
+        if !(1..=10_000).contains(&max_parts) {
+            return Err(format!(
+                "invalid value for --max-parts: {max_parts}; S3 takes 1 to 10000 parts"
+            ));
+        }
+        let upload_memory = self.upload_memory.unwrap_or(16 << 20);
+        if upload_memory < 1 << 20 {
+            return Err(format!(
+                "invalid value for --upload-memory: {upload_memory} bytes; use at least 1MiB"
+            ));
+        }
         let cache_size = self.cache_size.unwrap_or(40 << 20);
         if cache_size < 4 << 20 {
             return Err("invalid value for --cache-size: use at least 4MiB".into());
@@ -279,6 +321,8 @@ impl MountArgs {
         Ok(Limits {
             part_size,
             upload_concurrency,
+            max_parts,
+            upload_memory,
             cache_size,
             metadata_ttl: ttl,
             url_expiry,

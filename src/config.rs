@@ -18,6 +18,8 @@ pub struct MountConfig {
     pub nonempty: bool,
     pub foreground: bool,
     pub log_level: Option<String>,
+    /// `--trash`: where deleted files are kept.
+    pub trash: Option<crate::trash::TrashTarget>,
 }
 
 /// A cache directory of its own for each bucket, prefix and mount point:

@@ -36,6 +36,8 @@ pub enum FsError {
     Stale,
     #[error("the object's metadata would exceed what S3 stores (2 KiB)")]
     TooBig,
+    #[error("the file would be larger than the largest object S3 stores")]
+    FileTooLarge,
     #[error("no such extended attribute")]
     NoXattr,
     #[error("local I/O error: {0}")]
@@ -49,6 +51,10 @@ pub enum FsError {
     LeftToKernel(&'static str),
     #[error("S3: {0}")]
     Store(StoreError),
+    /// `--trash`: the copy a deletion must leave in the trash could not be made, so the
+    /// file was not deleted.
+    #[error("could not keep a copy in the trash: {0}")]
+    TrashFailed(String),
 }
 
 pub type FsResult<T> = Result<T, FsError>;
@@ -71,10 +77,14 @@ impl FsError {
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::NoSpace => libc::ENOSPC,
             FsError::TooBig => libc::E2BIG,
+            FsError::FileTooLarge => libc::EFBIG,
             FsError::NoXattr => libc::ENODATA,
             FsError::BufferTooSmall => libc::ERANGE,
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::Stale | FsError::Io(_) => libc::EIO,
+            // Whatever S3 said (also access denied): the unlink itself was fine, it
+            // could not be done safely.
+            FsError::TrashFailed(_) => libc::EIO,
             FsError::Store(StoreError::NotFound) => libc::ENOENT,
             FsError::Store(StoreError::AccessDenied(_)) => libc::EACCES,
             FsError::Store(_) => libc::EIO,

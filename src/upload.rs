@@ -2,8 +2,18 @@
 //! multipart upload. A file written front to back gets its parts uploaded while the
 //! writer is still writing ([`Streaming`]); close then only sends the tail and completes.
 //! An upload either completes or is aborted: no other client ever sees half an object.
-//! The bytes come from a [`PartSource`] (a staged file): this module knows nothing of
-//! stages, and every error it returns is a `StoreError`.
+//! Parts are cut by one [`PartSchedule`] (`schedule.rs`: parts grow with the file, up to
+//! 5 TiB), whether the file streamed or its size was known at close, so a part started
+//! while writing is never sent again. Bodies are read from the source in chunks under
+//! one [`MemoryBudget`] (`budget.rs`): part sizes never decide how much memory uploads
+//! hold. The bytes come from a [`PartSource`] (a staged file): this module knows nothing
+//! of stages, and every error it returns is a `StoreError`.
+
+mod budget;
+mod schedule;
+
+pub use budget::{CHUNK, MemoryBudget};
+pub use schedule::{MAX_OBJECT, MAX_PART, MAX_PARTS, MIN_PART, Part, PartSchedule};
 
 use std::sync::Arc;
 
@@ -18,8 +28,18 @@ use crate::store::{
     CompletedPart, ETag, ObjectHeaders, ObjectStore, StoreError, StoreResult, UploadId,
 };
 
-/// S3's limit on the number of parts of one upload.
-const MAX_PARTS: u64 = 10_000;
+/// How uploads are cut into parts and how much they may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// The size of the first parts (`--part-size`).
+    pub part_size: u64,
+    /// Parts per upload the service takes (`--max-parts`, S3: 10,000).
+    pub max_parts: u32,
+    /// Parts uploaded at once, for all files together.
+    pub concurrency: usize,
+    /// Bytes of request bodies in memory at once, for all uploads together.
+    pub memory: u64,
+}
 
 type SharedId = Shared<BoxFuture<'static, Result<UploadId, StoreError>>>;
 
@@ -27,17 +47,22 @@ type SharedId = Shared<BoxFuture<'static, Result<UploadId, StoreError>>>;
 pub struct Streaming {
     key: String,
     id: SharedId,
-    part_size: u64,
     parts: Vec<JoinHandle<Result<CompletedPart, StoreError>>>,
-    /// Bytes `[0, covered)` are in parts already started; they must not change.
-    covered: u64,
+    /// The last part started (number 0, empty, before the first): bytes up to its end
+    /// are in parts already started and must not change.
+    last: Part,
     invalid: bool,
 }
 
 impl Streaming {
+    /// Bytes `[0, covered)` are in parts already started.
+    fn covered(&self) -> u64 {
+        self.last.offset + self.last.len
+    }
+
     /// A write or truncate reached `offset`: parts at or after it are out of date.
     pub fn touched(&mut self, offset: u64) {
-        if offset < self.covered {
+        if offset < self.covered() {
             self.invalid = true;
         }
     }
@@ -53,20 +78,36 @@ pub trait PartSource: Send + Sync + 'static {
     fn multipart_started(&self, key: &str, upload_id: Option<&str>);
 }
 
-/// Uploads files with the mount's part size and concurrency.
+/// Uploads files with the mount's part schedule, concurrency and memory budget.
 pub struct Uploader<S> {
     store: Arc<S>,
-    part_size: u64,
+    schedule: PartSchedule,
     permits: Arc<Semaphore>,
+    budget: Arc<MemoryBudget>,
 }
 
 impl<S: ObjectStore> Uploader<S> {
-    pub fn new(store: Arc<S>, part_size: u64, concurrency: usize) -> Uploader<S> {
+    pub fn new(store: Arc<S>, limits: UploadLimits) -> Uploader<S> {
         Uploader {
             store,
-            part_size,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            schedule: PartSchedule::new(limits.part_size, limits.max_parts),
+            permits: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            budget: MemoryBudget::new(limits.memory),
         }
+    }
+
+    pub fn schedule(&self) -> &PartSchedule {
+        &self.schedule
+    }
+
+    /// The memory budget of request bodies (its peak shows what uploads held).
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// The largest file this uploader can upload.
+    pub fn max_file_size(&self) -> u64 {
+        self.schedule.max_object()
     }
 
     /// After a write to a file written front to back, now `size` bytes long: starts
@@ -82,7 +123,7 @@ impl<S: ObjectStore> Uploader<S> {
     ) {
         if slot.is_none() {
             let Some(headers) = headers else { return };
-            if size < 2 * self.part_size {
+            if size < 2 * self.schedule.base() {
                 return; // might still fit in one PUT, or is too young to tell
             }
             *slot = Some(self.start_streaming(source, key, headers));
@@ -91,13 +132,20 @@ impl<S: ObjectStore> Uploader<S> {
         if st.invalid || st.key != key {
             return;
         }
-        // Leave the last (possibly partial) part to close.
-        while st.covered + st.part_size < size && (st.parts.len() as u64) < MAX_PARTS - 1 {
-            let number = st.parts.len() as u32 + 1;
-            let range = (st.covered, st.part_size as usize);
-            st.covered += st.part_size;
+        // Whole parts only, and never the last one: close cuts that.
+        loop {
+            let number = st.last.number + 1;
+            let part = Part {
+                number,
+                offset: st.covered(),
+                len: self.schedule.part_len(number),
+            };
+            if number >= self.schedule.max_parts() || part.offset + part.len >= size {
+                return;
+            }
             st.parts
-                .push(self.spawn_part(source, key, st.id.clone(), number, range));
+                .push(self.spawn_part(source, key, st.id.clone(), part));
+            st.last = part;
         }
     }
 
@@ -125,9 +173,12 @@ impl<S: ObjectStore> Uploader<S> {
         Streaming {
             key: key.to_string(),
             id,
-            part_size: self.part_size,
             parts: Vec::new(),
-            covered: 0,
+            last: Part {
+                number: 0,
+                offset: 0,
+                len: 0,
+            },
             invalid: false,
         }
     }
@@ -137,21 +188,22 @@ impl<S: ObjectStore> Uploader<S> {
         source: &Arc<P>,
         key: &str,
         id: SharedId,
-        number: u32,
-        (offset, len): (u64, usize),
+        part: Part,
     ) -> JoinHandle<Result<CompletedPart, StoreError>> {
-        let (store, source, key, permits) = (
-            self.store.clone(),
-            source.clone(),
-            key.to_string(),
-            self.permits.clone(),
-        );
+        let (store, key, permits) = (self.store.clone(), key.to_string(), self.permits.clone());
+        // Read chunk by chunk as the request sends it, under the budget.
+        let body = self.budget.body(source, part.offset, part.len);
         tokio::spawn(async move {
             let id = id.await?;
-            let _permit = permits.acquire_owned().await.expect("never closed");
-            let body = read_part(&*source, offset, len)?;
-            let etag = store.upload_part(&key, &id, number, body).await?;
-            Ok(CompletedPart { number, etag })
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|_| StoreError::Other("the upload permits are closed".into()))?;
+            let etag = store.upload_part(&key, &id, part.number, body).await?;
+            Ok(CompletedPart {
+                number: part.number,
+                etag,
+            })
         })
     }
 
@@ -165,8 +217,17 @@ impl<S: ObjectStore> Uploader<S> {
         size: u64,
         streaming: Option<Streaming>,
     ) -> StoreResult<ETag> {
+        if size > self.schedule.max_object() {
+            if let Some(streaming) = streaming {
+                self.abort_streaming(streaming);
+            }
+            return Err(StoreError::Other(format!(
+                "{key}: {size} bytes is more than the largest object S3 takes ({} bytes)",
+                self.schedule.max_object()
+            )));
+        }
         if let Some(streaming) = streaming {
-            if !streaming.invalid && streaming.key == key && size > streaming.covered {
+            if !streaming.invalid && streaming.key == key && size > streaming.covered() {
                 match self.finish_streaming(source, streaming, size).await {
                     Ok(etag) => return Ok(etag),
                     Err(e) => log::warn!(
@@ -177,8 +238,8 @@ impl<S: ObjectStore> Uploader<S> {
                 self.abort_streaming(streaming);
             }
         }
-        if size <= self.part_size {
-            let body = read_part(&**source, 0, size as usize)?;
+        if size <= self.schedule.base() {
+            let body = self.budget.body(source, 0, size);
             self.store.put(key, body, headers).await
         } else {
             self.multipart(source, key, headers, size).await
@@ -192,18 +253,17 @@ impl<S: ObjectStore> Uploader<S> {
         headers: &ObjectHeaders,
         size: u64,
     ) -> Result<ETag, StoreError> {
-        let part_size = self.part_size.max(size.div_ceil(MAX_PARTS));
+        let cut = self
+            .schedule
+            .parts(size)
+            .ok_or_else(|| StoreError::Other(format!("{key}: {size} bytes take too many parts")))?;
         let id = self.store.create_multipart(key, headers).await?;
         source.multipart_started(key, Some(&id.0));
         let shared: SharedId = futures::future::ready(Ok(id.clone())).boxed().shared();
-        let mut parts = Vec::new();
-        let mut offset = 0;
-        while offset < size {
-            let len = part_size.min(size - offset) as usize;
-            let number = parts.len() as u32 + 1;
-            parts.push(self.spawn_part(source, key, shared.clone(), number, (offset, len)));
-            offset += len as u64;
-        }
+        let parts = cut
+            .into_iter()
+            .map(|part| self.spawn_part(source, key, shared.clone(), part))
+            .collect();
         let result = async {
             let done = join_parts(parts).await?;
             self.store.complete_multipart(key, &id, &done).await
@@ -222,13 +282,18 @@ impl<S: ObjectStore> Uploader<S> {
         mut st: Streaming,
         size: u64,
     ) -> Result<ETag, StoreError> {
-        while st.covered < size {
-            let len = st.part_size.min(size - st.covered) as usize;
-            let number = st.parts.len() as u32 + 1;
+        let Some(rest) = self.schedule.parts_after(st.last, size) else {
+            let key = st.key.clone();
+            self.abort_streaming(st);
+            return Err(StoreError::Other(format!(
+                "{key}: {size} bytes take too many parts"
+            )));
+        };
+        for part in rest {
             let key = st.key.clone();
             st.parts
-                .push(self.spawn_part(source, &key, st.id.clone(), number, (st.covered, len)));
-            st.covered += len as u64;
+                .push(self.spawn_part(source, &key, st.id.clone(), part));
+            st.last = part;
         }
         let id = st.id.clone().await?;
         let result = async {
@@ -281,8 +346,5 @@ async fn join_parts(
     }
 }
 
-fn read_part<P: PartSource>(source: &P, offset: u64, len: usize) -> StoreResult<Bytes> {
-    source
-        .read_part(offset, len)
-        .map_err(|e| StoreError::Other(format!("reading the staged file: {e}")))
-}
+#[cfg(test)]
+mod tests;

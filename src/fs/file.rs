@@ -225,7 +225,16 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok((file.ino, self.stage_for_write(file.ino, false)?))
     }
 
+    /// A file may grow to the largest object the uploads can store (5 TiB).
+    pub(super) fn check_file_size(&self, end: u64) -> FsResult<()> {
+        match end > self.uploader.max_file_size() {
+            true => Err(FsError::FileTooLarge),
+            false => Ok(()),
+        }
+    }
+
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.check_file_size(offset.saturating_add(data.len() as u64))?;
         let (ino, stage) = self.write_target(fh)?;
         let size = stage.write(&*self.store, offset, data).await?;
         self.after_write(ino, &stage, size);
@@ -236,6 +245,9 @@ impl<S: ObjectStore> S3Fs<S> {
     /// thread so the data is not copied once more; None means: call [`S3Fs::write`].
     /// Must run inside the runtime (it may start part uploads).
     pub fn try_write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<FsResult<u32>> {
+        if let Err(e) = self.check_file_size(offset.saturating_add(data.len() as u64)) {
+            return Some(Err(e));
+        }
         let (ino, stage) = match self.write_target(fh) {
             Ok(t) => t,
             Err(e) => return Some(Err(e)),

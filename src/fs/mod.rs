@@ -16,6 +16,7 @@ mod readdir;
 mod rename;
 mod save;
 mod space;
+mod trash;
 mod writeback;
 mod xattr;
 
@@ -27,13 +28,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use crate::error::{FsError, FsResult};
 use crate::layout::Layout;
+use crate::meta_index::MetaIndex;
 use crate::read::BlockCache;
 use crate::stage::StageDir;
 use crate::store::ObjectStore;
-use crate::upload::Uploader;
+use crate::upload::{UploadLimits, Uploader};
 use handles::HandleTable;
 use inodes::InodeTable;
 pub use inodes::{Attr, Extras, Kind, ROOT};
+pub use trash::Trash;
 use writeback::QueueSlot;
 pub use writeback::Recovery;
 pub use xattr::{XattrAnswer, xattr_answer, xattr_list, xattr_name_to_read, xattr_name_to_write};
@@ -65,6 +68,11 @@ pub struct FsConfig {
     pub read_only: bool,
     pub part_size: u64,
     pub upload_concurrency: usize,
+    /// Parts per multipart upload the service takes (S3: 10,000); part sizes grow so
+    /// that the largest object fits.
+    pub max_parts: u32,
+    /// Bytes of upload request bodies held in memory at once, for all uploads.
+    pub upload_memory: u64,
     pub cache_dir: PathBuf,
     /// Bytes of the in-memory block cache.
     pub cache_size: usize,
@@ -76,6 +84,20 @@ pub struct FsConfig {
     /// Directory listings show what LIST says (defaults for mode and owner) without a
     /// HEAD per entry; a file's stored metadata is read when it is looked up by name.
     pub fast_listing: bool,
+    /// Bound on the persistent metadata index in the cache dir (0: no index).
+    pub metadata_index_entries: u64,
+}
+
+impl FsConfig {
+    /// How uploads are cut into parts and how many run at once.
+    pub fn upload_limits(&self) -> UploadLimits {
+        UploadLimits {
+            part_size: self.part_size,
+            max_parts: self.max_parts,
+            concurrency: self.upload_concurrency,
+            memory: self.upload_memory,
+        }
+    }
 }
 
 /// Who asks: the caller's ids, for ownership of new files.
@@ -131,6 +153,10 @@ pub struct S3Fs<S: ObjectStore> {
     queue_slots: Arc<tokio::sync::Semaphore>,
     /// Directories being listed for lookups.
     listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// HEAD answers of earlier listings, by exact object version.
+    index: MetaIndex,
+    /// `--trash`: where unlink keeps a copy of each file before deleting it.
+    trash: Option<Trash<S>>,
 }
 
 fn now() -> SystemTime {
@@ -140,6 +166,7 @@ fn now() -> SystemTime {
 impl<S: ObjectStore> S3Fs<S> {
     pub fn new(store: Arc<S>, cfg: FsConfig) -> FsResult<S3Fs<S>> {
         let stages = StageDir::open(&cfg.cache_dir)?;
+        let index = MetaIndex::open(&cfg.cache_dir, cfg.metadata_index_entries);
         let (pending_tx, pending_rx) = tokio::sync::mpsc::unbounded_channel();
         let started = now();
         let root = Attr {
@@ -157,7 +184,7 @@ impl<S: ObjectStore> S3Fs<S> {
         };
         Ok(S3Fs {
             layout: Layout::new(&cfg.prefix),
-            uploader: Uploader::new(store.clone(), cfg.part_size, cfg.upload_concurrency),
+            uploader: Uploader::new(store.clone(), cfg.upload_limits()),
             cache: Arc::new(BlockCache::new(cfg.cache_size)),
             store,
             inodes: Mutex::new(InodeTable::new(root)),
@@ -169,6 +196,8 @@ impl<S: ObjectStore> S3Fs<S> {
             pending_rx: Mutex::new(Some(pending_rx)),
             queue_slots: Arc::new(tokio::sync::Semaphore::new(writeback::QUEUE_SLOTS)),
             listing_gates: Mutex::new(HashMap::new()),
+            index,
+            trash: None,
         })
     }
 

@@ -34,6 +34,9 @@ impl<S: ObjectStore> S3Fs<S> {
         {
             return Err(FsError::Invalid("fallocate beyond the largest file"));
         }
+        if !keep_size {
+            self.check_file_size(offset + len)?;
+        }
         let (ino, stage) = self.write_target(fh)?;
         let changed = stage
             .fallocate(&*self.store, op, keep_size, offset, len)

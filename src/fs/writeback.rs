@@ -62,6 +62,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 stage.discard();
             }
         }
+        self.index.close();
         failed
     }
 

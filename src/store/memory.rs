@@ -1,24 +1,31 @@
 //! An in-memory bucket behind [`ObjectStore`], for fast tests of the core and for fault
-//! injection (fail the next N operations of a kind). It follows S3's flat key space:
-//! `x` and `x/y` may both exist, listings are sorted, ETags are content hashes.
+//! injection (fail the next N operations of a kind, or delay them). It follows S3's flat
+//! key space (`x` and `x/y` may both exist, listings are sorted, ETags are content
+//! hashes) and S3's size limits: a PUT or CopyObject of at most 5 GiB, parts numbered
+//! 1..=10,000 of at most 5 GiB, every part but the last at least 5 MiB, objects of at
+//! most 5 TiB. [`MemoryStore::sizes_only`] keeps no bytes, only sizes and fingerprints,
+//! so that tests can stream terabytes through the real upload path. Several buckets are
+//! several stores: one made known to another by name ([`MemoryStore::add_bucket`]) is the
+//! source of its cross-bucket copies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, Range};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::part_copy::{MAX_SINGLE_COPY, copy_in_parts};
 use super::{
-    ByteChunks, CompletedPart, ETag, ListPage, ListedObject, ObjectHeaders, ObjectMeta,
+    Body, ByteChunks, CompletedPart, ETag, ListPage, ListedObject, ObjectHeaders, ObjectMeta,
     ObjectStore, StoreError, StoreResult, UploadId,
 };
 
 #[derive(Clone)]
 struct Object {
-    data: Bytes,
+    data: Content,
     etag: ETag,
     headers: ObjectHeaders,
     modified: SystemTime,
@@ -35,11 +42,87 @@ pub enum Op {
     UploadPart,
     CompleteMultipart,
     Copy,
+    UploadPartCopy,
     Delete,
 }
 
+/// What an object or a part holds: its bytes, or (sizes-only) the lengths and
+/// fingerprints of its parts.
+#[derive(Clone, Debug)]
+enum Content {
+    Bytes(Bytes),
+    Sizes(Vec<Fingerprint>),
+}
+
+/// The length of a part and a hash of its bytes at every [`SAMPLE_STRIDE`]th offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub len: u64,
+    pub hash: u64,
+}
+
+/// Distance between the bytes a fingerprint samples.
+pub const SAMPLE_STRIDE: u64 = 64 << 10;
+
+impl Fingerprint {
+    /// The fingerprint of a part whose byte at offset `i` is `byte(i)`.
+    pub fn of(len: u64, byte: impl Fn(u64) -> u8) -> Fingerprint {
+        let mut hash = FNV_START;
+        let mut i = 0;
+        while i < len {
+            hash = fnv(hash, byte(i));
+            i += SAMPLE_STRIDE;
+        }
+        Fingerprint { len, hash }
+    }
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(hash: u64, byte: u8) -> u64 {
+    (hash ^ byte as u64).wrapping_mul(0x100_0000_01b3)
+}
+
+impl Content {
+    fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::Sizes(parts) => parts.iter().map(|p| p.len).sum(),
+        }
+    }
+
+    fn bytes(&self) -> StoreResult<&Bytes> {
+        match self {
+            Content::Bytes(b) => Ok(b),
+            Content::Sizes(_) => Err(StoreError::Other(
+                "the sizes-only memory store keeps no bytes".into(),
+            )),
+        }
+    }
+
+    fn etag(&self) -> ETag {
+        match self {
+            Content::Bytes(b) => content_etag(b),
+            Content::Sizes(parts) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                for p in parts {
+                    (p.len, p.hash).hash(&mut h);
+                }
+                ETag(format!("\"{:016x}-{}\"", h.finish(), parts.len()))
+            }
+        }
+    }
+}
+
 /// A multipart upload in progress: its key, headers and the parts received.
-type Upload = (String, ObjectHeaders, BTreeMap<u32, Bytes>);
+type Upload = (String, ObjectHeaders, BTreeMap<u32, Content>);
+
+/// S3's limits, as `memory` enforces them.
+const MIN_PART: u64 = 5 << 20;
+const MAX_PART: u64 = 5 << 30;
+const MAX_PARTS: usize = 10_000;
+const MAX_OBJECT: u64 = 5 << 40;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -48,7 +131,18 @@ pub struct MemoryStore {
     /// Per kind of operation: how many to let pass, then how many to fail, and how.
     faults: Mutex<HashMap<Op, (u32, u32, StoreError)>>,
     counts: Mutex<HashMap<Op, u64>>,
+    /// Per kind of operation: how long each one takes.
+    delays: Mutex<HashMap<Op, std::time::Duration>>,
+    /// Per kind of operation: how many run now, and the most that ever ran at once.
+    in_flight: Mutex<HashMap<Op, (u64, u64)>>,
+    /// Part numbers received per upload, and how often each (a part sent twice shows).
+    part_sends: Mutex<HashMap<(String, u32), u32>>,
+    sizes_only: bool,
+    /// How long a sizes-only store keeps each body chunk after it arrived.
+    chunk_hold: Mutex<Option<std::time::Duration>>,
     next_id: AtomicU64,
+    /// Other buckets by name, readable by [`ObjectStore::copy_from_bucket`].
+    buckets: Mutex<HashMap<String, Arc<MemoryStore>>>,
     /// Keys per listing page when the caller sets no limit (0: S3's 1000).
     page_size: AtomicU64,
 }
@@ -64,6 +158,53 @@ fn content_etag(data: &[u8]) -> ETag {
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// Makes `store` bucket `name` for this store's cross-bucket copies.
+    pub fn add_bucket(&self, name: &str, store: Arc<MemoryStore>) {
+        self.buckets.lock().unwrap().insert(name.to_string(), store);
+    }
+
+    /// A store that keeps only the sizes and [`Fingerprint`]s of what it is sent.
+    pub fn sizes_only() -> MemoryStore {
+        MemoryStore {
+            sizes_only: true,
+            ..MemoryStore::default()
+        }
+    }
+
+    /// A sizes-only store keeps every body chunk for `hold` after it arrived (as a slow
+    /// network keeps what it has not sent yet), without waiting for it.
+    pub fn hold_chunks(&self, hold: std::time::Duration) {
+        *self.chunk_hold.lock().unwrap() = Some(hold);
+    }
+
+    /// Every operation of kind `op` takes `delay` from now on.
+    pub fn delay(&self, op: Op, delay: std::time::Duration) {
+        self.delays.lock().unwrap().insert(op, delay);
+    }
+
+    /// The most operations of kind `op` that ever ran at once.
+    pub fn peak_in_flight(&self, op: Op) -> u64 {
+        self.in_flight.lock().unwrap().get(&op).map_or(0, |c| c.1)
+    }
+
+    /// How many times part `number` of upload `id` was sent, for every part sent.
+    pub fn part_sends(&self) -> HashMap<(String, u32), u32> {
+        self.part_sends.lock().unwrap().clone()
+    }
+
+    /// The size of an object.
+    pub fn size(&self, key: &str) -> Option<u64> {
+        self.objects.lock().unwrap().get(key).map(|o| o.data.len())
+    }
+
+    /// The parts of an object of the sizes-only store.
+    pub fn fingerprints(&self, key: &str) -> Option<Vec<Fingerprint>> {
+        match &self.objects.lock().unwrap().get(key)?.data {
+            Content::Sizes(parts) => Some(parts.clone()),
+            Content::Bytes(_) => None,
+        }
     }
 
     /// The next `times` operations of kind `op` fail with `error`.
@@ -88,11 +229,8 @@ impl MemoryStore {
     }
 
     pub fn object(&self, key: &str) -> Option<Bytes> {
-        self.objects
-            .lock()
-            .unwrap()
-            .get(key)
-            .map(|o| o.data.clone())
+        let objects = self.objects.lock().unwrap();
+        objects.get(key)?.data.bytes().ok().cloned()
     }
 
     pub fn user_meta(&self, key: &str) -> Option<Vec<(String, String)>> {
@@ -112,7 +250,14 @@ impl MemoryStore {
     }
 
     pub fn insert(&self, key: &str, data: &[u8]) {
-        self.store(key, Bytes::copy_from_slice(data), ObjectHeaders::default());
+        let data = Content::Bytes(Bytes::copy_from_slice(data));
+        self.store(key, data, ObjectHeaders::default());
+    }
+
+    /// Puts an object of `len` bytes into a sizes-only store, as another client would.
+    pub fn insert_sized(&self, key: &str, len: u64) {
+        let content = Content::Sizes(vec![Fingerprint { len, hash: 0 }]);
+        self.store(key, content, ObjectHeaders::default());
     }
 
     /// Puts an object with user metadata, as another client (s3fs) would.
@@ -124,11 +269,18 @@ impl MemoryStore {
                 .collect(),
             content_type: None,
         };
-        self.store(key, Bytes::copy_from_slice(data), headers);
+        self.store(key, Content::Bytes(Bytes::copy_from_slice(data)), headers);
     }
 
-    fn store(&self, key: &str, data: Bytes, headers: ObjectHeaders) -> ETag {
-        let etag = content_etag(&data);
+    /// Moves the object's Last-Modified `by` into the past (as if written earlier).
+    pub fn age(&self, key: &str, by: std::time::Duration) {
+        if let Some(object) = self.objects.lock().unwrap().get_mut(key) {
+            object.modified -= by;
+        }
+    }
+
+    fn store(&self, key: &str, data: Content, headers: ObjectHeaders) -> ETag {
+        let etag = data.etag();
         self.objects.lock().unwrap().insert(
             key.to_string(),
             Object {
@@ -141,9 +293,22 @@ impl MemoryStore {
         etag
     }
 
-    /// Counts the operation and fails it if a fault is armed.
-    fn enter(&self, op: Op) -> StoreResult<()> {
+    /// Counts the operation, waits its delay while counted in flight, and fails it if a
+    /// fault is armed.
+    async fn enter(&self, op: Op) -> StoreResult<()> {
         *self.counts.lock().unwrap().entry(op).or_default() += 1;
+        let delay = self.delays.lock().unwrap().get(&op).copied();
+        if let Some(delay) = delay {
+            {
+                let mut in_flight = self.in_flight.lock().unwrap();
+                let (now, peak) = in_flight.entry(op).or_default();
+                *now += 1;
+                *peak = (*peak).max(*now);
+            }
+            // Counted out even if the caller drops the operation while it waits.
+            let _out = InFlight(self, op);
+            tokio::time::sleep(delay).await;
+        }
         let mut faults = self.faults.lock().unwrap();
         if let Some((pass, times, err)) = faults.get_mut(&op) {
             if *pass > 0 {
@@ -154,6 +319,33 @@ impl MemoryStore {
             }
         }
         Ok(())
+    }
+
+    /// The bytes a body brings: kept, or reduced to a fingerprint (sizes-only).
+    async fn receive(&self, body: &Body) -> StoreResult<Content> {
+        if !self.sizes_only {
+            return Ok(Content::Bytes(body.collect().await?));
+        }
+        let (mut hash, mut at) = (FNV_START, 0u64);
+        let hold = *self.chunk_hold.lock().unwrap();
+        let mut chunks = body.chunks();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            let end = at + chunk.len() as u64;
+            let mut sample = at.div_ceil(SAMPLE_STRIDE) * SAMPLE_STRIDE;
+            while sample < end {
+                hash = fnv(hash, chunk[(sample - at) as usize]);
+                sample += SAMPLE_STRIDE;
+            }
+            at = end;
+            if let Some(hold) = hold {
+                tokio::spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    drop(chunk);
+                });
+            }
+        }
+        Ok(Content::Sizes(vec![Fingerprint { len: at, hash }]))
     }
 
     fn get_object(&self, key: &str) -> StoreResult<Object> {
@@ -172,10 +364,10 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        self.enter(Op::Head)?;
+        self.enter(Op::Head).await?;
         let o = self.get_object(key)?;
         Ok(ObjectMeta {
-            size: o.data.len() as u64,
+            size: o.data.len(),
             etag: o.etag,
             last_modified: o.modified,
             user_meta: o.headers.user_meta,
@@ -184,11 +376,12 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn head_and_start(&self, key: &str, limit: u64) -> StoreResult<(ObjectMeta, Bytes)> {
-        self.enter(Op::Get)?;
+        self.enter(Op::Get).await?;
         let o = self.get_object(key)?;
-        let start = o.data.slice(..(limit as usize).min(o.data.len()));
+        let data = o.data.bytes()?;
+        let start = data.slice(..(limit as usize).min(data.len()));
         let meta = ObjectMeta {
-            size: o.data.len() as u64,
+            size: o.data.len(),
             etag: o.etag,
             last_modified: o.modified,
             user_meta: o.headers.user_meta,
@@ -203,15 +396,14 @@ impl ObjectStore for MemoryStore {
         range: Range<u64>,
         if_match: Option<&ETag>,
     ) -> StoreResult<ByteChunks> {
-        self.enter(Op::Get)?;
+        self.enter(Op::Get).await?;
         let o = self.get_object(key)?;
         if if_match.is_some_and(|e| *e != o.etag) {
             return Err(StoreError::PreconditionFailed);
         }
-        let len = o.data.len() as u64;
-        let data = o
-            .data
-            .slice(range.start.min(len) as usize..range.end.min(len) as usize);
+        let bytes = o.data.bytes()?;
+        let len = bytes.len() as u64;
+        let data = bytes.slice(range.start.min(len) as usize..range.end.min(len) as usize);
         Ok(futures::stream::iter([Ok(data)]).boxed())
     }
 
@@ -222,7 +414,7 @@ impl ObjectStore for MemoryStore {
         token: Option<String>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage> {
-        self.enter(Op::List)?;
+        self.enter(Op::List).await?;
         let default = match self.page_size.load(Ordering::Relaxed) {
             0 => 1000,
             n => n,
@@ -256,7 +448,7 @@ impl ObjectStore for MemoryStore {
             }
             page.objects.push(ListedObject {
                 key: key.clone(),
-                size: o.data.len() as u64,
+                size: o.data.len(),
                 etag: o.etag.clone(),
                 last_modified: o.modified,
             });
@@ -265,13 +457,23 @@ impl ObjectStore for MemoryStore {
         Ok(page)
     }
 
-    async fn put(&self, key: &str, body: Bytes, headers: &ObjectHeaders) -> StoreResult<ETag> {
-        self.enter(Op::Put)?;
-        Ok(self.store(key, body, headers.clone()))
+    async fn put(
+        &self,
+        key: &str,
+        body: impl Into<Body> + Send,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<ETag> {
+        let body: Body = body.into();
+        self.enter(Op::Put).await?;
+        if body.len() > MAX_PART {
+            return Err(too_large("a single PUT takes at most 5 GiB"));
+        }
+        let data = self.receive(&body).await?;
+        Ok(self.store(key, data, headers.clone()))
     }
 
     async fn create_multipart(&self, key: &str, headers: &ObjectHeaders) -> StoreResult<UploadId> {
-        self.enter(Op::CreateMultipart)?;
+        self.enter(Op::CreateMultipart).await?;
         let id = format!("upload-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         self.uploads.lock().unwrap().insert(
             id.clone(),
@@ -285,16 +487,50 @@ impl ObjectStore for MemoryStore {
         _key: &str,
         id: &UploadId,
         number: u32,
-        body: Bytes,
+        body: Body,
     ) -> StoreResult<ETag> {
-        self.enter(Op::UploadPart)?;
-        let etag = content_etag(&body);
-        let mut uploads = self.uploads.lock().unwrap();
-        let upload = uploads
-            .get_mut(&id.0)
-            .ok_or_else(|| StoreError::Other("NoSuchUpload".into()))?;
-        upload.2.insert(number, body);
-        Ok(etag)
+        self.enter(Op::UploadPart).await?;
+        check_part(number, body.len())?;
+        *(self.part_sends.lock().unwrap())
+            .entry((id.0.clone(), number))
+            .or_default() += 1;
+        let content = self.receive(&body).await?;
+        self.add_part(id, number, content)
+    }
+
+    async fn upload_part_copy(
+        &self,
+        (_key, id, number): (&str, &UploadId, u32),
+        from: &str,
+        range: Range<u64>,
+        if_match: &ETag,
+    ) -> StoreResult<ETag> {
+        self.enter(Op::UploadPartCopy).await?;
+        check_part(number, range.end.saturating_sub(range.start))?;
+        let o = self.get_object(from)?;
+        if o.etag != *if_match {
+            return Err(StoreError::PreconditionFailed);
+        }
+        if range.start >= range.end || range.end > o.data.len() {
+            return Err(StoreError::Other(format!(
+                "InvalidRange: bytes {range:?} of an object of {}",
+                o.data.len()
+            )));
+        }
+        let content = match &o.data {
+            Content::Bytes(b) => Content::Bytes(b.slice(range.start as usize..range.end as usize)),
+            // Bytes it does not keep: the part stands for this range of this version.
+            Content::Sizes(_) => Content::Sizes(vec![Fingerprint {
+                len: range.end - range.start,
+                hash: {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    (&o.etag.0, range.start, range.end).hash(&mut h);
+                    h.finish()
+                },
+            }]),
+        };
+        self.add_part(id, number, content)
     }
 
     async fn complete_multipart(
@@ -303,7 +539,7 @@ impl ObjectStore for MemoryStore {
         id: &UploadId,
         parts: &[CompletedPart],
     ) -> StoreResult<ETag> {
-        self.enter(Op::CompleteMultipart)?;
+        self.enter(Op::CompleteMultipart).await?;
         let (upload_key, headers, stored) = self
             .uploads
             .lock()
@@ -311,17 +547,56 @@ impl ObjectStore for MemoryStore {
             .remove(&id.0)
             .ok_or_else(|| StoreError::Other("NoSuchUpload".into()))?;
         assert_eq!(upload_key, key, "multipart completed under another key");
-        let mut data = Vec::new();
-        for part in parts {
-            let body = stored
+        if parts.is_empty() || parts.len() > MAX_PARTS {
+            return Err(StoreError::Other(format!(
+                "MalformedXML: {} parts (1 to 10,000)",
+                parts.len()
+            )));
+        }
+        if parts.windows(2).any(|w| w[0].number >= w[1].number) {
+            return Err(StoreError::Other("InvalidPartOrder".into()));
+        }
+        let mut chosen = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let content = stored
                 .get(&part.number)
                 .ok_or_else(|| StoreError::Other(format!("InvalidPart {}", part.number)))?;
-            if content_etag(body) != part.etag {
+            if content.etag() != part.etag {
                 return Err(StoreError::Other(format!("InvalidPart {}", part.number)));
             }
-            data.extend_from_slice(body);
+            if i + 1 < parts.len() && content.len() < MIN_PART {
+                return Err(StoreError::Other(format!(
+                    "EntityTooSmall: part {} has {} bytes, less than 5 MiB",
+                    part.number,
+                    content.len()
+                )));
+            }
+            chosen.push(content);
         }
-        Ok(self.store(key, Bytes::from(data), headers))
+        if chosen.iter().map(|c| c.len()).sum::<u64>() > MAX_OBJECT {
+            return Err(too_large("an object holds at most 5 TiB"));
+        }
+        let data = match self.sizes_only {
+            true => Content::Sizes(
+                chosen
+                    .iter()
+                    .flat_map(|c| match c {
+                        Content::Sizes(p) => p.clone(),
+                        Content::Bytes(b) => {
+                            vec![Fingerprint::of(b.len() as u64, |i| b[i as usize])]
+                        }
+                    })
+                    .collect(),
+            ),
+            false => {
+                let mut data = Vec::new();
+                for c in &chosen {
+                    data.extend_from_slice(c.bytes()?);
+                }
+                Content::Bytes(Bytes::from(data))
+            }
+        };
+        Ok(self.store(key, data, headers))
     }
 
     async fn abort_multipart(&self, _key: &str, id: &UploadId) -> StoreResult<()> {
@@ -333,17 +608,45 @@ impl ObjectStore for MemoryStore {
         &self,
         from: &str,
         to: &str,
-        _size: u64,
+        size: u64,
         metadata: Option<&ObjectHeaders>,
         if_match: Option<&ETag>,
     ) -> StoreResult<ETag> {
-        self.enter(Op::Copy)?;
         let o = self.get_object(from)?;
         if if_match.is_some_and(|e| *e != o.etag) {
             return Err(StoreError::PreconditionFailed);
         }
         let headers = metadata.cloned().unwrap_or(o.headers);
+        if size > MAX_SINGLE_COPY {
+            let source = (from, &o.etag);
+            return copy_in_parts(self, source, to, o.data.len(), &headers).await;
+        }
+        self.enter(Op::Copy).await?;
+        if o.data.len() > MAX_SINGLE_COPY {
+            return Err(StoreError::Other(
+                "InvalidRequest: the copy source is larger than the maximum allowable size \
+                 for a copy source: 5368709120"
+                    .into(),
+            ));
+        }
         Ok(self.store(to, o.data, headers))
+    }
+
+    async fn copy_from_bucket(
+        &self,
+        source_bucket: &str,
+        from: &str,
+        to: &str,
+        _size: u64,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<ETag> {
+        self.enter(Op::Copy).await?;
+        let source = self.buckets.lock().unwrap().get(source_bucket).cloned();
+        let o = source.ok_or(StoreError::NoSuchBucket)?.get_object(from)?;
+        if if_match.is_some_and(|e| *e != o.etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        Ok(self.store(to, o.data, o.headers))
     }
 
     async fn presign_get(&self, key: &str, expires: std::time::Duration) -> StoreResult<String> {
@@ -351,10 +654,51 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.enter(Op::Delete)?;
+        self.enter(Op::Delete).await?;
         self.objects.lock().unwrap().remove(key);
         Ok(())
     }
+}
+
+impl MemoryStore {
+    /// Keeps a received part (a part sent again replaces the earlier one, as in S3).
+    fn add_part(&self, id: &UploadId, number: u32, content: Content) -> StoreResult<ETag> {
+        let etag = content.etag();
+        let mut uploads = self.uploads.lock().unwrap();
+        let upload = uploads
+            .get_mut(&id.0)
+            .ok_or_else(|| StoreError::Other("NoSuchUpload".into()))?;
+        upload.2.insert(number, content);
+        Ok(etag)
+    }
+}
+
+/// Counts an operation out of flight when dropped.
+struct InFlight<'a>(&'a MemoryStore, Op);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.in_flight.lock().unwrap().get_mut(&self.1) {
+            c.0 -= 1;
+        }
+    }
+}
+
+fn too_large(why: &str) -> StoreError {
+    StoreError::Other(format!("EntityTooLarge: {why}"))
+}
+
+/// S3's rules for one part: numbered 1..=10,000, at most 5 GiB.
+fn check_part(number: u32, len: u64) -> StoreResult<()> {
+    if !(1..=MAX_PARTS as u32).contains(&number) {
+        return Err(StoreError::Other(format!(
+            "InvalidArgument: part number {number} is not in 1..=10000"
+        )));
+    }
+    if len > MAX_PART {
+        return Err(too_large("a part holds at most 5 GiB"));
+    }
+    Ok(())
 }
 
 /// The continuation token: the last key or prefix returned, so the next page starts after it.
@@ -368,3 +712,6 @@ fn page_token(page: &ListPage, last_prefix: Option<&str>) -> String {
         (None, None) => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,9 +3,14 @@
 //! Implementations classify their failures into [`StoreError`]; nothing above this module
 //! knows about HTTP or the AWS SDK.
 
+mod body;
 pub mod memory;
+pub mod part_copy;
 pub mod s3;
 mod s3_answers;
+mod s3_body;
+
+pub use body::Body;
 
 use std::future::Future;
 use std::ops::Range;
@@ -145,10 +150,11 @@ pub trait ObjectStore: Send + Sync + 'static {
         token: Option<String>,
         max_keys: Option<i32>,
     ) -> impl Future<Output = StoreResult<ListPage>> + Send;
+    /// A single PUT (at most 5 GiB).
     fn put(
         &self,
         key: &str,
-        body: Bytes,
+        body: impl Into<Body> + Send,
         headers: &ObjectHeaders,
     ) -> impl Future<Output = StoreResult<ETag>> + Send;
     fn create_multipart(
@@ -161,7 +167,17 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         id: &UploadId,
         number: u32,
-        body: Bytes,
+        body: Body,
+    ) -> impl Future<Output = StoreResult<ETag>> + Send;
+    /// Part `number` of upload `id` of `key` is bytes `range` of the object `from`,
+    /// copied by the store (UploadPartCopy); fails with `PreconditionFailed` if the
+    /// source's ETag is not `if_match`.
+    fn upload_part_copy(
+        &self,
+        part: (&str, &UploadId, u32),
+        from: &str,
+        range: Range<u64>,
+        if_match: &ETag,
     ) -> impl Future<Output = StoreResult<ETag>> + Send;
     fn complete_multipart(
         &self,
@@ -174,8 +190,8 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         id: &UploadId,
     ) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Server-side copy of an object of `size` bytes (multipart copy above the 5 GiB
-    /// limit of a single copy): with its metadata, or with `metadata` instead when given
+    /// Server-side copy of an object of `size` bytes (above the 5 GiB limit of a single
+    /// copy, parts copied in parallel by [`part_copy::copy_in_parts`]): with its metadata, or with `metadata` instead when given
     /// (a copy onto itself then rewrites the metadata). Fails with `PreconditionFailed`
     /// if `if_match` is given and the source's ETag differs.
     fn copy(
@@ -184,6 +200,19 @@ pub trait ObjectStore: Send + Sync + 'static {
         to: &str,
         size: u64,
         metadata: Option<&ObjectHeaders>,
+        if_match: Option<&ETag>,
+    ) -> impl Future<Output = StoreResult<ETag>> + Send;
+    /// Server-side copy of `from` in bucket `source_bucket` to `to` in this store's
+    /// bucket, with its metadata (multipart copy above the 5 GiB limit of a single
+    /// copy); the request uses this store's credentials, which must be allowed to read
+    /// the source. Fails with `PreconditionFailed` if `if_match` is given and the
+    /// source's ETag differs. (The trash in another bucket.)
+    fn copy_from_bucket(
+        &self,
+        source_bucket: &str,
+        from: &str,
+        to: &str,
+        size: u64,
         if_match: Option<&ETag>,
     ) -> impl Future<Output = StoreResult<ETag>> + Send;
     /// A URL that lets anyone GET `key` for `expires`.

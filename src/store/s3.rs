@@ -21,24 +21,21 @@ use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::presigning::PresigningConfig;
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart as SdkPart, EncodingType, MetadataDirective,
 };
 use bytes::Bytes;
 
 use super::s3_answers::{classify, decode_listed, salvage_field};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use super::{
-    ByteChunks, CompletedPart, ETag, ListPage, ListedObject, ObjectHeaders, ObjectMeta,
+    Body, ByteChunks, CompletedPart, ETag, ListPage, ListedObject, ObjectHeaders, ObjectMeta,
     ObjectStore, StoreError, StoreResult, UploadId,
 };
 
-/// Largest object a single CopyObject may copy.
-const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
-/// Part size of a multipart copy.
-const COPY_PART: u64 = 1024 * 1024 * 1024;
+use super::part_copy::{COPY_PARALLEL, MAX_SINGLE_COPY, copy_in_parts, copy_ranges};
+use super::s3_body::byte_stream;
 
 /// Where and as whom to connect; plain data filled from the command line.
 #[derive(Clone, Debug, Default)]
@@ -348,14 +345,20 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn put(&self, key: &str, body: Bytes, headers: &ObjectHeaders) -> StoreResult<ETag> {
+    async fn put(
+        &self,
+        key: &str,
+        body: impl Into<Body> + Send,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<ETag> {
+        let body: Body = body.into();
         let out = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_length(body.len() as i64)
-            .body(ByteStream::from(body))
+            .body(byte_stream(body))
             .set_metadata(user_metadata(headers))
             .set_content_type(headers.content_type.clone())
             .customize()
@@ -392,7 +395,7 @@ impl ObjectStore for S3Store {
         key: &str,
         id: &UploadId,
         number: u32,
-        body: Bytes,
+        body: Body,
     ) -> StoreResult<ETag> {
         let out = self
             .client
@@ -402,13 +405,24 @@ impl ObjectStore for S3Store {
             .upload_id(&id.0)
             .part_number(number as i32)
             .content_length(body.len() as i64)
-            .body(ByteStream::from(body))
+            .body(byte_stream(body))
             .customize()
             .disable_payload_signing()
             .send()
             .await
             .map_err(|e| classify("UploadPart", key, e))?;
         Ok(etag(out.e_tag()))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        part: (&str, &UploadId, u32),
+        from: &str,
+        range: Range<u64>,
+        if_match: &ETag,
+    ) -> StoreResult<ETag> {
+        self.part_copy(part, (&self.bucket, from), range, if_match)
+            .await
     }
 
     async fn complete_multipart(
@@ -488,8 +502,7 @@ impl ObjectStore for S3Store {
                 .map_err(|e| classify("CopyObject", from, e))?;
             return Ok(etag(out.copy_object_result().and_then(|r| r.e_tag())));
         }
-        self.multipart_copy(from, to, size, metadata, if_match)
-            .await
+        self.multipart_copy(from, to, metadata, if_match).await
     }
 
     async fn presign_get(&self, key: &str, expires: std::time::Duration) -> StoreResult<String> {
@@ -522,15 +535,41 @@ impl ObjectStore for S3Store {
             },
         }
     }
+
+    async fn copy_from_bucket(
+        &self,
+        source_bucket: &str,
+        from: &str,
+        to: &str,
+        size: u64,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<ETag> {
+        if size > MAX_SINGLE_COPY {
+            return self
+                .multipart_copy_from(source_bucket, from, to, size, if_match)
+                .await;
+        }
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(copy_source(source_bucket, from))
+            .set_copy_source_if_match(if_match.map(|e| e.0.clone()))
+            .send()
+            .await
+            .map_err(|e| classify("CopyObject", from, e))?;
+        Ok(etag(out.copy_object_result().and_then(|r| r.e_tag())))
+    }
 }
 
 impl S3Store {
-    /// Copies an object above the single-copy limit part by part, keeping its metadata.
+    /// Copies an object above the single-copy limit part by part (in parallel),
+    /// keeping its metadata.
     async fn multipart_copy(
         &self,
         from: &str,
         to: &str,
-        size: u64,
         metadata: Option<&ObjectHeaders>,
         if_match: Option<&ETag>,
     ) -> StoreResult<ETag> {
@@ -545,33 +584,55 @@ impl S3Store {
                 content_type: source.content_type.clone(),
             },
         };
+        // The size HEAD saw goes with the ETag every part copy is conditional on.
+        copy_in_parts(self, (from, &source.etag), to, source.size, &headers).await
+    }
+}
+
+impl S3Store {
+    /// Copies an object of another bucket above the single-copy limit part by part,
+    /// keeping its metadata (read by a HEAD of the source).
+    async fn multipart_copy_from(
+        &self,
+        source_bucket: &str,
+        from: &str,
+        to: &str,
+        size: u64,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<ETag> {
+        let source = self
+            .client
+            .head_object()
+            .bucket(source_bucket)
+            .key(from)
+            .send()
+            .await
+            .map_err(|e| classify("HeadObject", from, e))?;
+        let source_etag = etag(source.e_tag());
+        if if_match.is_some_and(|e| *e != source_etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let headers = ObjectHeaders {
+            user_meta: sorted_user_meta(source.metadata()),
+            content_type: source.content_type().map(str::to_string),
+        };
         let id = self.create_multipart(to, &headers).await?;
         let result = async {
-            let mut parts = Vec::new();
-            let mut start = 0;
-            let mut number = 1;
-            while start < size {
-                let end = (start + COPY_PART).min(size);
-                let out = self
-                    .client
-                    .upload_part_copy()
-                    .bucket(&self.bucket)
-                    .key(to)
-                    .upload_id(&id.0)
-                    .part_number(number as i32)
-                    .copy_source(copy_source(&self.bucket, from))
-                    .copy_source_range(format!("bytes={}-{}", start, end - 1))
-                    .copy_source_if_match(&source.etag.0)
-                    .send()
-                    .await
-                    .map_err(|e| classify("UploadPartCopy", from, e))?;
-                parts.push(CompletedPart {
-                    number,
-                    etag: etag(out.copy_part_result().and_then(|r| r.e_tag())),
-                });
-                start = end;
-                number += 1;
-            }
+            let parts: Vec<CompletedPart> = futures::stream::iter(copy_ranges(size))
+                .enumerate()
+                .map(|(i, range)| {
+                    let (id, number, source_etag) = (&id, i as u32 + 1, &source_etag);
+                    async move {
+                        let part = (to, id, number);
+                        let etag =
+                            (self.part_copy(part, (source_bucket, from), range, source_etag))
+                                .await?;
+                        Ok::<_, StoreError>(CompletedPart { number, etag })
+                    }
+                })
+                .buffered(COPY_PARALLEL)
+                .try_collect()
+                .await?;
             self.complete_multipart(to, &id, &parts).await
         }
         .await;
@@ -579,5 +640,30 @@ impl S3Store {
             let _ = self.abort_multipart(to, &id).await;
         }
         result
+    }
+
+    /// One UploadPartCopy of `range` of `from` in `source_bucket`, if it is still
+    /// `if_match`.
+    async fn part_copy(
+        &self,
+        (key, id, number): (&str, &UploadId, u32),
+        (source_bucket, from): (&str, &str),
+        range: Range<u64>,
+        if_match: &ETag,
+    ) -> StoreResult<ETag> {
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&id.0)
+            .part_number(number as i32)
+            .copy_source(copy_source(source_bucket, from))
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .copy_source_if_match(&if_match.0)
+            .send()
+            .await
+            .map_err(|e| classify("UploadPartCopy", from, e))?;
+        Ok(etag(out.copy_part_result().and_then(|r| r.e_tag())))
     }
 }

@@ -755,10 +755,13 @@ pub fn core_config(prefix: &str, cache: &Path) -> s3mount::fs::FsConfig {
         read_only: false,
         part_size: 5 * MIB as u64,
         upload_concurrency: 4,
+        max_parts: 10_000,
+        upload_memory: 16 * MIB as u64,
         cache_dir: cache.to_path_buf(),
         cache_size: 16 * MIB,
         write_back: false,
         url_expiry: Duration::from_secs(3600),
         fast_listing: false,
+        metadata_index_entries: s3mount::meta_index::DEFAULT_MAX_ENTRIES,
     }
 }

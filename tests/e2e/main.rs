@@ -13,12 +13,14 @@
 
 mod common;
 
+mod big_files;
 mod cli;
 mod conformance;
 mod core_fs;
 mod crash;
 mod credentials;
 mod durability;
+mod meta_index;
 mod mount_e2e;
 mod odd_keys;
 mod random_ops;
@@ -26,3 +28,4 @@ mod readdir_model;
 mod s3fs_interop;
 mod scale;
 mod tools_roundtrip;
+mod trash;
