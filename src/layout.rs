@@ -208,7 +208,9 @@ pub fn parse_time(v: &str) -> Option<SystemTime> {
         let scale = 10u32.pow(9 - digits.len() as u32);
         nanos = digits.parse::<u32>().ok()? * scale;
     }
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+    // Checked: a number of seconds from another client's metadata can be beyond what
+    // SystemTime holds (`+` would panic); such a time is no time.
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
 /// A time as s3fs writes it: whole seconds, or seconds and nine digits of nanoseconds.
@@ -403,6 +405,9 @@ mod tests {
             Some(UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000))
         );
         assert_eq!(parse_time("x"), None);
+        // Beyond what SystemTime holds (another client's metadata): no time, no panic.
+        assert_eq!(parse_time("18446744073709551615"), None);
+        assert_eq!(parse_time("18446744073709551615.999999999"), None);
         let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
         assert_eq!(format_time(t), "1700000000.000000005");
         assert_eq!(parse_time(&format_time(t)), Some(t));

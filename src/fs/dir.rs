@@ -105,6 +105,8 @@ pub(super) struct DirCursor<S> {
     next_index: u64,
     last_batch: Vec<DirEntry>,
     last_batch_start: u64,
+    /// Inodes the core pinned in its table for `last_batch` (released by the core).
+    pinned: Vec<u64>,
     /// When the first page of this pass was asked for.
     started: Instant,
     pages: u32,
@@ -136,6 +138,7 @@ impl<S: ObjectStore> DirCursor<S> {
             next_index: 0,
             last_batch: Vec::new(),
             last_batch_start: 0,
+            pinned: Vec::new(),
             started: Instant::now(),
             pages: 0,
             next_page: None,
@@ -161,6 +164,12 @@ impl<S: ObjectStore> DirCursor<S> {
         (self.exhausted && self.pending.is_empty() && self.pages > 0).then_some(self.pages > 1)
     }
 
+    /// Forgets the position (after a batch that could not be handed out): the next read
+    /// lists from the start and skips to the cookie it is asked for.
+    pub fn rewind(&mut self) {
+        self.restart();
+    }
+
     fn restart(&mut self) {
         self.token = None;
         self.exhausted = false;
@@ -176,27 +185,40 @@ impl<S: ObjectStore> DirCursor<S> {
     }
 
     /// Positions the cursor for a read from cookie `offset`: the entries of the last
-    /// batch after `offset` if the kernel resumes inside it (Some), else None, and the
-    /// cursor restarts if `offset` lies before that batch.
+    /// batch after `offset` if the kernel resumes inside it (Some), else None. The
+    /// cursor restarts if `offset` lies before that batch (or is 0: rewinddir); the
+    /// caller skips forward if it lies beyond what was yielded.
     pub fn replay(&mut self, offset: u64) -> Option<Vec<DirEntry>> {
         if offset < self.last_batch_start || (offset == 0 && self.next_index > 0) {
             self.restart();
+            return None;
         }
-        (offset >= self.last_batch_start && offset < self.next_index).then(|| {
-            // Entries found gone while the batch was completed were left out, so the
-            // cookies of a batch need not be contiguous.
-            self.last_batch
-                .iter()
-                .filter(|e| e.offset > offset)
-                .cloned()
-                .collect()
-        })
+        if offset >= self.next_index {
+            return None;
+        }
+        // Entries found gone while the batch was completed were left out, so the
+        // cookies of a batch need not be contiguous; when those after `offset` all went,
+        // the listing goes on after the batch (an empty answer would end it).
+        let rest: Vec<DirEntry> = self
+            .last_batch
+            .iter()
+            .filter(|e| e.offset > offset)
+            .cloned()
+            .collect();
+        (!rest.is_empty()).then_some(rest)
     }
 
-    /// Keeps `batch` (which started at cookie `start`) for [`DirCursor::replay`].
-    pub fn remember(&mut self, start: u64, batch: &[DirEntry]) {
+    /// Keeps `batch` (which started at cookie `start`) for [`DirCursor::replay`], with
+    /// the inodes pinned for it; returns the pins of the batch it replaces.
+    pub fn remember(&mut self, start: u64, batch: &[DirEntry], pinned: Vec<u64>) -> Vec<u64> {
         self.last_batch = batch.to_vec();
         self.last_batch_start = start;
+        std::mem::replace(&mut self.pinned, pinned)
+    }
+
+    /// The pins of the last batch, which the cursor no longer holds (it is closed).
+    pub fn take_pinned(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.pinned)
     }
 
     /// Up to `max` more names, in cookie order; empty at the end of the directory.

@@ -86,8 +86,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let inode = table.get_mut(ino).expect("present");
         inode.open_handles += 1;
         let seen = reader.as_ref().map(|r| r.etag().clone());
-        let keep_cache = seen.is_some() && inode.page_cache_etag == seen;
-        inode.page_cache_etag = seen;
+        let keep_cache = inode.note_page_cache(seen);
         let content_version = inode.content_version;
         drop(table);
         let fh = self.handles.add(Handle::File(FileHandle {
@@ -298,7 +297,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let handle = self.handles.get(fh)?;
         match &*handle {
             Handle::File(file) if file.writable && self.cfg.write_back => {
-                self.commit_and_queue(file.ino)
+                self.commit_and_queue(file.ino).await
             }
             Handle::File(file) if file.writable => self.sync(file.ino).await,
             _ => Ok(()),
@@ -327,7 +326,7 @@ impl<S: ObjectStore> S3Fs<S> {
         if file.writable && last {
             // flush() normally did it already; this catches writes after it (mmap).
             if self.cfg.write_back {
-                result = self.commit_and_queue(ino);
+                result = self.commit_and_queue(ino).await;
             } else {
                 result = self.sync(ino).await;
             }

@@ -2,8 +2,11 @@
 //! kernel's lookup counts, and the stage of files being written. Paths are derived by
 //! walking parents, so renaming a directory is one update. Numbers are never reused.
 //! It also counts the attached subdirectories of each directory, for its link count.
+//! An inode is kept small (its name shared with the name index, rare parts boxed): the
+//! kernel may hold 100,000 of them after an `ls -l` of a big folder.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -85,6 +88,36 @@ pub struct Extras {
     pub link: Option<String>,
 }
 
+/// [`Extras`] in 8 bytes: most inodes (every listed one) have none, and a table of
+/// 100,000 inodes should not pay 48 bytes each for that. Reads see empty extras;
+/// a write makes room.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SlimExtras(Option<Box<Extras>>);
+
+static NO_EXTRAS: Extras = Extras {
+    xattrs: BTreeMap::new(),
+    link: None,
+};
+
+impl Deref for SlimExtras {
+    type Target = Extras;
+    fn deref(&self) -> &Extras {
+        self.0.as_deref().unwrap_or(&NO_EXTRAS)
+    }
+}
+
+impl DerefMut for SlimExtras {
+    fn deref_mut(&mut self) -> &mut Extras {
+        self.0.get_or_insert_default()
+    }
+}
+
+impl From<Extras> for SlimExtras {
+    fn from(extras: Extras) -> SlimExtras {
+        SlimExtras((extras != Extras::default()).then(|| Box::new(extras)))
+    }
+}
+
 /// The object in S3 that a file inode stands for.
 #[derive(Clone, Debug)]
 pub struct Remote {
@@ -129,37 +162,49 @@ impl Remote {
     }
 }
 
+/// The parts of an inode that most inodes (files only listed or looked up) never use,
+/// boxed so that they cost those 8 bytes.
+#[derive(Default)]
+struct Rare {
+    /// Directories: every child is in the table until then (a full listing, or created
+    /// empty here), so a name that is not there does not exist.
+    listed_until: Option<Instant>,
+    /// Directories: the last listing needed more than one page, so a lookup miss asks
+    /// S3 about the one name instead of listing the directory again.
+    large: bool,
+    /// Directories: entries changed here, so mtime and ctime are newer in memory than
+    /// on the marker.
+    touched: bool,
+    /// Files: the version whose pages the kernel may still cache from the last open.
+    page_cache_etag: Option<ETag>,
+    /// When this mount last changed the inode's object or attributes.
+    changed_at: Option<Instant>,
+}
+
 pub struct Inode {
     pub parent: u64,
-    pub name: String,
+    /// Shared with the table's name index.
+    pub name: Arc<str>,
     pub attr: Attr,
     pub remote: Option<Remote>,
     /// The object's metadata was read (or written here): `attr` and `extras` are whole.
     /// Entries known from a listing only have defaults until a HEAD.
     pub meta_known: bool,
-    pub extras: Extras,
+    pub extras: SlimExtras,
     /// Counts the content changes of the object (uploads here, other versions seen).
     pub content_version: u64,
-    /// Directories: entries changed here, so mtime and ctime are newer in memory than
-    /// on the marker.
-    pub touched: bool,
     /// Until when `attr` may be served without asking S3.
     pub valid_until: Instant,
     pub lookups: u64,
     pub open_handles: u32,
+    /// Entries of a directory batch a cursor may still hand out (see `DirCursor`): the
+    /// kernel has not counted a lookup for them yet, but must find them when it does.
+    pins: u32,
     stage: Option<Arc<Stage>>,
     /// Unlinked or replaced: no longer reachable by name.
     pub detached: bool,
-    /// Directories: every child is in the table until then (a full listing, or created
-    /// empty here), so a name that is not there does not exist.
-    pub listed_until: Option<Instant>,
-    /// Files: the version whose pages the kernel may still cache from the last open.
-    pub page_cache_etag: Option<ETag>,
-    /// Directories: the last listing needed more than one page, so a lookup miss asks
-    /// S3 about the one name instead of listing the directory again.
-    pub large: bool,
-    /// When this mount last changed the inode's object or attributes.
-    pub changed_at: Option<Instant>,
+    /// What few inodes need (see [`Rare`]).
+    rare: Option<Box<Rare>>,
 }
 
 /// What a request to S3, or a change made here, says about a name.
@@ -196,7 +241,48 @@ impl Inode {
     /// Did this mount change the inode (in S3 or in the table) after `t`? Then what a
     /// request sent at `t` says of it is out of date.
     pub fn changed_after(&self, t: Instant) -> bool {
-        self.changed_at.is_some_and(|c| c > t)
+        self.rare
+            .as_ref()
+            .and_then(|r| r.changed_at)
+            .is_some_and(|c| c > t)
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
+    }
+
+    /// This mount changed the inode's object or attributes just now.
+    pub fn mark_changed_now(&mut self) {
+        self.rare_mut().changed_at = Some(Instant::now());
+    }
+
+    /// Directories: the last listing needed more than one page.
+    pub fn large(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.large)
+    }
+
+    /// Directories: entries changed here (mtime and ctime are newer than the marker's).
+    pub fn touched(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.touched)
+    }
+
+    pub fn set_touched(&mut self) {
+        self.rare_mut().touched = true;
+    }
+
+    fn listed_until(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.listed_until)
+    }
+
+    /// Records the version whose pages the kernel may cache from this open; true if it
+    /// is the one it may still cache from the last open.
+    pub fn note_page_cache(&mut self, seen: Option<ETag>) -> bool {
+        let keep = seen.is_some()
+            && self.rare.as_ref().and_then(|r| r.page_cache_etag.as_ref()) == seen.as_ref();
+        if seen.is_some() || self.rare.is_some() {
+            self.rare_mut().page_cache_etag = seen;
+        }
+        keep
     }
 
     /// A new inode nobody has looked up yet, known from a listing only.
@@ -209,29 +295,28 @@ impl Inode {
     ) -> Inode {
         Inode {
             parent,
-            name: name.to_string(),
+            name: Arc::from(name),
             attr,
             remote,
             meta_known: false,
-            extras: Extras::default(),
+            extras: SlimExtras::default(),
             content_version: 0,
-            touched: false,
             valid_until,
             lookups: 0,
             open_handles: 0,
+            pins: 0,
             stage: None,
             detached: false,
-            listed_until: None,
-            large: false,
-            page_cache_etag: None,
-            changed_at: None,
+            rare: None,
         }
     }
 }
 
 pub struct InodeTable {
-    inodes: HashMap<u64, Inode>,
-    children: HashMap<(u64, String), u64>,
+    /// Boxed: a table of 100,000 inodes then grows by moving pointers, not whole
+    /// inodes, and its spare capacity costs 16 bytes a slot instead of an inode.
+    inodes: HashMap<u64, Box<Inode>>,
+    children: HashMap<(u64, Arc<str>), u64>,
     /// Number of attached inodes under each directory inode.
     kids: HashMap<u64, usize>,
     /// Number of attached directories under each directory inode (its st_nlink - 2).
@@ -247,7 +332,7 @@ impl InodeTable {
         let mut root = Inode::new(ROOT, "", Attr { ino: ROOT, ..root }, None, far_future());
         root.meta_known = true;
         root.lookups = 1;
-        inodes.insert(ROOT, root);
+        inodes.insert(ROOT, Box::new(root));
         InodeTable {
             inodes,
             children: HashMap::new(),
@@ -259,15 +344,15 @@ impl InodeTable {
     }
 
     pub fn get(&self, ino: u64) -> Option<&Inode> {
-        self.inodes.get(&ino)
+        self.inodes.get(&ino).map(|i| &**i)
     }
 
     pub fn get_mut(&mut self, ino: u64) -> Option<&mut Inode> {
-        self.inodes.get_mut(&ino)
+        self.inodes.get_mut(&ino).map(|i| &mut **i)
     }
 
     pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
-        self.children.get(&(parent, name.to_string())).copied()
+        self.children.get(&(parent, Arc::from(name))).copied()
     }
 
     /// The path of `ino` relative to the mount root ("" for the root); None once detached.
@@ -279,7 +364,7 @@ impl InodeTable {
             if inode.detached {
                 return None;
             }
-            parts.push(inode.name.as_str());
+            parts.push(&*inode.name);
             cur = inode.parent;
         }
         parts.reverse();
@@ -349,7 +434,7 @@ impl InodeTable {
                     }
                     inode.remote = remote;
                     inode.meta_known = extras.is_some();
-                    inode.extras = extras.unwrap_or_default();
+                    inode.extras = extras.unwrap_or_default().into();
                 }
                 inode.valid_until = valid_until;
                 return ino;
@@ -361,10 +446,11 @@ impl InodeTable {
         attr.ino = ino;
         let mut inode = Inode::new(parent, name, attr, remote, valid_until);
         inode.meta_known = extras.is_some();
-        inode.extras = extras.unwrap_or_default();
+        inode.extras = extras.unwrap_or_default().into();
         let is_dir = inode.attr.kind == Kind::Dir;
-        self.inodes.insert(ino, inode);
-        self.children.insert((parent, name.to_string()), ino);
+        let key = (parent, inode.name.clone());
+        self.inodes.insert(ino, Box::new(inode));
+        self.children.insert(key, ino);
         self.link_to_parent(parent, is_dir);
         ino
     }
@@ -372,7 +458,7 @@ impl InodeTable {
     /// This mount changed `ino` (its object or its attributes) just now.
     pub fn mark_changed(&mut self, ino: u64) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.changed_at = Some(Instant::now());
+            inode.mark_changed_now();
         }
     }
 
@@ -449,8 +535,9 @@ impl InodeTable {
         let old = (inode.parent, inode.name.clone());
         let was_detached = inode.detached;
         let is_dir = inode.attr.kind == Kind::Dir;
+        let new_name: Arc<str> = Arc::from(new_name);
         inode.parent = new_parent;
-        inode.name = new_name.to_string();
+        inode.name = new_name.clone();
         inode.detached = false;
         if self.children.get(&old) == Some(&ino) {
             self.children.remove(&old);
@@ -458,16 +545,16 @@ impl InodeTable {
         if !was_detached {
             self.unlink_from_parent(old.0, is_dir);
         }
-        self.children
-            .insert((new_parent, new_name.to_string()), ino);
+        self.children.insert((new_parent, new_name), ino);
         self.link_to_parent(new_parent, is_dir);
     }
 
     /// Records a complete listing of directory `ino` (or that it was created empty).
     pub fn mark_listed(&mut self, ino: u64, until: Instant, large: bool) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.listed_until = Some(until);
-            inode.large = large;
+            let rare = inode.rare_mut();
+            rare.listed_until = Some(until);
+            rare.large = large;
         }
     }
 
@@ -475,7 +562,7 @@ impl InodeTable {
     pub fn listing_fresh(&self, ino: u64) -> bool {
         self.inodes
             .get(&ino)
-            .and_then(|i| i.listed_until)
+            .and_then(|i| i.listed_until())
             .is_some_and(|t| t > Instant::now())
     }
 
@@ -490,6 +577,7 @@ impl InodeTable {
                 **ino != ROOT
                     && i.lookups == 0
                     && i.open_handles == 0
+                    && i.pins == 0
                     && i.stage.is_none()
                     && i.valid_until < now
             })
@@ -503,6 +591,25 @@ impl InodeTable {
     pub fn add_lookup(&mut self, ino: u64) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.lookups += 1;
+        }
+    }
+
+    /// Keeps `ino` in the table until [`InodeTable::unpin`], whatever its lookup count.
+    pub fn pin(&mut self, ino: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.pins += 1;
+        }
+    }
+
+    /// Undoes one [`InodeTable::pin`]; an entry nobody refers to any more goes at once
+    /// if its attributes are stale (else the sweep takes it later).
+    pub fn unpin(&mut self, ino: u64) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        inode.pins = inode.pins.saturating_sub(1);
+        if inode.valid_until < Instant::now() {
+            self.remove_if_unused(ino);
         }
     }
 
@@ -520,7 +627,11 @@ impl InodeTable {
             return;
         }
         let unused = self.inodes.get(&ino).is_some_and(|i| {
-            i.lookups == 0 && i.open_handles == 0 && i.stage.is_none() && !self.has_children(ino)
+            i.lookups == 0
+                && i.open_handles == 0
+                && i.pins == 0
+                && i.stage.is_none()
+                && !self.has_children(ino)
         });
         if unused {
             let inode = self.inodes.remove(&ino).expect("checked above");
@@ -531,8 +642,8 @@ impl InodeTable {
             if !inode.detached {
                 self.unlink_from_parent(key.0, inode.attr.kind == Kind::Dir);
                 // The parent's listing no longer has every child in the table.
-                if let Some(parent) = self.inodes.get_mut(&key.0) {
-                    parent.listed_until = None;
+                if let Some(rare) = self.inodes.get_mut(&key.0).and_then(|p| p.rare.as_mut()) {
+                    rare.listed_until = None;
                 }
             }
             let parent = inode.parent;
@@ -558,7 +669,7 @@ impl InodeTable {
                     && !i.detached
                     && i.stage.as_ref().is_some_and(|s| s.is_local_only())
             })
-            .map(|(ino, i)| (i.name.clone(), *ino))
+            .map(|(ino, i)| (i.name.to_string(), *ino))
             .collect()
     }
 

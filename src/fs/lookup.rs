@@ -11,9 +11,11 @@ use super::{Attr, FsError, FsResult, ROOT, S3Fs, now};
 use crate::layout::check_name;
 use crate::store::{ObjectStore, StoreError};
 
-/// A lookup miss lists a directory of up to this many pages (of 1000 names) instead
-/// of asking about the one name: it answers the lookups of all its siblings too.
-const LOOKUP_LIST_PAGES: usize = 2;
+/// A lookup miss in a directory not known to be large lists up to this many pages (of
+/// 1000 names) instead of asking about the one name: it answers the lookups of all its
+/// siblings too. One: a folder of 100,000 names costs one page once, then two requests
+/// (HEAD and a one-key LIST) per name.
+const LOOKUP_LIST_PAGES: usize = 1;
 
 impl<S: ObjectStore> S3Fs<S> {
     pub async fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<Attr> {
@@ -69,7 +71,7 @@ impl<S: ObjectStore> S3Fs<S> {
             if let Some(attr) = self.known_child(&mut table, parent, name)? {
                 return Ok(attr);
             }
-            (dir, table.get(parent).is_some_and(|p| p.large))
+            (dir, table.get(parent).is_some_and(|p| p.large()))
         };
         let path = if dir.is_empty() {
             name.to_string()

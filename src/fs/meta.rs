@@ -61,7 +61,7 @@ impl<S: ObjectStore> S3Fs<S> {
         if let Some(inode) = table.get_mut(dir) {
             inode.attr.mtime = t;
             inode.attr.ctime = t;
-            inode.touched = true;
+            inode.set_touched();
         }
     }
 
@@ -158,7 +158,7 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         let (parent, name) = (inode.parent, inode.name.clone());
         let touched = inode
-            .touched
+            .touched()
             .then_some((inode.attr.mtime, inode.attr.ctime));
         let valid_until = self.valid_until();
         match head {
@@ -279,7 +279,7 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             inode.attr.ctime = t;
             inode.valid_until = self.valid_until();
-            inode.changed_at = Some(Instant::now());
+            inode.mark_changed_now();
         }
         if let Some(size) = change.size {
             let stage = self.stage_for_write(ino, false)?;
@@ -313,7 +313,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 return Ok(()); // the close uploads data and metadata together
             }
             if self.cfg.write_back {
-                return self.commit_and_queue(ino);
+                return self.commit_and_queue(ino).await;
             }
             self.sync(ino).await?;
             self.drop_clean_stage(ino);
@@ -328,7 +328,7 @@ impl<S: ObjectStore> S3Fs<S> {
             (
                 path,
                 inode.attr.clone(),
-                inode.extras.clone(),
+                Extras::clone(&inode.extras),
                 inode.remote.clone(),
             )
         };
@@ -363,7 +363,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 modified: None,
             });
             inode.valid_until = until;
-            inode.changed_at = Some(Instant::now());
+            inode.mark_changed_now();
         }
         Ok(())
     }

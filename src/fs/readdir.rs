@@ -45,16 +45,37 @@ impl<S: ObjectStore> S3Fs<S> {
         // Skip forward (seekdir to a cookie not produced yet): the names skipped are
         // recorded, since a whole pass vouches for every child.
         while cursor.next_index() < offset {
-            let skip = (offset - cursor.next_index()) as usize;
-            let names = cursor.next_names(skip).await?;
+            let skip = usize::try_from(offset - cursor.next_index()).unwrap_or(usize::MAX);
+            let names = match cursor.next_names(skip.min(BATCH)).await {
+                Ok(names) => names,
+                Err(e) => {
+                    cursor.rewind();
+                    return Err(e);
+                }
+            };
             if names.is_empty() {
+                // Past the end. What was skipped is no batch to replay: a read from
+                // inside it lists again.
+                let next = cursor.next_index();
+                let pinned = cursor.remember(next, &[], Vec::new());
+                let mut table = self.inodes.lock().unwrap();
+                pinned.into_iter().for_each(|ino| table.unpin(ino));
                 return Ok(Vec::new());
             }
-            self.entries_of(&cursor, names);
+            self.entries_of(&cursor, names, false);
         }
         let start = cursor.next_index();
-        let names = cursor.next_names(BATCH).await?;
-        let mut batch = self.entries_of(&cursor, names);
+        let names = match cursor.next_names(BATCH).await {
+            Ok(names) => names,
+            Err(e) => {
+                cursor.rewind();
+                return Err(e);
+            }
+        };
+        // Pinned from here on: the sweep must not drop an entry between this listing and
+        // the kernel counting its lookup (it would find an inode number that is gone).
+        let mut batch = self.entries_of(&cursor, names, true);
+        let listed: Vec<u64> = batch.iter().map(|e| e.attr.ino).collect();
         if let Some(paged) = cursor.finished_pass() {
             let until = cursor.started() + self.cfg.metadata_ttl;
             self.inodes
@@ -62,14 +83,36 @@ impl<S: ObjectStore> S3Fs<S> {
                 .unwrap()
                 .mark_listed(cursor.ino(), until, paged);
         }
-        self.complete_meta(&mut batch).await?;
-        cursor.remember(start, &batch);
-        Ok(batch)
+        let completed = self.complete_meta(&mut batch).await;
+        let mut table = self.inodes.lock().unwrap();
+        let pinned = match completed {
+            Ok(()) => {
+                let pinned: Vec<u64> = batch.iter().map(|e| e.attr.ino).collect();
+                pinned.iter().for_each(|ino| table.pin(*ino));
+                cursor.remember(start, &batch, pinned)
+            }
+            Err(_) => {
+                // The batch was not handed out: a read from the same cookie lists again.
+                cursor.rewind();
+                Vec::new()
+            }
+        };
+        for ino in listed.into_iter().chain(pinned) {
+            table.unpin(ino);
+        }
+        completed.map(|()| batch)
     }
 
-    /// The entries of names a cursor yielded, recorded in the inode table.
-    fn entries_of(&self, cursor: &DirCursor<S>, names: Vec<(u64, Raw)>) -> Vec<DirEntry> {
-        let until = cursor.started() + self.cfg.metadata_ttl;
+    /// The entries of names a cursor yielded, recorded in the inode table (and pinned
+    /// there if `pin`). A listed entry's attributes are fresh for the TTL from when its
+    /// page was asked for.
+    fn entries_of(
+        &self,
+        cursor: &DirCursor<S>,
+        names: Vec<(u64, Raw)>,
+        pin: bool,
+    ) -> Vec<DirEntry> {
+        let ttl = self.cfg.metadata_ttl;
         let mut table = self.inodes.lock().unwrap();
         names
             .into_iter()
@@ -78,18 +121,34 @@ impl<S: ObjectStore> S3Fs<S> {
                     Raw::Known(name, ino) => (name, ino),
                     Raw::Listed(name, listed, asked_at) => {
                         let at = (cursor.ino(), name.as_str());
+                        let until = asked_at + ttl;
                         let ino = self.upsert_listed(&mut table, at, &listed, (until, asked_at));
                         (name, ino)
                     }
                 };
                 // (A staged file may be gone meanwhile.)
                 let attr = Self::current_attr(&table, ino)?;
+                if pin {
+                    table.pin(ino);
+                }
                 Some(DirEntry { name, attr, offset })
             })
             .collect()
     }
 
     pub fn releasedir(&self, fh: u64) {
-        let _ = self.handles.remove(fh);
+        let Ok(handle) = self.handles.remove(fh) else {
+            return;
+        };
+        if let Handle::Dir(cursor) = &*handle {
+            // The kernel never releases a directory while reading it; if it did, the
+            // pins of the last batch stay (a few entries kept, nothing wrong served).
+            if let Ok(mut cursor) = cursor.try_lock() {
+                let mut table = self.inodes.lock().unwrap();
+                for ino in cursor.take_pinned() {
+                    table.unpin(ino);
+                }
+            }
+        }
     }
 }

@@ -34,10 +34,20 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok(stage.commit(&key, record_attrs(&headers))?)
     }
 
-    /// The close of write-back mode: commit, then leave the upload to the background.
-    pub(super) fn commit_and_queue(&self, ino: u64) -> FsResult<()> {
+    /// The close of write-back mode: commit, then leave the upload to the background
+    /// (waiting for a slot of the queue while it is full). A stage S3 already has
+    /// (the flush before this release queued it) is not queued again.
+    pub(super) async fn commit_and_queue(&self, ino: u64) -> FsResult<()> {
         self.commit(ino)?;
-        let _ = self.pending_tx.send(ino);
+        let Some(stage) = self.inodes.lock().unwrap().stage(ino) else {
+            return Ok(());
+        };
+        if !stage.is_dirty() {
+            return Ok(());
+        }
+        let slot = self.queue_slots.clone().acquire_owned().await;
+        let slot = slot.map_err(|_| FsError::Io("the upload queue is closed".into()))?;
+        let _ = self.pending_tx.send((ino, slot));
         Ok(())
     }
 
@@ -125,7 +135,7 @@ impl<S: ObjectStore> S3Fs<S> {
                     inode.content_version += 1;
                     inode.attr.size = snapshot.size;
                     inode.valid_until = until;
-                    inode.changed_at = Some(Instant::now());
+                    inode.mark_changed_now();
                 }
                 // Clean only once the inode names the new object (under the same lock):
                 // a stage dropped as clean must not leave the next open standing on the

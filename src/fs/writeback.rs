@@ -11,9 +11,19 @@ use crate::stage::{Committed, Leftover};
 use crate::store::{ObjectHeaders, ObjectStore, UploadId};
 
 /// Files uploaded at once by the write-back queue.
-const BACKGROUND_UPLOADS: usize = 8;
+const BACKGROUND_UPLOADS: usize = 16;
+/// Closes of write-back mode whose upload may wait at once (each keeps its staged file,
+/// two descriptors, open): 32 writers closing faster than S3 takes their files wait
+/// here instead of running the daemon out of file descriptors.
+pub(super) const QUEUE_SLOTS: usize = 64;
+
+/// A place in the write-back queue, given back when the upload is done.
+pub(super) type QueueSlot = tokio::sync::OwnedSemaphorePermit;
 /// How often uploads that failed at close are tried again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(30);
+/// How often listed entries the kernel never looked up are dropped once stale: often
+/// enough that listing a huge directory never holds much more than a few seconds of it.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest wait between two tries of a background upload.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -77,12 +87,13 @@ impl<S: ObjectStore> S3Fs<S> {
         let fs = self.clone();
         tokio::spawn(async move {
             let permits = Arc::new(tokio::sync::Semaphore::new(BACKGROUND_UPLOADS));
-            while let Some(ino) = rx.recv().await {
+            while let Some((ino, slot)) = rx.recv().await {
                 let permit = permits.clone().acquire_owned().await.expect("never closed");
                 let fs = fs.clone();
                 tokio::spawn(async move {
                     fs.upload_in_background(ino).await;
                     drop(permit);
+                    drop(slot);
                 });
             }
         });
@@ -91,6 +102,12 @@ impl<S: ObjectStore> S3Fs<S> {
             loop {
                 tokio::time::sleep(RETRY_INTERVAL).await;
                 fs.retry_failed_uploads().await;
+            }
+        });
+        let fs = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_INTERVAL).await;
                 fs.sweep_inodes();
             }
         });

@@ -184,9 +184,9 @@ impl<S: ObjectStore> S3Fs<S> {
             if layout::user_meta_len(&headers) > layout::MAX_USER_META {
                 return Err(FsError::TooBig);
             }
-            inode.extras = extras;
+            inode.extras = extras.into();
             inode.attr.ctime = now();
-            inode.changed_at = Some(std::time::Instant::now());
+            inode.mark_changed_now();
         }
         self.persist_or_forget(ino).await
     }

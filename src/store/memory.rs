@@ -146,6 +146,8 @@ pub struct MemoryStore {
     initiated: Mutex<HashMap<String, SystemTime>>,
     /// Other buckets by name, readable by [`ObjectStore::copy_from_bucket`].
     buckets: Mutex<HashMap<String, Arc<MemoryStore>>>,
+    /// Keys per listing page when the caller sets no limit (0: S3's 1000).
+    page_size: AtomicU64,
 }
 
 fn content_etag(data: &[u8]) -> ETag {
@@ -216,6 +218,12 @@ impl MemoryStore {
     /// After `pass` more operations of kind `op` succeed, the next `times` fail.
     pub fn fail_after(&self, op: Op, pass: u32, times: u32, error: StoreError) {
         self.faults.lock().unwrap().insert(op, (pass, times, error));
+    }
+
+    /// Listing pages hold `n` keys and prefixes unless the caller asks for fewer (S3: 1000),
+    /// so that tests cross many page boundaries with few keys.
+    pub fn set_page_size(&self, n: u64) {
+        self.page_size.store(n, Ordering::Relaxed);
     }
 
     /// How many operations of kind `op` were attempted.
@@ -410,7 +418,11 @@ impl ObjectStore for MemoryStore {
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage> {
         self.enter(Op::List).await?;
-        let max = max_keys.unwrap_or(1000).max(1) as usize;
+        let default = match self.page_size.load(Ordering::Relaxed) {
+            0 => 1000,
+            n => n,
+        };
+        let max = max_keys.map_or(default, |m| m.max(1) as u64) as usize;
         let objects = self.objects.lock().unwrap();
         let mut page = ListPage::default();
         let lower = match token {

@@ -25,6 +25,8 @@ mod migrate;
 mod mount_e2e;
 mod odd_keys;
 mod random_ops;
+mod readdir_model;
 mod s3fs_interop;
+mod scale;
 mod tools_roundtrip;
 mod trash;
