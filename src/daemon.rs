@@ -212,6 +212,18 @@ fn describe(cfg: &MountConfig, err: &StoreError) -> String {
     }
 }
 
+/// Every staged file not yet uploaded holds a descriptor, so a long write-back backlog
+/// (an outage) needs many: the soft limit is raised to the hard one, as servers do.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        log::warn!("could not raise the open file limit from {soft} to {hard}: {e}");
+    }
+}
+
 /// Large buffers (parts, read blocks) come and go all the time; a fixed mmap threshold
 /// returns them to the system at once instead of letting glibc's adaptive threshold
 /// keep them in per-thread arenas, which would let the resident size creep up.
@@ -242,6 +254,7 @@ fn serve(cfg: MountConfig, mut parent: Parent) -> ExitCode {
         Err(e) => return parent.fail(e),
     };
     limit_heap_growth();
+    raise_fd_limit();
     let signals = block_signals();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -37,7 +37,6 @@ use handles::HandleTable;
 use inodes::InodeTable;
 pub use inodes::{Attr, Extras, Kind, ROOT};
 pub use trash::Trash;
-use writeback::QueueSlot;
 pub use writeback::Recovery;
 pub use xattr::{XattrAnswer, xattr_answer, xattr_list, xattr_name_to_read, xattr_name_to_write};
 
@@ -144,13 +143,9 @@ pub struct S3Fs<S: ObjectStore> {
     uploader: Uploader<S>,
     /// Set when the mount is going away: no new writers.
     closing: AtomicBool,
-    /// Files whose close returned in write-back mode, for the background uploader,
-    /// each with its slot of the queue.
-    pending_tx: tokio::sync::mpsc::UnboundedSender<(u64, QueueSlot)>,
-    pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(u64, QueueSlot)>>>,
-    /// Slots of the write-back queue: a queued file keeps its staged file open, so a
-    /// close waits for a slot rather than let open files grow with the backlog.
-    queue_slots: Arc<tokio::sync::Semaphore>,
+    /// Files whose close returned in write-back mode, for the background uploader.
+    pending_tx: tokio::sync::mpsc::UnboundedSender<u64>,
+    pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
     /// Directories being listed for lookups.
     listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// HEAD answers of earlier listings, by exact object version.
@@ -194,7 +189,6 @@ impl<S: ObjectStore> S3Fs<S> {
             closing: AtomicBool::new(false),
             pending_tx,
             pending_rx: Mutex::new(Some(pending_rx)),
-            queue_slots: Arc::new(tokio::sync::Semaphore::new(writeback::QUEUE_SLOTS)),
             listing_gates: Mutex::new(HashMap::new()),
             index,
             trash: None,

@@ -34,20 +34,17 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok(stage.commit(&key, record_attrs(&headers))?)
     }
 
-    /// The close of write-back mode: commit, then leave the upload to the background
-    /// (waiting for a slot of the queue while it is full). A stage S3 already has
-    /// (the flush before this release queued it) is not queued again.
+    /// The close of write-back mode: commit, then leave the upload to the background.
+    /// It never waits for S3 (an outage must not hold closes up); a stage S3 already
+    /// has (the flush before this release queued it) is not queued again.
     pub(super) async fn commit_and_queue(&self, ino: u64) -> FsResult<()> {
         self.commit(ino)?;
         let Some(stage) = self.inodes.lock().unwrap().stage(ino) else {
             return Ok(());
         };
-        if !stage.is_dirty() {
-            return Ok(());
+        if stage.is_dirty() {
+            let _ = self.pending_tx.send(ino);
         }
-        let slot = self.queue_slots.clone().acquire_owned().await;
-        let slot = slot.map_err(|_| FsError::Io("the upload queue is closed".into()))?;
-        let _ = self.pending_tx.send((ino, slot));
         Ok(())
     }
 

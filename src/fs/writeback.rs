@@ -12,13 +12,6 @@ use crate::store::{ObjectHeaders, ObjectStore, UploadId};
 
 /// Files uploaded at once by the write-back queue.
 const BACKGROUND_UPLOADS: usize = 16;
-/// Closes of write-back mode whose upload may wait at once (each keeps its staged file,
-/// two descriptors, open): 32 writers closing faster than S3 takes their files wait
-/// here instead of running the daemon out of file descriptors.
-pub(super) const QUEUE_SLOTS: usize = 64;
-
-/// A place in the write-back queue, given back when the upload is done.
-pub(super) type QueueSlot = tokio::sync::OwnedSemaphorePermit;
 /// How often uploads that failed at close are tried again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 /// How often listed entries the kernel never looked up are dropped once stale: often
@@ -87,13 +80,12 @@ impl<S: ObjectStore> S3Fs<S> {
         let fs = self.clone();
         tokio::spawn(async move {
             let permits = Arc::new(tokio::sync::Semaphore::new(BACKGROUND_UPLOADS));
-            while let Some((ino, slot)) = rx.recv().await {
+            while let Some(ino) = rx.recv().await {
                 let permit = permits.clone().acquire_owned().await.expect("never closed");
                 let fs = fs.clone();
                 tokio::spawn(async move {
                     fs.upload_in_background(ino).await;
                     drop(permit);
-                    drop(slot);
                 });
             }
         });

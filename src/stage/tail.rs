@@ -7,7 +7,8 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
@@ -92,35 +93,44 @@ pub struct Overlay {
     data: Vec<u8>,
 }
 
-/// The O_DIRECT side of a staged file.
+/// The O_DIRECT side of a staged file, opened at its first use: a staged file waiting
+/// in the write-back queue holds one descriptor, not two.
 pub struct Direct {
-    file: Option<File>,
+    path: PathBuf,
+    file: OnceLock<Option<File>>,
     working: AtomicBool,
 }
 
 impl Direct {
     pub fn open(path: &Path) -> Direct {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok();
         Direct {
-            working: AtomicBool::new(file.is_some()),
-            file,
+            path: path.to_path_buf(),
+            file: OnceLock::new(),
+            working: AtomicBool::new(true),
         }
     }
 
     fn file(&self) -> Option<&File> {
-        self.file
-            .as_ref()
-            .filter(|_| self.working.load(Ordering::Relaxed))
+        if !self.working.load(Ordering::Relaxed) {
+            return None;
+        }
+        let file = self.file.get_or_init(|| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&self.path)
+                .ok()
+        });
+        if file.is_none() {
+            self.working.store(false, Ordering::Relaxed);
+        }
+        file.as_ref()
     }
 
     /// Can an append at `size` start a tail?
     pub fn can_start(&self, size: u64) -> bool {
-        self.file().is_some() && size >= DIRECT_FROM && size.is_multiple_of(ALIGN as u64)
+        size >= DIRECT_FROM && size.is_multiple_of(ALIGN as u64) && self.file().is_some()
     }
 
     /// Writes aligned data directly, or through `buffered` if direct I/O fails.
