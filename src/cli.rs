@@ -10,9 +10,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use nix::unistd::{getgid, getuid};
 
+use crate::check::CheckConfig;
 use crate::config::{MountConfig, default_cache_dir};
 use crate::fs::FsConfig;
 use crate::layout::normalize_prefix;
+use crate::store::object_options::ObjectOptions;
 use crate::store::s3::{S3Settings, StaticCredentials};
 
 #[derive(Parser, Debug)]
@@ -26,18 +28,21 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount BUCKET (or s3://BUCKET/PREFIX/) on MOUNTPOINT.
     Mount(MountArgs),
+    /// Check that BUCKET (or s3://BUCKET/PREFIX/) can be mounted with these options:
+    /// credentials, endpoint, bucket, list, put, get, delete and the object options, one
+    /// line each; exit 0 only if a mount would work.
+    Check(CheckArgs),
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct MountArgs {
-    /// BUCKET, or s3://BUCKET/PREFIX/
-    pub source: String,
-    /// An existing, empty directory.
-    pub mountpoint: PathBuf,
+/// Where and as whom to connect: shared by every subcommand that talks to S3.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConnectionArgs {
     /// Key prefix under which the mount lives (`docs/`: file /a.pdf is key docs/a.pdf).
     #[arg(long, env = "S3_LOCATION")]
     pub prefix: Option<String>,
@@ -53,6 +58,66 @@ pub struct MountArgs {
     /// Named profile of the AWS config files (also AWS_PROFILE, S3_SESSION_PROFILE).
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
+}
+
+/// Encryption, storage class and ACL of every object written, copies included.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ObjectOptionArgs {
+    /// Server-side encryption of every object written: AES256 or aws:kms.
+    #[arg(long, value_name = "AES256|aws:kms", env = "S3MOUNT_SSE")]
+    pub sse: Option<String>,
+    /// KMS key (id, alias or ARN) for aws:kms; given alone, it implies --sse aws:kms.
+    #[arg(long, value_name = "ID", env = "S3MOUNT_SSE_KMS_KEY_ID")]
+    pub sse_kms_key_id: Option<String>,
+    /// Storage class of every object written (STANDARD, STANDARD_IA, GLACIER_IR, ...).
+    #[arg(long, value_name = "CLASS", env = "S3MOUNT_STORAGE_CLASS")]
+    pub storage_class: Option<String>,
+    /// Canned ACL of every object written (private, bucket-owner-full-control, ...).
+    #[arg(long, value_name = "CANNED", env = "S3MOUNT_ACL")]
+    pub acl: Option<String>,
+}
+
+impl ObjectOptionArgs {
+    /// The options checked against what S3 accepts.
+    pub fn validate(&self) -> Result<ObjectOptions, String> {
+        ObjectOptions::parse(
+            self.sse.as_deref(),
+            self.sse_kms_key_id.as_deref(),
+            self.storage_class.as_deref(),
+            self.acl.as_deref(),
+        )
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// BUCKET, or s3://BUCKET/PREFIX/
+    pub source: String,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub object_options: ObjectOptionArgs,
+}
+
+impl CheckArgs {
+    pub fn into_config(self) -> Result<CheckConfig, String> {
+        let (bucket, prefix) = self.connection.bucket_and_prefix(&self.source)?;
+        let mut s3 = self.connection.s3_settings(&bucket)?;
+        s3.object_options = self.object_options.validate()?;
+        Ok(CheckConfig { s3, bucket, prefix })
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// BUCKET, or s3://BUCKET/PREFIX/
+    pub source: String,
+    /// An existing, empty directory.
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub object_options: ObjectOptionArgs,
     /// Local write-back cache directory.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -188,9 +253,10 @@ struct Limits {
 
 impl MountArgs {
     pub fn into_config(self) -> Result<MountConfig, String> {
-        let (bucket, prefix) = self.bucket_and_prefix()?;
+        let (bucket, prefix) = self.connection.bucket_and_prefix(&self.source)?;
         let limits = self.limits()?;
-        let s3 = self.s3_settings(&bucket)?;
+        let mut s3 = self.connection.s3_settings(&bucket)?;
+        s3.object_options = self.object_options.validate()?;
         let uid = self.uid.unwrap_or_else(|| getuid().as_raw());
         let gid = self.gid.unwrap_or_else(|| getgid().as_raw());
         let mountpoint = self.mountpoint;
@@ -223,20 +289,6 @@ impl MountArgs {
             foreground: self.foreground,
             log_level: self.log_level,
         })
-    }
-
-    /// The bucket and the normalized prefix, from the source and `--prefix`.
-    fn bucket_and_prefix(&self) -> Result<(String, String), String> {
-        let (bucket, source_prefix) = parse_source(&self.source)?;
-        let prefix = match (source_prefix, self.prefix.clone()) {
-            (Some(a), Some(b)) if normalize_prefix(&a) != normalize_prefix(&b) => {
-                return Err(format!(
-                    "the prefix is given twice and differs: '{a}' in the source, '{b}' by --prefix"
-                ));
-            }
-            (a, b) => normalize_prefix(&a.or(b).unwrap_or_default()),
-        };
-        Ok((bucket, prefix))
     }
 
     /// The numeric settings with their defaults, and the log level, checked.
@@ -284,10 +336,26 @@ impl MountArgs {
             url_expiry,
         })
     }
+}
+
+impl ConnectionArgs {
+    /// The bucket and the normalized prefix, from the source and `--prefix`.
+    pub fn bucket_and_prefix(&self, source: &str) -> Result<(String, String), String> {
+        let (bucket, source_prefix) = parse_source(source)?;
+        let prefix = match (source_prefix, self.prefix.clone()) {
+            (Some(a), Some(b)) if normalize_prefix(&a) != normalize_prefix(&b) => {
+                return Err(format!(
+                    "the prefix is given twice and differs: '{a}' in the source, '{b}' by --prefix"
+                ));
+            }
+            (a, b) => normalize_prefix(&a.or(b).unwrap_or_default()),
+        };
+        Ok((bucket, prefix))
+    }
 
     /// Endpoint, region, profile and static credentials, from the options or the
     /// environment.
-    fn s3_settings(&self, bucket: &str) -> Result<S3Settings, String> {
+    pub fn s3_settings(&self, bucket: &str) -> Result<S3Settings, String> {
         let endpoint_url = self
             .endpoint_url
             .clone()
@@ -322,6 +390,7 @@ impl MountArgs {
             profile,
             static_credentials,
             max_attempts: 4,
+            ..S3Settings::default()
         })
     }
 }
@@ -368,7 +437,9 @@ mod tests {
             "1MiB",
         ]))
         .unwrap();
-        let Command::Mount(m) = cli.command;
+        let Command::Mount(m) = cli.command else {
+            panic!("not a mount")
+        };
         let err = m.into_config().unwrap_err();
         assert!(err.contains("--part-size"), "{err}");
         let err = Cli::try_parse_from(args(&["s3mount", "mount", "b", "/m", "--file-mode", "999"]))

@@ -4,6 +4,7 @@
 //! knows about HTTP or the AWS SDK.
 
 pub mod memory;
+pub mod object_options;
 pub mod s3;
 mod s3_answers;
 
