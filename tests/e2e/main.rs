@@ -13,6 +13,7 @@
 
 mod common;
 
+mod check;
 mod cli;
 mod conformance;
 mod core_fs;
@@ -20,6 +21,7 @@ mod crash;
 mod credentials;
 mod durability;
 mod mount_e2e;
+mod object_options;
 mod odd_keys;
 mod random_ops;
 mod s3fs_interop;
