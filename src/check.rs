@@ -307,7 +307,10 @@ async fn credentials(store: &S3Store, settings: &S3Settings) -> Result<String, C
             ))
         })?;
     let id = &found.access_key_id;
-    let tail = &id[id.len().saturating_sub(4)..];
+    let tail: String = id
+        .chars()
+        .skip(id.chars().count().saturating_sub(4))
+        .collect();
     let source = if settings.static_credentials.is_some() {
         let name = if std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty()) {
             "AWS_ACCESS_KEY_ID"
