@@ -34,3 +34,36 @@ free_port_base() {
     echo "no free port base found from $1 on" >&2
     return 1
 }
+
+# moto, pinned: an S3 emulator that stores and returns server-side encryption, storage classes
+# and ACLs (Garage ignores all three), for the tests of --sse/--storage-class/--acl. Installed
+# into a venv of its own under S3MOUNT_TOOLS (default ~/.cache/s3mount); sets MOTO_SERVER.
+# (moto 5.2.1's CompleteMultipartUpload answer breaks aws-sdk-rust; 5.2.5 does not.)
+S3MOUNT_MOTO_VERSION=5.2.5
+ensure_moto() {
+    local venv=${S3MOUNT_TOOLS:-$HOME/.cache/s3mount}/moto-$S3MOUNT_MOTO_VERSION
+    if ! "$venv/bin/python" -c "import sys, moto; sys.exit(moto.__version__ != '$S3MOUNT_MOTO_VERSION')" 2>/dev/null; then
+        echo "installing moto $S3MOUNT_MOTO_VERSION into $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "moto[server]==$S3MOUNT_MOTO_VERSION"
+    fi
+    MOTO_SERVER=$venv/bin/moto_server
+}
+
+# Starts moto on 127.0.0.1:$1 with its log in $2; sets MOTO_PID. wait_moto waits (bounded)
+# until it answers.
+start_moto() {
+    "$MOTO_SERVER" -H 127.0.0.1 -p "$1" >"$2" 2>&1 </dev/null &
+    MOTO_PID=$!
+}
+wait_moto() {
+    local i
+    for ((i = 0; i < 120; i++)); do
+        curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+        kill -0 "$MOTO_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    echo "moto did not answer on 127.0.0.1:$1 within 60 s" >&2
+    return 1
+}

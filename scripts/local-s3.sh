@@ -6,6 +6,7 @@
 #   scripts/local-s3.sh start DIR [PORT_BASE] start (or reuse) a server in DIR; S3 API on PORT_BASE
 #   scripts/local-s3.sh stop DIR             stop the server of DIR (its data stays)
 #   scripts/local-s3.sh env DIR              print the export lines for the server of DIR
+#   scripts/local-s3.sh garage DIR ARGS...   run the garage CLI on the server of DIR (e.g. key create)
 #
 # PORT_BASE (default 3900): S3 API on PORT_BASE, RPC on +1, admin API on +3, all on 127.0.0.1.
 # Environment: S3MOUNT_TOOLS (default ~/.cache/s3mount) holds the Garage build and nodelay.so;
@@ -185,14 +186,14 @@ cmd_stop() {
     echo "garage stopped for $DIR" >&2
 }
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [ $# -ge 1 ] || usage
 sub=$1
 shift
 case $sub in
 install) cmd_install ;;
-start | stop | env)
+start | stop | env | garage)
     [ $# -ge 1 ] || usage
     mkdir -p "$1"
     DIR=$(cd "$1" && pwd)
@@ -201,6 +202,7 @@ start | stop | env)
     start) cmd_start "$@" ;;
     stop) cmd_stop ;;
     env) [ -f "$DIR/env" ] || die "no $DIR/env: start the server first"; cat "$DIR/env" ;;
+    garage) [ -f "$DIR/garage.toml" ] || die "no $DIR/garage.toml: start the server first"; g "$@" ;;
     esac
     ;;
 *) usage ;;

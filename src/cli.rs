@@ -10,10 +10,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use nix::unistd::{getgid, getuid};
 
+use crate::check::CheckConfig;
 use crate::config::{MountConfig, default_cache_dir};
 use crate::fs::FsConfig;
 use crate::layout::normalize_prefix;
 use crate::migrate::MigrateConfig;
+use crate::store::object_options::ObjectOptions;
 use crate::store::s3::{S3Settings, StaticCredentials};
 use crate::trash::TrashTarget;
 
@@ -28,6 +30,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount BUCKET (or s3://BUCKET/PREFIX/) on MOUNTPOINT.
@@ -35,6 +39,78 @@ pub enum Command {
     /// Copy LOCAL_DIR into BUCKET (or s3://BUCKET/PREFIX/) as a mount would have written
     /// it; a rerun copies only what is missing or changed.
     Migrate(MigrateArgs),
+    /// Check that BUCKET (or s3://BUCKET/PREFIX/) can be mounted with these options:
+    /// credentials, endpoint, bucket, list, put, get, delete and the object options, one
+    /// line each; exit 0 only if a mount would work.
+    Check(CheckArgs),
+}
+
+/// Where and as whom to connect: shared by every subcommand that talks to S3.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConnectionArgs {
+    /// Key prefix under which the mount lives (`docs/`: file /a.pdf is key docs/a.pdf).
+    #[arg(long, env = "S3_LOCATION")]
+    pub prefix: Option<String>,
+    /// S3-compatible endpoint (also AWS_ENDPOINT_URL, S3_ENDPOINT_URL).
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Region (also AWS_REGION).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Path-style addressing (MinIO, Ceph, Garage, local servers).
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// Named profile of the AWS config files (also AWS_PROFILE, S3_SESSION_PROFILE).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+/// Encryption, storage class and ACL of every object written, copies included.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ObjectOptionArgs {
+    /// Server-side encryption of every object written: AES256 or aws:kms.
+    #[arg(long, value_name = "AES256|aws:kms", env = "S3MOUNT_SSE")]
+    pub sse: Option<String>,
+    /// KMS key (id, alias or ARN) for aws:kms; given alone, it implies --sse aws:kms.
+    #[arg(long, value_name = "ID", env = "S3MOUNT_SSE_KMS_KEY_ID")]
+    pub sse_kms_key_id: Option<String>,
+    /// Storage class of every object written (STANDARD, STANDARD_IA, GLACIER_IR, ...).
+    #[arg(long, value_name = "CLASS", env = "S3MOUNT_STORAGE_CLASS")]
+    pub storage_class: Option<String>,
+    /// Canned ACL of every object written (private, bucket-owner-full-control, ...).
+    #[arg(long, value_name = "CANNED", env = "S3MOUNT_ACL")]
+    pub acl: Option<String>,
+}
+
+impl ObjectOptionArgs {
+    /// The options checked against what S3 accepts.
+    pub fn validate(&self) -> Result<ObjectOptions, String> {
+        ObjectOptions::parse(
+            self.sse.as_deref(),
+            self.sse_kms_key_id.as_deref(),
+            self.storage_class.as_deref(),
+            self.acl.as_deref(),
+        )
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// BUCKET, or s3://BUCKET/PREFIX/
+    pub source: String,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub object_options: ObjectOptionArgs,
+}
+
+impl CheckArgs {
+    pub fn into_config(self) -> Result<CheckConfig, String> {
+        let (bucket, prefix) = self.connection.bucket_and_prefix(&self.source)?;
+        let mut s3 = self.connection.s3_settings(&bucket)?;
+        s3.object_options = self.object_options.validate()?;
+        Ok(CheckConfig { s3, bucket, prefix })
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -45,6 +121,8 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub object_options: ObjectOptionArgs,
     /// Local write-back cache directory.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -202,7 +280,8 @@ impl MountArgs {
     pub fn into_config(self) -> Result<MountConfig, String> {
         let (bucket, prefix) = self.connection.bucket_and_prefix(&self.source)?;
         let limits = self.limits()?;
-        let s3 = self.connection.s3_settings(&bucket)?;
+        let mut s3 = self.connection.s3_settings(&bucket)?;
+        s3.object_options = self.object_options.validate()?;
         let trash = (self.trash.as_deref())
             .map(|t| TrashTarget::parse(t, &bucket, &prefix))
             .transpose()?;
@@ -360,29 +439,9 @@ impl ConnectionArgs {
             profile,
             static_credentials,
             max_attempts: 4,
+            ..S3Settings::default()
         })
     }
-}
-
-/// Where the bucket is and how to reach it: the options every subcommand that talks to
-/// S3 shares.
-#[derive(Args, Debug, Clone)]
-pub struct ConnectionArgs {
-    /// Key prefix under which the mount lives (`docs/`: file /a.pdf is key docs/a.pdf).
-    #[arg(long, env = "S3_LOCATION")]
-    pub prefix: Option<String>,
-    /// S3-compatible endpoint (also AWS_ENDPOINT_URL, S3_ENDPOINT_URL).
-    #[arg(long, value_name = "URL")]
-    pub endpoint_url: Option<String>,
-    /// Region (also AWS_REGION).
-    #[arg(long)]
-    pub region: Option<String>,
-    /// Path-style addressing (MinIO, Ceph, Garage, local servers).
-    #[arg(long)]
-    pub force_path_style: bool,
-    /// Named profile of the AWS config files (also AWS_PROFILE, S3_SESSION_PROFILE).
-    #[arg(long, value_name = "NAME")]
-    pub profile: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -393,9 +452,8 @@ pub struct MigrateArgs {
     pub target: String,
     #[command(flatten)]
     pub connection: ConnectionArgs,
-    // The mount's object options (--sse, --storage-class, --acl) belong here too, as the
-    // same flattened arguments, once the mount has them: migrate writes through the same
-    // S3 store.
+    #[command(flatten)]
+    pub object_options: ObjectOptionArgs,
     /// Files, and parts of large files, uploaded in parallel (1..=256, default 16).
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
@@ -419,7 +477,8 @@ impl MigrateArgs {
     /// The S3 settings, the migration's own and the log level, checked.
     pub fn into_job(self) -> Result<(S3Settings, MigrateConfig, Option<String>), String> {
         let (bucket, prefix) = self.connection.bucket_and_prefix(&self.target)?;
-        let s3 = self.connection.s3_settings(&bucket)?;
+        let mut s3 = self.connection.s3_settings(&bucket)?;
+        s3.object_options = self.object_options.validate()?;
         let concurrency = self.concurrency.unwrap_or(16);
         if !(1..=256).contains(&concurrency) {
             return Err(format!(

@@ -19,6 +19,7 @@
 //! file; `error` is where every errno is chosen.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -44,5 +44,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Check(args) => match args.into_config() {
+            Ok(config) => s3mount::check::main(&config),
+            Err(e) => {
+                eprintln!("s3mount: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }

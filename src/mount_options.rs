@@ -153,6 +153,12 @@ fn long_option(opt: MountOpt) -> Option<OsString> {
     })
 }
 
+/// Is `name` a subcommand of the command line (`mount`, `check`, ...)?
+fn is_subcommand(name: &str) -> bool {
+    use clap::CommandFactory;
+    crate::cli::Cli::command().find_subcommand(name).is_some()
+}
+
 /// Rewrites the fstab form into long options, and inserts the `mount` subcommand when
 /// invoked by mount(8) as `s3mount BUCKET DIR -o opts`.
 pub fn expand_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
@@ -163,7 +169,7 @@ pub fn expand_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     out.push(program.clone());
     if let Some(first) = rest.first().and_then(|a| a.to_str()) {
         let is_flag = first.starts_with('-');
-        if !is_flag && !["mount", "migrate", "help"].contains(&first) {
+        if !is_flag && first != "help" && !is_subcommand(first) {
             out.push("mount".into());
         }
     }
@@ -326,6 +332,8 @@ mod tests {
         assert_eq!(out, args(&["s3mount", "help"]));
         let out = expand_args(args(&["s3mount", "mount", "b", "/m", "-f"])).unwrap();
         assert_eq!(out, args(&["s3mount", "mount", "b", "/m", "-f"]));
+        let out = expand_args(args(&["s3mount", "check", "b", "-o", "sse=AES256"])).unwrap();
+        assert_eq!(out, args(&["s3mount", "check", "b", "--sse=AES256"]));
         assert_eq!(expand_args(args(&["s3mount"])), Ok(args(&["s3mount"])));
         assert_eq!(expand_args(vec![]), Ok(vec![]));
     }

@@ -5,6 +5,7 @@
 
 mod body;
 pub mod memory;
+pub mod object_options;
 pub mod part_copy;
 pub mod s3;
 mod s3_answers;

@@ -14,8 +14,8 @@ use aws_config::BehaviorVersion;
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::provider::future::ProvideCredentials as CredentialsFuture;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
@@ -23,9 +23,11 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart as SdkPart, EncodingType, MetadataDirective,
+    ObjectCannedAcl, ServerSideEncryption, StorageClass,
 };
 use bytes::Bytes;
 
+use super::object_options::ObjectOptions;
 use super::s3_answers::{classify, decode_listed, salvage_field};
 use futures::{StreamExt, TryStreamExt};
 
@@ -36,6 +38,9 @@ use super::{
 
 use super::part_copy::{COPY_PARALLEL, MAX_SINGLE_COPY, copy_in_parts, copy_ranges};
 use super::s3_body::byte_stream;
+
+mod probe;
+pub use probe::{CredentialsFound, Grant, StoredOptions};
 
 /// Where and as whom to connect; plain data filled from the command line.
 #[derive(Clone, Debug, Default)]
@@ -48,6 +53,11 @@ pub struct S3Settings {
     pub static_credentials: Option<StaticCredentials>,
     /// Attempts per request, including the first.
     pub max_attempts: u32,
+    /// Sent with every object written (PUT, multipart upload, copy).
+    pub object_options: ObjectOptions,
+    /// Bound on one request with all its retries (None: only the connect and read
+    /// timeouts bound it); `check` sets it so that a silent endpoint fails fast.
+    pub operation_timeout: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -91,10 +101,52 @@ impl ProvideCredentials for FreshChain {
 pub struct S3Store {
     client: Client,
     bucket: String,
+    /// `ObjectOptions` in the SDK's types, sent with every object written.
+    write_options: WriteOptions,
+    /// The client's credential provider (the SDK's config does not give it back).
+    credentials: SharedCredentialsProvider,
+}
+
+/// The object options as the SDK's request builders take them.
+#[derive(Clone, Debug, Default)]
+struct WriteOptions {
+    sse: Option<ServerSideEncryption>,
+    kms_key_id: Option<String>,
+    storage_class: Option<StorageClass>,
+    acl: Option<ObjectCannedAcl>,
+}
+
+impl WriteOptions {
+    fn from(options: &ObjectOptions) -> WriteOptions {
+        WriteOptions {
+            sse: options.sse().map(ServerSideEncryption::from),
+            kms_key_id: options.kms_key_id().map(str::to_string),
+            storage_class: options.storage_class.as_deref().map(StorageClass::from),
+            acl: options.acl.as_deref().map(ObjectCannedAcl::from),
+        }
+    }
+}
+
+/// Sets the object options on a PutObject, CreateMultipartUpload or CopyObject request
+/// (the three builders share these setters but no trait).
+macro_rules! with_write_options {
+    ($request:expr, $options:expr) => {
+        $request
+            .set_server_side_encryption($options.sse.clone())
+            .set_ssekms_key_id($options.kms_key_id.clone())
+            .set_storage_class($options.storage_class.clone())
+            .set_acl($options.acl.clone())
+    };
 }
 
 impl S3Store {
     pub async fn connect(settings: &S3Settings) -> S3Store {
+        let mut timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(60));
+        if let Some(limit) = settings.operation_timeout {
+            timeouts = timeouts.operation_timeout(limit);
+        }
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(
                 RetryConfig::standard()
@@ -102,12 +154,7 @@ impl S3Store {
                     .with_initial_backoff(Duration::from_millis(100))
                     .with_max_backoff(Duration::from_secs(5)),
             )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .read_timeout(Duration::from_secs(60))
-                    .build(),
-            );
+            .timeout_config(timeouts.build());
         if let Some(profile) = &settings.profile {
             loader = loader.profile_name(profile);
         }
@@ -117,19 +164,20 @@ impl S3Store {
         if let Some(endpoint) = &settings.endpoint_url {
             loader = loader.endpoint_url(endpoint);
         }
-        if let Some(c) = &settings.static_credentials {
-            loader = loader.credentials_provider(Credentials::new(
+        let credentials = if let Some(c) = &settings.static_credentials {
+            SharedCredentialsProvider::new(Credentials::new(
                 &c.access_key_id,
                 &c.secret_access_key,
                 c.session_token.clone(),
                 None,
                 "s3mount-environment",
-            ));
+            ))
         } else {
-            loader = loader.credentials_provider(FreshChain {
+            SharedCredentialsProvider::new(FreshChain {
                 profile: settings.profile.clone(),
-            });
-        }
+            })
+        };
+        loader = loader.credentials_provider(credentials.clone());
         let shared = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(settings.force_path_style)
@@ -143,6 +191,8 @@ impl S3Store {
         S3Store {
             client: Client::from_conf(conf.build()),
             bucket: settings.bucket.clone(),
+            write_options: WriteOptions::from(&settings.object_options),
+            credentials,
         }
     }
 }
@@ -352,9 +402,8 @@ impl ObjectStore for S3Store {
         headers: &ObjectHeaders,
     ) -> StoreResult<ETag> {
         let body: Body = body.into();
-        let out = self
-            .client
-            .put_object()
+        let request = with_write_options!(self.client.put_object(), self.write_options);
+        let out = request
             .bucket(&self.bucket)
             .key(key)
             .content_length(body.len() as i64)
@@ -370,9 +419,9 @@ impl ObjectStore for S3Store {
     }
 
     async fn create_multipart(&self, key: &str, headers: &ObjectHeaders) -> StoreResult<UploadId> {
-        let sent = self
-            .client
-            .create_multipart_upload()
+        let request =
+            with_write_options!(self.client.create_multipart_upload(), self.write_options);
+        let sent = request
             .bucket(&self.bucket)
             .key(key)
             .set_metadata(user_metadata(headers))
@@ -483,9 +532,10 @@ impl ObjectStore for S3Store {
         if_match: Option<&ETag>,
     ) -> StoreResult<ETag> {
         if size <= MAX_SINGLE_COPY {
-            let mut request = self
-                .client
-                .copy_object()
+            // A copy is a new object: without the options it would fall back to the
+            // bucket's defaults (no encryption, STANDARD, private), also when only the
+            // metadata is replaced.
+            let mut request = with_write_options!(self.client.copy_object(), self.write_options)
                 .bucket(&self.bucket)
                 .key(to)
                 .copy_source(copy_source(&self.bucket, from))
@@ -549,9 +599,8 @@ impl ObjectStore for S3Store {
                 .multipart_copy_from(source_bucket, from, to, size, if_match)
                 .await;
         }
-        let out = self
-            .client
-            .copy_object()
+        let request = with_write_options!(self.client.copy_object(), self.write_options);
+        let out = request
             .bucket(&self.bucket)
             .key(to)
             .copy_source(copy_source(source_bucket, from))
@@ -562,8 +611,8 @@ impl ObjectStore for S3Store {
         Ok(etag(out.copy_object_result().and_then(|r| r.e_tag())))
     }
 
-    // The object options of the mount (if any) belong here as in `put`: an object
-    // written by `put_verified` must look like one written by `put`.
+    // An object written by `put_verified` looks like one written by `put`: the same
+    // object options.
     async fn put_verified(
         &self,
         key: &str,
@@ -571,9 +620,8 @@ impl ObjectStore for S3Store {
         headers: &ObjectHeaders,
         md5: BodyMd5,
     ) -> StoreResult<ETag> {
-        let out = self
-            .client
-            .put_object()
+        let request = with_write_options!(self.client.put_object(), self.write_options);
+        let out = request
             .bucket(&self.bucket)
             .key(key)
             .content_length(body.len() as i64)

@@ -14,6 +14,7 @@
 mod common;
 
 mod big_files;
+mod check;
 mod cli;
 mod conformance;
 mod core_fs;
@@ -23,6 +24,7 @@ mod durability;
 mod meta_index;
 mod migrate;
 mod mount_e2e;
+mod object_options;
 mod odd_keys;
 mod random_ops;
 mod readdir_model;
