@@ -6,6 +6,7 @@
 pub mod memory;
 pub mod s3;
 mod s3_answers;
+pub mod s3_requests;
 
 use std::future::Future;
 use std::ops::Range;

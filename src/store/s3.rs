@@ -28,6 +28,7 @@ use aws_sdk_s3::types::{
 use bytes::Bytes;
 
 use super::s3_answers::{classify, decode_listed, salvage_field};
+use super::s3_requests::RequestCounters;
 use futures::StreamExt;
 
 use super::{
@@ -94,6 +95,7 @@ impl ProvideCredentials for FreshChain {
 pub struct S3Store {
     client: Client,
     bucket: String,
+    requests: RequestCounters,
 }
 
 impl S3Store {
@@ -143,10 +145,18 @@ impl S3Store {
         if shared.region().is_none() {
             conf = conf.region(Region::new("us-east-1"));
         }
+        let requests = RequestCounters::default();
+        conf = conf.interceptor(requests.interceptor());
         S3Store {
             client: Client::from_conf(conf.build()),
             bucket: settings.bucket.clone(),
+            requests,
         }
+    }
+
+    /// What this client has sent so far (requests, errors, retries, latency, bytes).
+    pub fn request_counters(&self) -> &RequestCounters {
+        &self.requests
     }
 }
 
