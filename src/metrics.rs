@@ -44,8 +44,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn new<S: ObjectStore>(requests: &RequestCounters, fs: &Arc<S3Fs<S>>) -> Metrics {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(requests.clone()));
         registry.register_collector(Box::new(CoreCounters(Arc::downgrade(fs))));
+        registry.register_collector(Box::new(requests.clone()));
         Metrics { registry }
     }
 

@@ -163,7 +163,7 @@ pub fn expand_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     out.push(program.clone());
     if let Some(first) = rest.first().and_then(|a| a.to_str()) {
         let is_flag = first.starts_with('-');
-        if !is_flag && !["mount", "help"].contains(&first) {
+        if !is_flag && !["mount", "status", "help"].contains(&first) {
             out.push("mount".into());
         }
     }

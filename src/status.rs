@@ -92,12 +92,16 @@ fn read_status(mountpoint: &Path) -> Result<(MountEntry, Vec<u8>, StatusReport),
         Some(libc::ENOTCONN) => format!(
             "{shown}: the s3mount process of this mount is gone; unmount it with fusermount3 -u {shown}"
         ),
+        Some(libc::EACCES) => format!(
+            "{shown}: {e} (a mount without --allow-other answers only the user who mounted it)"
+        ),
         _ => format!("{shown}: {e}"),
     })?;
     let table = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read the mount table: {e}"))?;
     let entry = match mount_entry(&table, &dir) {
-        Some(e) if e.fs_type == FS_TYPE => e,
+        // Mounted through fusermount3 by another user than root, the type may be `fuse`.
+        Some(e) if e.fs_type == FS_TYPE || e.source.starts_with("s3mount:") => e,
         Some(e) => {
             return Err(format!(
                 "{} is not an s3mount (it is a {} mount of {})",

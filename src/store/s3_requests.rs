@@ -199,6 +199,21 @@ fn is_failure(op: &str, status: Option<u16>, ok: bool) -> bool {
 
 impl Collector for RequestCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in [
+            (
+                "s3mount_bytes_uploaded",
+                "bytes of object data sent to S3 (PutObject and UploadPart that succeeded)",
+                self.bytes_uploaded(),
+            ),
+            (
+                "s3mount_bytes_downloaded",
+                "bytes of object data S3 answered with (GetObject)",
+                self.bytes_downloaded(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
         let ops = self.0.ops.read().unwrap();
         type Pick = fn(&OpCounters) -> &Counter;
         let per_op: [(&str, &str, Pick); 3] = [
@@ -237,21 +252,6 @@ impl Collector for RequestCounters {
             }
             let labels = [("op", op.as_str())];
             counters.latency.encode(family.encode_family(&labels)?)?;
-        }
-        for (name, help, value) in [
-            (
-                "s3mount_bytes_uploaded",
-                "bytes of object data sent to S3 (PutObject and UploadPart that succeeded)",
-                self.bytes_uploaded(),
-            ),
-            (
-                "s3mount_bytes_downloaded",
-                "bytes of object data S3 answered with (GetObject)",
-                self.bytes_downloaded(),
-            ),
-        ] {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
         }
         Ok(())
     }

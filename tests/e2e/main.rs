@@ -20,6 +20,7 @@ mod crash;
 mod credentials;
 mod durability;
 mod mount_e2e;
+mod observability;
 mod odd_keys;
 mod random_ops;
 mod s3fs_interop;
