@@ -15,6 +15,7 @@ use crate::config::{MountConfig, default_cache_dir};
 use crate::fs::FsConfig;
 use crate::layout::normalize_prefix;
 use crate::store::s3::{S3Settings, StaticCredentials};
+use crate::trash::TrashTarget;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,6 +121,11 @@ pub struct MountArgs {
     /// PORT alone for 127.0.0.1:PORT.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Entries of the persistent metadata index in the cache dir, which lets a listing
+    /// skip the HEAD of every object unchanged since it was last read (default 500000,
+    /// a few hundred bytes each; 0 turns it off).
+    #[arg(long, value_name = "N")]
+    pub metadata_index_entries: Option<u64>,
     /// Allow mounting over a non-empty directory.
     #[arg(long)]
     pub nonempty: bool,
@@ -129,6 +135,11 @@ pub struct MountArgs {
     /// error, warn, info, debug or trace (also RUST_LOG).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Recycle bin: a deleted file is first copied (with its metadata) to PREFIX in
+    /// the mount's bucket, or to s3://BUCKET/PREFIX/, at its path in the mount (also
+    /// S3MOUNT_TRASH).
+    #[arg(long, value_name = "PREFIX|s3://BUCKET/PREFIX/", env = "S3MOUNT_TRASH")]
+    pub trash: Option<String>,
     /// Mount options in fstab form: -o name=value,flag (every long option works here).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -231,6 +242,9 @@ impl MountArgs {
         let (bucket, prefix) = self.bucket_and_prefix()?;
         let limits = self.limits()?;
         let s3 = self.s3_settings(&bucket)?;
+        let trash = (self.trash.as_deref())
+            .map(|t| TrashTarget::parse(t, &bucket, &prefix))
+            .transpose()?;
         let uid = self.uid.unwrap_or_else(|| getuid().as_raw());
         let gid = self.gid.unwrap_or_else(|| getgid().as_raw());
         let mountpoint = self.mountpoint;
@@ -254,6 +268,9 @@ impl MountArgs {
                 write_back: self.write_back,
                 url_expiry: Duration::from_secs(limits.url_expiry),
                 fast_listing: self.fast_listing,
+                metadata_index_entries: self
+                    .metadata_index_entries
+                    .unwrap_or(crate::meta_index::DEFAULT_MAX_ENTRIES),
             },
             bucket,
             mountpoint,
@@ -263,6 +280,7 @@ impl MountArgs {
             metrics_addr: self.metrics_addr,
             foreground: self.foreground,
             log_level: self.log_level,
+            trash,
         })
     }
 

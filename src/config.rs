@@ -20,6 +20,8 @@ pub struct MountConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub foreground: bool,
     pub log_level: Option<String>,
+    /// `--trash`: where deleted files are kept.
+    pub trash: Option<crate::trash::TrashTarget>,
 }
 
 /// A cache directory of its own for each bucket, prefix and mount point:

@@ -26,10 +26,12 @@ use tokio::runtime::{Handle, Runtime};
 
 use crate::config::MountConfig;
 use crate::fs::S3Fs;
+use crate::fs::Trash;
 use crate::fuse::FuseAdapter;
 use crate::store::s3::S3Store;
 use crate::store::{ObjectStore, StoreError};
 use crate::sysmount::{self, DirectMount};
+use crate::trash::{TrashTarget, check_trash_destination};
 
 /// The file system as this daemon serves it: on S3.
 type Fs = S3Fs<S3Store>;
@@ -313,13 +315,44 @@ fn open_fs(cfg: &MountConfig, runtime: &Runtime) -> Result<Arc<Fs>, String> {
     if let Err(e) = preflight {
         return Err(describe(cfg, &e));
     }
+    let trash = match &cfg.trash {
+        Some(target) => Some(runtime.block_on(open_trash(cfg, target, &store))?),
+        None => None,
+    };
     match S3Fs::new(store, cfg.fs.clone()) {
-        Ok(fs) => Ok(Arc::new(fs)),
+        Ok(fs) => Ok(Arc::new(match trash {
+            Some(trash) => fs.with_trash(trash),
+            None => fs,
+        })),
         Err(e) => Err(format!(
             "cache directory {}: {e}",
             cfg.fs.cache_dir.display()
         )),
     }
+}
+
+/// The trash of `--trash`, checked (the bucket exists, the prefix is writable): in the
+/// mount's bucket through `store`, or through a store of its own bucket.
+async fn open_trash(
+    cfg: &MountConfig,
+    target: &TrashTarget,
+    store: &Arc<S3Store>,
+) -> Result<Trash<S3Store>, String> {
+    let trash_store = match target.other_bucket {
+        true => Arc::new(S3Store::connect(&target.store_settings(&cfg.s3)).await),
+        false => store.clone(),
+    };
+    check_trash_destination(&*trash_store, target).await?;
+    log::info!("deleted files are kept in {}", target.url());
+    let source_bucket = target.other_bucket.then(|| cfg.bucket.clone());
+    let (part_size, concurrency) = (cfg.fs.part_size, cfg.fs.upload_concurrency);
+    Ok(Trash::new(
+        trash_store,
+        source_bucket,
+        &target.prefix,
+        part_size,
+        concurrency,
+    ))
 }
 
 /// Uploads what the last run left committed in the cache directory; refuses to serve

@@ -49,6 +49,10 @@ pub enum FsError {
     LeftToKernel(&'static str),
     #[error("S3: {0}")]
     Store(StoreError),
+    /// `--trash`: the copy a deletion must leave in the trash could not be made, so the
+    /// file was not deleted.
+    #[error("could not keep a copy in the trash: {0}")]
+    TrashFailed(String),
 }
 
 pub type FsResult<T> = Result<T, FsError>;
@@ -75,6 +79,9 @@ impl FsError {
             FsError::BufferTooSmall => libc::ERANGE,
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::Stale | FsError::Io(_) => libc::EIO,
+            // Whatever S3 said (also access denied): the unlink itself was fine, it
+            // could not be done safely.
+            FsError::TrashFailed(_) => libc::EIO,
             FsError::Store(StoreError::NotFound) => libc::ENOENT,
             FsError::Store(StoreError::AccessDenied(_)) => libc::EACCES,
             FsError::Store(_) => libc::EIO,

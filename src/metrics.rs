@@ -259,6 +259,7 @@ mod tests {
             write_back: false,
             url_expiry: Duration::from_secs(60),
             fast_listing: false,
+            metadata_index_entries: 0,
         };
         let fs = Arc::new(S3Fs::new(Arc::new(MemoryStore::new()), cfg).unwrap());
         (Metrics::new(&RequestCounters::default(), &fs), fs, dir)

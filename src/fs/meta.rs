@@ -11,6 +11,7 @@ use futures::StreamExt;
 use super::inodes::{Found, InodeTable, Remote};
 use super::{Attr, DirEntry, Extras, FsError, FsResult, Kind, ROOT, S3Fs, SetAttr, now};
 use crate::layout;
+use crate::meta_index::Version;
 use crate::store::{ObjectHeaders, ObjectMeta, ObjectStore, StoreError};
 
 /// A lookup of a file up to this size fetches its content with its metadata (one GET
@@ -99,7 +100,7 @@ impl<S: ObjectStore> S3Fs<S> {
     /// [`S3Fs::ensure_meta`]; with `fetch_small`, a small file's content comes along
     /// with its metadata into the block cache (a lookup is usually followed by a read).
     pub(super) async fn complete_attr(&self, ino: u64, fetch_small: bool) -> FsResult<Attr> {
-        let (key, dir, size) = {
+        let (key, dir, size, listed) = {
             let table = self.inodes.lock().unwrap();
             let inode = table.get(ino).ok_or(FsError::NotFound)?;
             let attr = Self::current_attr(&table, ino).expect("present");
@@ -109,13 +110,23 @@ impl<S: ObjectStore> S3Fs<S> {
             let Some(path) = table.path(ino) else {
                 return Ok(attr); // unlinked: nothing to ask about
             };
+            let listed = inode.remote.as_ref().and_then(|r| {
+                Some(Version {
+                    etag: r.etag.clone(),
+                    size: r.size,
+                    modified: r.modified?,
+                })
+            });
             match attr.kind {
-                Kind::Dir => (self.layout.dir_prefix(&path), true, 0),
-                _ => (self.layout.file_key(&path), false, attr.size),
+                Kind::Dir => (self.layout.dir_prefix(&path), true, 0, None),
+                _ => (self.layout.file_key(&path), false, attr.size, listed),
             }
         };
         let asked_at = Instant::now();
-        let head = if fetch_small && !dir && (1..=SMALL_FILE).contains(&size) {
+        let indexed = listed.as_ref().and_then(|v| self.index.get(&key, v));
+        let head = if let Some(meta) = indexed {
+            Ok(meta)
+        } else if fetch_small && !dir && (1..=SMALL_FILE).contains(&size) {
             match self.store.head_and_start(&key, SMALL_FILE).await {
                 Ok((meta, start)) => {
                     if start.len() as u64 == meta.size {
@@ -130,6 +141,13 @@ impl<S: ObjectStore> S3Fs<S> {
         } else {
             self.store.head(&key).await
         };
+        if let (Some(listed), Ok(meta)) = (&listed, &head)
+            && self
+                .index
+                .offer(&key, listed, meta, now() - asked_at.elapsed())
+        {
+            self.index.flush().await;
+        }
         let mut table = self.inodes.lock().unwrap();
         let Some(inode) = table.get(ino) else {
             return Err(FsError::NotFound);
@@ -213,6 +231,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 Err(e) => return Err(e),
             }
         }
+        self.index.flush().await;
         gone.sort_unstable();
         for i in gone.into_iter().rev() {
             entries.remove(i);

@@ -17,6 +17,7 @@ mod rename;
 mod save;
 mod space;
 mod status;
+mod trash;
 mod writeback;
 mod xattr;
 
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use crate::error::{FsError, FsResult};
 use crate::layout::Layout;
+use crate::meta_index::MetaIndex;
 use crate::read::BlockCache;
 use crate::stage::StageDir;
 use crate::store::ObjectStore;
@@ -38,6 +40,7 @@ pub use inodes::{Attr, Extras, Kind, ROOT};
 pub use status::{
     CounterReport, PendingTotals, PendingUpload, StatusReport, UploadState, XATTR_STATUS,
 };
+pub use trash::Trash;
 pub use writeback::Recovery;
 pub use xattr::{XattrAnswer, xattr_answer, xattr_list, xattr_name_to_read, xattr_name_to_write};
 
@@ -88,6 +91,8 @@ pub struct FsConfig {
     /// Directory listings show what LIST says (defaults for mode and owner) without a
     /// HEAD per entry; a file's stored metadata is read when it is looked up by name.
     pub fast_listing: bool,
+    /// Bound on the persistent metadata index in the cache dir (0: no index).
+    pub metadata_index_entries: u64,
 }
 
 /// Who asks: the caller's ids, for ownership of new files.
@@ -141,6 +146,10 @@ pub struct S3Fs<S: ObjectStore> {
     listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Counters from outside the core, for the status document.
     counter_report: OnceLock<status::CounterReport>,
+    /// HEAD answers of earlier listings, by exact object version.
+    index: MetaIndex,
+    /// `--trash`: where unlink keeps a copy of each file before deleting it.
+    trash: Option<Trash<S>>,
 }
 
 fn now() -> SystemTime {
@@ -150,6 +159,7 @@ fn now() -> SystemTime {
 impl<S: ObjectStore> S3Fs<S> {
     pub fn new(store: Arc<S>, cfg: FsConfig) -> FsResult<S3Fs<S>> {
         let stages = StageDir::open(&cfg.cache_dir)?;
+        let index = MetaIndex::open(&cfg.cache_dir, cfg.metadata_index_entries);
         let (pending_tx, pending_rx) = tokio::sync::mpsc::unbounded_channel();
         let started = now();
         let root = Attr {
@@ -179,6 +189,8 @@ impl<S: ObjectStore> S3Fs<S> {
             pending_rx: Mutex::new(Some(pending_rx)),
             listing_gates: Mutex::new(HashMap::new()),
             counter_report: OnceLock::new(),
+            index,
+            trash: None,
         })
     }
 

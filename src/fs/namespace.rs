@@ -1,5 +1,6 @@
 //! Names that come and go: mkdir, mknod, symlink (and readlink), unlink and rmdir, each
-//! one request to S3 besides the lookups; hard links are refused (S3 has none).
+//! one request to S3 besides the lookups (and unlink's copy to the trash with
+//! `--trash`, `trash.rs`); hard links are refused (S3 has none).
 
 use bytes::Bytes;
 
@@ -16,23 +17,29 @@ impl<S: ObjectStore> S3Fs<S> {
         if attr.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
-        let (key, stage) = {
+        let (path, key, stage) = {
             let table = self.inodes.lock().unwrap();
             let path = table.path(attr.ino).ok_or(FsError::NotFound)?;
-            (self.layout.file_key(&path), table.stage(attr.ino))
+            let key = self.layout.file_key(&path);
+            (path, key, table.stage(attr.ino))
         };
         match &stage {
             Some(stage) => {
                 // Under the upload lock no upload can recreate the object after the
                 // DELETE; the staged data is given up only once the DELETE succeeded, so a
-                // failed unlink loses nothing.
-                let _turn = stage.upload_turn().await;
+                // failed unlink loses nothing. The trash copy is made under it too, so
+                // it is of the newest content.
+                let turn = stage.upload_turn().await;
+                (self.keep_in_trash(attr.ino, &path, &key, Some((stage, &turn)))).await?;
                 self.store.delete(&key).await?;
                 if let Some(st) = stage.mark_deleted() {
                     self.uploader.abort_streaming(st);
                 }
             }
-            None => self.store.delete(&key).await?,
+            None => {
+                self.keep_in_trash(attr.ino, &path, &key, None).await?;
+                self.store.delete(&key).await?
+            }
         }
         self.cache.invalidate(&key);
         let mut table = self.inodes.lock().unwrap();

@@ -52,6 +52,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 stage.discard();
             }
         }
+        self.index.close();
         failed
     }
 

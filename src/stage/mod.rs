@@ -180,6 +180,14 @@ impl UploadTurn<'_> {
         Ok((snapshot, self.stage.take_streaming()))
     }
 
+    /// Brings the whole file into the stage and puts it on disk, leaving an upload
+    /// started while writing in place: the size and version of the content as it is
+    /// now, for a copy of it elsewhere (the trash) that does not make the stage clean.
+    pub async fn snapshot_whole<S: ObjectStore>(&self, store: &S) -> StageResult<Snapshot> {
+        self.stage.fill(store).await?;
+        self.stage.snapshot()
+    }
+
     /// S3 now has the stage as it was at `version`: it is clean unless changed since.
     /// Then [`UploadTurn::settle_record`].
     pub fn mark_uploaded(&self, version: u64) {

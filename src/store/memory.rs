@@ -1,11 +1,13 @@
 //! An in-memory bucket behind [`ObjectStore`], for fast tests of the core and for fault
 //! injection (fail the next N operations of a kind). It follows S3's flat key space:
 //! `x` and `x/y` may both exist, listings are sorted, ETags are content hashes.
+//! Several buckets are several stores: one made known to another by name
+//! ([`MemoryStore::add_bucket`]) is the source of its cross-bucket copies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, Range};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -49,6 +51,8 @@ pub struct MemoryStore {
     faults: Mutex<HashMap<Op, (u32, u32, StoreError)>>,
     counts: Mutex<HashMap<Op, u64>>,
     next_id: AtomicU64,
+    /// Other buckets by name, readable by [`ObjectStore::copy_from_bucket`].
+    buckets: Mutex<HashMap<String, Arc<MemoryStore>>>,
 }
 
 fn content_etag(data: &[u8]) -> ETag {
@@ -62,6 +66,11 @@ fn content_etag(data: &[u8]) -> ETag {
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// Makes `store` bucket `name` for this store's cross-bucket copies.
+    pub fn add_bucket(&self, name: &str, store: Arc<MemoryStore>) {
+        self.buckets.lock().unwrap().insert(name.to_string(), store);
     }
 
     /// The next `times` operations of kind `op` fail with `error`.
@@ -117,6 +126,13 @@ impl MemoryStore {
             content_type: None,
         };
         self.store(key, Bytes::copy_from_slice(data), headers);
+    }
+
+    /// Moves the object's Last-Modified `by` into the past (as if written earlier).
+    pub fn age(&self, key: &str, by: std::time::Duration) {
+        if let Some(object) = self.objects.lock().unwrap().get_mut(key) {
+            object.modified -= by;
+        }
     }
 
     fn store(&self, key: &str, data: Bytes, headers: ObjectHeaders) -> ETag {
@@ -332,6 +348,23 @@ impl ObjectStore for MemoryStore {
         }
         let headers = metadata.cloned().unwrap_or(o.headers);
         Ok(self.store(to, o.data, headers))
+    }
+
+    async fn copy_from_bucket(
+        &self,
+        source_bucket: &str,
+        from: &str,
+        to: &str,
+        _size: u64,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<ETag> {
+        self.enter(Op::Copy)?;
+        let source = self.buckets.lock().unwrap().get(source_bucket).cloned();
+        let o = source.ok_or(StoreError::NoSuchBucket)?.get_object(from)?;
+        if if_match.is_some_and(|e| *e != o.etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        Ok(self.store(to, o.data, o.headers))
     }
 
     async fn presign_get(&self, key: &str, expires: std::time::Duration) -> StoreResult<String> {

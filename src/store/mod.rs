@@ -187,6 +187,19 @@ pub trait ObjectStore: Send + Sync + 'static {
         metadata: Option<&ObjectHeaders>,
         if_match: Option<&ETag>,
     ) -> impl Future<Output = StoreResult<ETag>> + Send;
+    /// Server-side copy of `from` in bucket `source_bucket` to `to` in this store's
+    /// bucket, with its metadata (multipart copy above the 5 GiB limit of a single
+    /// copy); the request uses this store's credentials, which must be allowed to read
+    /// the source. Fails with `PreconditionFailed` if `if_match` is given and the
+    /// source's ETag differs. (The trash in another bucket.)
+    fn copy_from_bucket(
+        &self,
+        source_bucket: &str,
+        from: &str,
+        to: &str,
+        size: u64,
+        if_match: Option<&ETag>,
+    ) -> impl Future<Output = StoreResult<ETag>> + Send;
     /// A URL that lets anyone GET `key` for `expires`.
     fn presign_get(
         &self,

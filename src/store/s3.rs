@@ -532,6 +532,32 @@ impl ObjectStore for S3Store {
             },
         }
     }
+
+    async fn copy_from_bucket(
+        &self,
+        source_bucket: &str,
+        from: &str,
+        to: &str,
+        size: u64,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<ETag> {
+        if size > MAX_SINGLE_COPY {
+            return self
+                .multipart_copy_from(source_bucket, from, to, size, if_match)
+                .await;
+        }
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(copy_source(source_bucket, from))
+            .set_copy_source_if_match(if_match.map(|e| e.0.clone()))
+            .send()
+            .await
+            .map_err(|e| classify("CopyObject", from, e))?;
+        Ok(etag(out.copy_object_result().and_then(|r| r.e_tag())))
+    }
 }
 
 impl S3Store {
@@ -572,6 +598,70 @@ impl S3Store {
                     .copy_source(copy_source(&self.bucket, from))
                     .copy_source_range(format!("bytes={}-{}", start, end - 1))
                     .copy_source_if_match(&source.etag.0)
+                    .send()
+                    .await
+                    .map_err(|e| classify("UploadPartCopy", from, e))?;
+                parts.push(CompletedPart {
+                    number,
+                    etag: etag(out.copy_part_result().and_then(|r| r.e_tag())),
+                });
+                start = end;
+                number += 1;
+            }
+            self.complete_multipart(to, &id, &parts).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.abort_multipart(to, &id).await;
+        }
+        result
+    }
+}
+
+impl S3Store {
+    /// Copies an object of another bucket above the single-copy limit part by part,
+    /// keeping its metadata (read by a HEAD of the source).
+    async fn multipart_copy_from(
+        &self,
+        source_bucket: &str,
+        from: &str,
+        to: &str,
+        size: u64,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<ETag> {
+        let source = self
+            .client
+            .head_object()
+            .bucket(source_bucket)
+            .key(from)
+            .send()
+            .await
+            .map_err(|e| classify("HeadObject", from, e))?;
+        let source_etag = etag(source.e_tag());
+        if if_match.is_some_and(|e| *e != source_etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let headers = ObjectHeaders {
+            user_meta: sorted_user_meta(source.metadata()),
+            content_type: source.content_type().map(str::to_string),
+        };
+        let id = self.create_multipart(to, &headers).await?;
+        let result = async {
+            let mut parts = Vec::new();
+            let mut start = 0;
+            let mut number = 1;
+            while start < size {
+                let end = (start + COPY_PART).min(size);
+                let out = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(to)
+                    .upload_id(&id.0)
+                    .part_number(number as i32)
+                    .copy_source(copy_source(source_bucket, from))
+                    .copy_source_range(format!("bytes={}-{}", start, end - 1))
+                    .copy_source_if_match(&source_etag.0)
                     .send()
                     .await
                     .map_err(|e| classify("UploadPartCopy", from, e))?;

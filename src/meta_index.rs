@@ -1,0 +1,450 @@
+//! The persistent metadata index: what HEAD answered for an object, kept in the cache
+//! dir (`meta-index.redb`) so that listing a directory again — after a remount, a
+//! restart of the daemon or of the server — needs the LIST and no HEAD per entry.
+//!
+//! Invariants:
+//! - An entry is valid for one exact version of its key: the ETag, size and
+//!   Last-Modified a listing shows. A listing entry that differs in any of them (new
+//!   content, a metadata-only copy onto itself, a delete and re-create) misses and is
+//!   HEAD'd again, so another client's change is never masked.
+//! - An object is indexed only once its Last-Modified lies [`SETTLED`] in the past when
+//!   its HEAD returned: a later change of it then cannot share its Last-Modified second
+//!   (listings of some servers have second precision), whatever clock skew up to that.
+//! - Every value carries a checksum over key and value: a damaged entry is a miss,
+//!   never trusted. A file that cannot be opened as an index is deleted and rebuilt.
+//! - Bounded: at most `max_entries` entries; the oldest are dropped first.
+//! - Nothing here fails a file system operation: an index that cannot be used is
+//!   disabled with one warning and every lookup misses.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ETag, ObjectMeta};
+
+/// How long before its HEAD an object's Last-Modified must lie to be indexed.
+pub const SETTLED: Duration = Duration::from_secs(5);
+
+/// Default bound on entries (a few hundred bytes each on disk).
+pub const DEFAULT_MAX_ENTRIES: u64 = 500_000;
+
+/// Read cache of the database (its pages are in the OS page cache anyway).
+const DB_CACHE_BYTES: usize = 4 << 20;
+
+/// Entries buffered before they are written in one transaction.
+const FLUSH_AT: usize = 512;
+
+/// Non-durable commits between durable ones (a crash loses at most these; the file
+/// reclaims space only at durable commits).
+const DURABLE_EVERY: u32 = 16;
+
+/// key → (sequence number, checksummed value)
+const ENTRIES: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("entries");
+/// sequence number → key, oldest first (for the bound).
+const ORDER: TableDefinition<u64, &str> = TableDefinition::new("order");
+
+/// One version of an object as a listing shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Version {
+    pub etag: ETag,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    etag: String,
+    size: u64,
+    /// Last-Modified of the listing, nanoseconds since the epoch.
+    modified: u128,
+    /// The HEAD answer.
+    head_modified: u128,
+    user_meta: Vec<(String, String)>,
+    content_type: Option<String>,
+}
+
+fn nanos(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+fn from_nanos(n: u128) -> SystemTime {
+    let secs = (n / 1_000_000_000) as u64;
+    UNIX_EPOCH + Duration::new(secs, (n % 1_000_000_000) as u32)
+}
+
+/// The value as stored: a CRC-32 of key and body, then the body.
+fn seal(key: &str, body: &[u8]) -> Vec<u8> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(key.as_bytes());
+    crc.update(body);
+    let mut out = crc.finalize().to_le_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+fn unseal<'a>(key: &str, value: &'a [u8]) -> Option<&'a [u8]> {
+    let (sum, body) = value.split_at_checked(4)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(key.as_bytes());
+    crc.update(body);
+    (crc.finalize().to_le_bytes() == sum).then_some(body)
+}
+
+struct Inner {
+    db: Database,
+    max_entries: u64,
+    pending: Mutex<Vec<(String, Vec<u8>)>>,
+    /// Commits since the last durable one.
+    loose_commits: Mutex<u32>,
+}
+
+/// See the module docs. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct MetaIndex {
+    inner: Option<Arc<Inner>>,
+}
+
+impl MetaIndex {
+    /// An index that remembers nothing.
+    pub fn disabled() -> MetaIndex {
+        MetaIndex { inner: None }
+    }
+
+    /// Opens (or creates) the index in `cache_dir`; a file that is not a usable index
+    /// is replaced by an empty one. `max_entries == 0` disables it.
+    pub fn open(cache_dir: &Path, max_entries: u64) -> MetaIndex {
+        if max_entries == 0 {
+            return MetaIndex::disabled();
+        }
+        let path = cache_dir.join("meta-index.redb");
+        let db = match open_db(&path) {
+            Ok(db) => Ok(db),
+            // In use by another mount of the same cache dir: not ours to rebuild.
+            Err(e @ (redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch)) => {
+                Err(e)
+            }
+            Err(e) => {
+                log::warn!(
+                    "metadata index {} unusable ({e}): rebuilding it",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(&path);
+                open_db(&path)
+            }
+        };
+        match db {
+            Ok(db) => MetaIndex {
+                inner: Some(Arc::new(Inner {
+                    db,
+                    max_entries,
+                    pending: Mutex::new(Vec::new()),
+                    loose_commits: Mutex::new(0),
+                })),
+            },
+            Err(e) => {
+                log::warn!("metadata index disabled: {e}");
+                MetaIndex::disabled()
+            }
+        }
+    }
+
+    /// The HEAD answer recorded for `key` at exactly `version`, if any.
+    pub fn get(&self, key: &str, version: &Version) -> Option<ObjectMeta> {
+        let inner = self.inner.as_ref()?;
+        let read = inner.db.begin_read().ok()?;
+        let table = read.open_table(ENTRIES).ok()?;
+        let guard = table.get(key).ok()??;
+        let (_, value) = guard.value();
+        let stored: Stored = serde_json::from_slice(unseal(key, value)?).ok()?;
+        let same = stored.etag == version.etag.0
+            && stored.size == version.size
+            && stored.modified == nanos(version.modified);
+        same.then(|| ObjectMeta {
+            size: stored.size,
+            etag: ETag(stored.etag),
+            last_modified: from_nanos(stored.head_modified),
+            user_meta: stored.user_meta,
+            content_type: stored.content_type,
+        })
+    }
+
+    /// Offers what HEAD (sent at `asked_at`) answered for `key`, which a listing showed
+    /// at `listed`. Kept only if the HEAD saw that very version and it had settled;
+    /// returns whether enough entries wait for a [`MetaIndex::flush`].
+    pub fn offer(
+        &self,
+        key: &str,
+        listed: &Version,
+        head: &ObjectMeta,
+        asked_at: SystemTime,
+    ) -> bool {
+        let Some(inner) = &self.inner else {
+            return false;
+        };
+        let same_version = head.etag == listed.etag
+            && head.size == listed.size
+            && whole_seconds(head.last_modified) == whole_seconds(listed.modified);
+        let settled = listed.modified + SETTLED <= asked_at;
+        if !(same_version && settled) {
+            return false;
+        }
+        let stored = Stored {
+            etag: listed.etag.0.clone(),
+            size: listed.size,
+            modified: nanos(listed.modified),
+            head_modified: nanos(head.last_modified),
+            user_meta: head.user_meta.clone(),
+            content_type: head.content_type.clone(),
+        };
+        let Ok(body) = serde_json::to_vec(&stored) else {
+            return false;
+        };
+        let mut pending = inner.pending.lock().unwrap();
+        pending.push((key.to_string(), seal(key, &body)));
+        pending.len() >= FLUSH_AT
+    }
+
+    /// Writes the offered entries (off the async threads).
+    pub async fn flush(&self) {
+        let Some(inner) = self.inner.clone() else {
+            return;
+        };
+        let batch = std::mem::take(&mut *inner.pending.lock().unwrap());
+        if batch.is_empty() {
+            return;
+        }
+        let written = tokio::task::spawn_blocking(move || inner.write(batch, false)).await;
+        if let Ok(Err(e)) = written {
+            log::warn!("metadata index: could not record entries: {e}");
+        }
+    }
+
+    /// Writes what is pending durably (at unmount).
+    pub fn close(&self) {
+        if let Some(inner) = &self.inner {
+            let batch = std::mem::take(&mut *inner.pending.lock().unwrap());
+            if let Err(e) = inner.write(batch, true) {
+                log::warn!("metadata index: could not record entries: {e}");
+            }
+        }
+    }
+
+    /// Entries in the index (for tests and status).
+    pub fn len(&self) -> u64 {
+        let Some(inner) = &self.inner else {
+            return 0;
+        };
+        let count = || -> Result<u64, redb::Error> {
+            let read = inner.db.begin_read()?;
+            Ok(read.open_table(ENTRIES)?.len()?)
+        };
+        count().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn whole_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn open_db(path: &PathBuf) -> Result<Database, redb::Error> {
+    let db = Database::builder()
+        .set_cache_size(DB_CACHE_BYTES)
+        .create(path)?;
+    // Both tables exist from here on (readers open them without a writer).
+    let txn = db.begin_write()?;
+    txn.open_table(ENTRIES)?;
+    txn.open_table(ORDER)?;
+    txn.commit()?;
+    Ok(db)
+}
+
+impl Inner {
+    fn write(&self, batch: Vec<(String, Vec<u8>)>, durable: bool) -> Result<(), redb::Error> {
+        let mut loose = self.loose_commits.lock().unwrap();
+        let durable = durable || *loose + 1 >= DURABLE_EVERY;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut order = txn.open_table(ORDER)?;
+            let first = order.last()?.map_or(0, |(seq, _)| seq.value() + 1);
+            for (seq, (key, value)) in (first..).zip(&batch) {
+                if let Some(old) = entries.insert(key.as_str(), (seq, value.as_slice()))? {
+                    let (old_seq, _) = old.value();
+                    drop(old);
+                    order.remove(old_seq)?;
+                }
+                order.insert(seq, key.as_str())?;
+            }
+            while entries.len()? > self.max_entries {
+                let Some((_, key)) = order.pop_first()? else {
+                    break;
+                };
+                let key = key.value().to_string();
+                entries.remove(key.as_str())?;
+            }
+        }
+        txn.commit()?;
+        *loose = if durable { 0 } else { *loose + 1 };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(etag: &str, size: u64, modified: SystemTime, mode: &str) -> ObjectMeta {
+        ObjectMeta {
+            size,
+            etag: ETag(etag.to_string()),
+            last_modified: modified,
+            user_meta: vec![("mode".to_string(), mode.to_string())],
+            content_type: None,
+        }
+    }
+
+    fn version(etag: &str, size: u64, modified: SystemTime) -> Version {
+        Version {
+            etag: ETag(etag.to_string()),
+            size,
+            modified,
+        }
+    }
+
+    fn old() -> SystemTime {
+        SystemTime::now() - Duration::from_secs(3600)
+    }
+
+    #[tokio::test]
+    async fn remembers_exact_versions_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = old();
+        {
+            let index = MetaIndex::open(dir.path(), 100);
+            index.offer(
+                "a",
+                &version("\"1\"", 3, t),
+                &meta("\"1\"", 3, t, "33188"),
+                SystemTime::now(),
+            );
+            index.flush().await;
+            assert!(index.get("a", &version("\"1\"", 3, t)).is_some());
+            index.close();
+        }
+        let index = MetaIndex::open(dir.path(), 100);
+        let hit = index.get("a", &version("\"1\"", 3, t)).unwrap();
+        assert_eq!(hit.meta("mode"), Some("33188"));
+        // Any other version misses: content, size, Last-Modified.
+        assert!(index.get("a", &version("\"2\"", 3, t)).is_none());
+        assert!(index.get("a", &version("\"1\"", 4, t)).is_none());
+        let later = t + Duration::from_millis(1);
+        assert!(index.get("a", &version("\"1\"", 3, later)).is_none());
+        assert!(index.get("b", &version("\"1\"", 3, t)).is_none());
+    }
+
+    #[tokio::test]
+    async fn refuses_unsettled_or_mismatched_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = MetaIndex::open(dir.path(), 100);
+        let fresh = SystemTime::now();
+        let listed = version("\"1\"", 3, fresh);
+        index.offer(
+            "fresh",
+            &listed,
+            &meta("\"1\"", 3, fresh, "1"),
+            SystemTime::now(),
+        );
+        let t = old();
+        let listed = version("\"1\"", 3, t);
+        // The HEAD saw another version than the listing.
+        index.offer(
+            "other",
+            &listed,
+            &meta("\"2\"", 3, t, "1"),
+            SystemTime::now(),
+        );
+        let later = t + Duration::from_secs(2);
+        index.offer(
+            "copied",
+            &listed,
+            &meta("\"1\"", 3, later, "1"),
+            SystemTime::now(),
+        );
+        index.flush().await;
+        assert!(index.is_empty());
+    }
+
+    #[tokio::test]
+    async fn bounded_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = MetaIndex::open(dir.path(), 3);
+        let t = old();
+        for i in 0..5 {
+            let key = format!("k{i}");
+            index.offer(
+                &key,
+                &version("\"1\"", 1, t),
+                &meta("\"1\"", 1, t, "1"),
+                SystemTime::now(),
+            );
+            index.flush().await;
+        }
+        assert_eq!(index.len(), 3);
+        assert!(index.get("k0", &version("\"1\"", 1, t)).is_none());
+        assert!(index.get("k4", &version("\"1\"", 1, t)).is_some());
+    }
+
+    #[tokio::test]
+    async fn damaged_file_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = old();
+        {
+            let index = MetaIndex::open(dir.path(), 100);
+            index.offer(
+                "a",
+                &version("\"1\"", 3, t),
+                &meta("\"1\"", 3, t, "1"),
+                SystemTime::now(),
+            );
+            index.close();
+        }
+        let path = dir.path().join("meta-index.redb");
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::write(&path, vec![0x5a; len as usize / 2]).unwrap();
+        let index = MetaIndex::open(dir.path(), 100);
+        assert!(index.get("a", &version("\"1\"", 3, t)).is_none());
+        index.offer(
+            "b",
+            &version("\"1\"", 3, t),
+            &meta("\"1\"", 3, t, "1"),
+            SystemTime::now(),
+        );
+        index.flush().await;
+        assert!(index.get("b", &version("\"1\"", 3, t)).is_some());
+    }
+
+    #[test]
+    fn damaged_values_miss() {
+        let sealed = seal("k", b"body");
+        assert_eq!(unseal("k", &sealed), Some(&b"body"[..]));
+        assert_eq!(unseal("j", &sealed), None);
+        let mut bad = sealed.clone();
+        bad[5] ^= 1;
+        assert_eq!(unseal("k", &bad), None);
+        assert_eq!(unseal("k", b"ab"), None);
+    }
+}
