@@ -195,22 +195,33 @@ fn upload_state_and_status_while_pending_failing_and_uploaded() {
     let cache = cache_root.path().join("cache");
     let m = TestMount::with_cache(&prefix, &cache, &["--write-back"], Some(&proxy.url()));
 
-    // Open for writing: staged, not in S3 yet.
-    let mut f = std::fs::File::create(m.path("draft.doc")).unwrap();
-    f.write_all(b"first version").unwrap();
-    assert_eq!(state(&m.path("draft.doc")), "pending");
-    let out = status(m.mountpoint());
+    // Open for writing: staged, not in S3 yet. A child process another test thread
+    // forks meanwhile inherits the descriptor and flushes it when it execs (which uploads
+    // in write-back mode), so the data is rewritten (dirty again) until both answers are
+    // seen while it is pending.
+    let draft = m.path("draft.doc");
+    let f = std::fs::File::create(&draft).unwrap();
+    let mut seen = None;
+    for _ in 0..10 {
+        std::os::unix::fs::FileExt::write_all_at(&f, b"first version", 0).unwrap();
+        let before = state(&draft);
+        let out = status(m.mountpoint());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if before == "pending" && state(&draft) == "pending" {
+            seen = Some((out, text));
+            break;
+        }
+    }
+    let (out, text) = seen.expect("the open file was never seen pending");
     assert_eq!(
         out.status.code(),
         Some(0),
         "pending uploads are not a failure"
     );
-    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("uploads: 1 pending (13 B), 0 failing"),
         "{text}"
     );
-    let draft = m.path("draft.doc");
     assert!(
         text.lines().any(|l| l.starts_with("  pending")
             && l.contains("13 B")
