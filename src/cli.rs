@@ -4,6 +4,7 @@
 //! beforehand by [`crate::mount_options`]. Invariant: bad values are refused here with a
 //! message naming the option, before anything is mounted.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,6 +44,18 @@ pub enum Command {
     /// credentials, endpoint, bucket, list, put, get, delete and the object options, one
     /// line each; exit 0 only if a mount would work.
     Check(CheckArgs),
+    /// Pending and failed uploads and the counters of a running mount; exits 1 while
+    /// uploads are failing, 2 if MOUNTPOINT is not an s3mount.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The mount point of a running s3mount.
+    pub mountpoint: PathBuf,
+    /// Print the mount's status document (JSON) as it is.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where and as whom to connect: shared by every subcommand that talks to S3.
@@ -179,6 +192,10 @@ pub struct MountArgs {
     /// until they are looked up by name.
     #[arg(long)]
     pub fast_listing: bool,
+    /// Serve Prometheus counters at http://ADDR/metrics while mounted: HOST:PORT, or
+    /// PORT alone for 127.0.0.1:PORT.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<SocketAddr>,
     /// Entries of the persistent metadata index in the cache dir, which lets a listing
     /// skip the HEAD of every object unchanged since it was last read (default 500000,
     /// a few hundred bytes each; 0 turns it off).
@@ -230,6 +247,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(bytes as u64)
+}
+
+/// `9100`, `:9100` (both 127.0.0.1:9100), `0.0.0.0:9100`, `[::1]:9100`, `localhost:9100`.
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    let addr = if !port_only.is_empty() && port_only.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = port_only
+            .parse()
+            .map_err(|_| format!("'{s}': a port is 1 to 65535"))?;
+        SocketAddr::from(([127, 0, 0, 1], port))
+    } else {
+        s.to_socket_addrs()
+            .map_err(|e| format!("'{s}' is not HOST:PORT ({e})"))?
+            .next()
+            .ok_or_else(|| format!("'{s}' names no address"))?
+    };
+    if addr.port() == 0 {
+        return Err(format!("'{s}': give a port (1 to 65535)"));
+    }
+    Ok(addr)
 }
 
 pub fn parse_mode(s: &str) -> Result<u16, String> {
@@ -319,6 +357,7 @@ impl MountArgs {
             allow_other: self.allow_other,
             allow_root: self.allow_root,
             nonempty: self.nonempty,
+            metrics_addr: self.metrics_addr,
             foreground: self.foreground,
             log_level: self.log_level,
             trash,
@@ -567,5 +606,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--file-mode"), "{err}");
+        for bad in ["nine", "70000", "0", ":0", "9100:x"] {
+            let err = Cli::try_parse_from(args(&[
+                "s3mount",
+                "mount",
+                "b",
+                "/m",
+                "--metrics-addr",
+                bad,
+            ]))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("--metrics-addr"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_metrics_port_alone_listens_on_localhost() {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(parse_metrics_addr("9100"), Ok(local(9100)));
+        assert_eq!(parse_metrics_addr(":9101"), Ok(local(9101)));
+        assert_eq!(parse_metrics_addr("127.0.0.1:9102"), Ok(local(9102)));
+        assert_eq!(
+            parse_metrics_addr("0.0.0.0:9103"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 9103)))
+        );
+        assert_eq!(
+            parse_metrics_addr("[::1]:9104").map(|a| a.is_ipv6()),
+            Ok(true)
+        );
     }
 }

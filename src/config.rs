@@ -16,6 +16,8 @@ pub struct MountConfig {
     pub allow_other: bool,
     pub allow_root: bool,
     pub nonempty: bool,
+    /// Where to serve Prometheus counters (`/metrics`), if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub foreground: bool,
     pub log_level: Option<String>,
     /// `--trash`: where deleted files are kept.

@@ -268,6 +268,10 @@ fn serve(cfg: MountConfig, mut parent: Parent) -> ExitCode {
         Ok(fs) => fs,
         Err(e) => return parent.fail(e),
     };
+    let counters = fs.store().request_counters();
+    if let Err(e) = crate::metrics::start(cfg.metrics_addr, counters, &fs, runtime.handle()) {
+        return parent.fail(e);
+    }
     if let Err(e) = recover(&cfg, &runtime, &fs) {
         return parent.fail(e);
     }

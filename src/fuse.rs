@@ -503,9 +503,15 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.statfs();
-        let (blocks, files, bsize) = (s.blocks, s.files, s.block_size);
         reply.statfs(
-            blocks, blocks, blocks, files, files, bsize, s.max_name, bsize,
+            s.blocks,
+            s.blocks_free,
+            s.blocks_avail,
+            s.files,
+            s.files_free,
+            s.block_size,
+            s.max_name,
+            s.fragment_size,
         );
     }
 

@@ -51,5 +51,6 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Status(args) => s3mount::status::run(&args.mountpoint, args.json),
     }
 }

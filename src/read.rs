@@ -5,6 +5,7 @@
 //! Memory stays within the cache bound plus the GETs in flight, whatever the file sizes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -49,6 +50,10 @@ pub struct BlockCache {
     /// Blocks being downloaded, across all readers: at most a cache's worth, so the
     /// read path holds at most twice the cache size however many files are read.
     downloads: Arc<Semaphore>,
+    /// Reads answered without a GET of their own (blocks cached or already coming from
+    /// read-ahead), and reads that needed one.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl BlockCache {
@@ -67,7 +72,23 @@ impl BlockCache {
             // cache mostly holds read-ahead: the window may use most of it.
             max_window: ((capacity as u64 * 3 / 4) / BLOCK * BLOCK).clamp(BLOCK, 64 * 1024 * 1024),
             downloads: Arc::new(Semaphore::new(capacity / BLOCK as usize)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
+    }
+
+    /// Reads answered from the cache (or read-ahead already under way), and reads that
+    /// had to start a GET.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    fn note_read(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn insert(&self, key: BlockKey, data: Bytes) {
@@ -235,12 +256,17 @@ impl<S: ObjectStore> Reader<S> {
         let last = (end - 1) / BLOCK;
         let sequential = self.plan_read_ahead(offset, end);
         if !sequential && !(first..=last).all(|i| self.is_cached(i)) {
+            self.cache.note_read(false);
             return self.read_range(offset, end).await;
         }
         let mut sources = Vec::with_capacity((last - first + 1) as usize);
+        let mut fetched = false;
         for index in first..=last {
-            sources.push(self.block(index, last));
+            let (source, started_get) = self.block(index, last);
+            fetched |= started_get;
+            sources.push(source);
         }
+        self.cache.note_read(!fetched);
         let mut out: Option<BytesMut> = None;
         let mut single: Option<Bytes> = None;
         for (i, source) in sources.into_iter().enumerate() {
@@ -324,14 +350,17 @@ impl<S: ObjectStore> Reader<S> {
     }
 
     /// The block `index`, from the cache, from a GET in flight, or from a new GET that
-    /// also covers the missing blocks up to `last` (the rest of this read).
-    fn block(&self, index: u64, last: u64) -> Source {
+    /// also covers the missing blocks up to `last` (the rest of this read); true when
+    /// that GET was started here.
+    fn block(&self, index: u64, last: u64) -> (Source, bool) {
         if let Some(source) = self.lookup(index) {
-            return source;
+            return (source, false);
         }
         self.fetch_missing(index, last + 1);
-        self.lookup(index)
-            .expect("a block is cached or in flight right after it was requested")
+        let source = self
+            .lookup(index)
+            .expect("a block is cached or in flight right after it was requested");
+        (source, true)
     }
 
     fn block_key(&self, index: u64) -> BlockKey {

@@ -16,6 +16,7 @@ mod readdir;
 mod rename;
 mod save;
 mod space;
+mod status;
 mod trash;
 mod writeback;
 mod xattr;
@@ -23,7 +24,7 @@ mod xattr;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use crate::error::{FsError, FsResult};
@@ -36,16 +37,28 @@ use crate::upload::{UploadLimits, Uploader};
 use handles::HandleTable;
 use inodes::InodeTable;
 pub use inodes::{Attr, Extras, Kind, ROOT};
+pub use status::{
+    CounterReport, PendingTotals, PendingUpload, StatusReport, UploadState, XATTR_STATUS,
+};
 pub use trash::Trash;
 pub use writeback::Recovery;
 pub use xattr::{XattrAnswer, xattr_answer, xattr_list, xattr_name_to_read, xattr_name_to_write};
 
-/// What statfs reports: S3 has no size limit, so a large, mostly free volume.
+/// What statfs reports. Every write is staged in the cache dir before it is uploaded,
+/// so the blocks are those of the cache dir's file system: its size, and its free space
+/// as what an application can write before its files are uploaded (the bucket itself
+/// has no limit). S3 has no inode limit: a large number of files, all free.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatFs {
+    /// Size, free and available (to unprivileged users) space, in `fragment_size` units.
     pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_avail: u64,
     pub files: u64,
+    pub files_free: u64,
+    /// Preferred I/O size.
     pub block_size: u32,
+    pub fragment_size: u32,
     pub max_name: u32,
 }
 
@@ -148,6 +161,8 @@ pub struct S3Fs<S: ObjectStore> {
     pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
     /// Directories being listed for lookups.
     listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Counters from outside the core, for the status document.
+    counter_report: OnceLock<status::CounterReport>,
     /// HEAD answers of earlier listings, by exact object version.
     index: MetaIndex,
     /// `--trash`: where unlink keeps a copy of each file before deleting it.
@@ -190,18 +205,50 @@ impl<S: ObjectStore> S3Fs<S> {
             pending_tx,
             pending_rx: Mutex::new(Some(pending_rx)),
             listing_gates: Mutex::new(HashMap::new()),
+            counter_report: OnceLock::new(),
             index,
             trash: None,
         })
     }
 
+    /// The space of the cache dir's file system (see [`StatFs`]); if the cache dir
+    /// cannot be asked, a large free volume as S3 itself would be.
     pub fn statfs(&self) -> StatFs {
-        StatFs {
-            blocks: 1 << 40,
-            files: 1 << 32,
-            block_size: 4096,
-            max_name: crate::layout::MAX_NAME as u32,
+        let files = 1 << 32;
+        let max_name = crate::layout::MAX_NAME as u32;
+        match nix::sys::statvfs::statvfs(self.stages.dir()) {
+            Ok(st) => StatFs {
+                blocks: st.blocks(),
+                blocks_free: st.blocks_free(),
+                blocks_avail: st.blocks_available(),
+                files,
+                files_free: files,
+                block_size: st.block_size() as u32,
+                fragment_size: st.fragment_size() as u32,
+                max_name,
+            },
+            Err(e) => {
+                log::warn!(
+                    "statfs of the cache dir {}: {e}",
+                    self.stages.dir().display()
+                );
+                StatFs {
+                    blocks: 1 << 40,
+                    blocks_free: 1 << 40,
+                    blocks_avail: 1 << 40,
+                    files,
+                    files_free: files,
+                    block_size: 4096,
+                    fragment_size: 4096,
+                    max_name,
+                }
+            }
         }
+    }
+
+    /// The store this file system works on.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
     }
 
     pub fn ttl(&self) -> Duration {

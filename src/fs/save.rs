@@ -160,6 +160,7 @@ impl<S: ObjectStore> S3Fs<S> {
             "upload of {key} failed: {e}; the data stays staged in {} and is retried",
             stage.path().display()
         );
+        stage.note_upload_failure(super::status::failure_in_words(&e));
         if let Err(c) = stage.commit(key, record_attrs(headers)) {
             log::error!("could not journal {key} in the cache dir: {c}");
         }

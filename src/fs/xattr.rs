@@ -1,12 +1,13 @@
 //! Extended attributes: `user.*` ones stored in the object's metadata (s3fs's format,
-//! see `layout`), the read-only virtual `user.s3.key`, `user.s3.etag` and `user.s3.url`
-//! (readable by name, never listed, so copying tools do not copy them), and the rules
-//! of the xattr calls: which names exist, XATTR_CREATE/REPLACE, S3's 2 KiB limit, and
-//! how an answer fits the caller's buffer.
+//! see `layout`), the read-only virtual `user.s3.key`, `user.s3.etag`, `user.s3.url` and
+//! `user.s3.state` (readable by name, never listed, so copying tools do not copy them),
+//! the mount root's hidden `user.s3mount.status` (the status document, see `status.rs`),
+//! and the rules of the xattr calls: which names exist, XATTR_CREATE/REPLACE, S3's 2 KiB
+//! limit, and how an answer fits the caller's buffer.
 
 use std::ffi::OsStr;
 
-use super::{Extras, FsError, FsResult, Kind, S3Fs, now};
+use super::{Extras, FsError, FsResult, Kind, ROOT, S3Fs, XATTR_STATUS, now};
 use crate::layout;
 use crate::store::ObjectStore;
 
@@ -15,6 +16,9 @@ const XATTR_VIRTUAL: &str = "user.s3.";
 const XATTR_KEY: &str = "user.s3.key";
 const XATTR_ETAG: &str = "user.s3.etag";
 const XATTR_URL: &str = "user.s3.url";
+const XATTR_STATE: &str = "user.s3.state";
+/// The mount's own read-only attributes (on the root).
+const XATTR_MOUNT: &str = "user.s3mount.";
 
 /// Only `user.` attributes (with a name after the dot) exist here.
 fn is_user_name(name: &str) -> bool {
@@ -68,9 +72,13 @@ pub fn xattr_list(names: &[String]) -> Vec<u8> {
 }
 
 impl<S: ObjectStore> S3Fs<S> {
-    /// An extended attribute: the read-only `user.s3.key`, `user.s3.etag` and
-    /// `user.s3.url` (a presigned GET), or one stored in the object's metadata.
+    /// An extended attribute: the read-only `user.s3.key`, `user.s3.etag`,
+    /// `user.s3.url` (a presigned GET) and `user.s3.state`, the root's status document,
+    /// or one stored in the object's metadata.
     pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        if name == XATTR_STATUS && ino == ROOT {
+            return Ok(self.status_document());
+        }
         let attr = self.ensure_meta(ino).await?;
         let (key, remote, stored) = {
             let table = self.inodes.lock().unwrap();
@@ -90,6 +98,7 @@ impl<S: ObjectStore> S3Fs<S> {
             XATTR_ETAG => remote
                 .map(|r| r.etag.0.into_bytes())
                 .ok_or(FsError::NoXattr),
+            XATTR_STATE => Ok(self.upload_state(attr.ino).to_string().into_bytes()),
             XATTR_URL => match (key, remote) {
                 (Some(key), Some(_)) => Ok(self
                     .store
@@ -136,9 +145,9 @@ impl<S: ObjectStore> S3Fs<S> {
         flags: i32,
     ) -> FsResult<()> {
         self.check_writable()?;
-        if name.starts_with(XATTR_VIRTUAL) {
+        if name.starts_with(XATTR_VIRTUAL) || name.starts_with(XATTR_MOUNT) {
             return Err(FsError::NotPermitted(
-                "the user.s3.* attributes are read-only",
+                "the user.s3.* and user.s3mount.* attributes are read-only",
             ));
         }
         if !is_user_name(name) {

@@ -16,6 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use futures::StreamExt;
 
@@ -132,6 +133,20 @@ struct StageState {
     /// A write failed (a full cache disk): the stage no longer holds what the
     /// application wrote, so it must never be uploaded.
     broken: Option<StageError>,
+    /// Since when the stage holds data S3 does not have (None while clean).
+    dirty_since: Option<SystemTime>,
+    /// Why the last upload failed, until one succeeds.
+    upload_failure: Option<String>,
+}
+
+impl StageState {
+    /// Counts a change of the data: the stage is dirty from now on, if it was not.
+    fn changed(&mut self) {
+        if self.version == self.uploaded_version {
+            self.dirty_since = Some(SystemTime::now());
+        }
+        self.version += 1;
+    }
 }
 
 pub struct Stage {
@@ -194,6 +209,7 @@ pub struct Snapshot {
 impl Stage {
     fn new(path: PathBuf, file: File, base: Option<RemoteBase>, size: u64) -> Stage {
         let append_only = base.is_none() && size == 0;
+        let has_base = base.is_some();
         Stage {
             direct: Direct::open(&path),
             record: Mutex::new(None),
@@ -212,6 +228,9 @@ impl Stage {
                 deleted: false,
                 tail: None,
                 broken: None,
+                // A stage without a remote base starts with data S3 does not have.
+                dirty_since: (!has_base).then(SystemTime::now),
+                upload_failure: None,
             }),
             fill_lock: tokio::sync::Mutex::new(()),
             upload_lock: tokio::sync::Mutex::new(()),
@@ -295,7 +314,7 @@ impl Stage {
             let tail = s.tail.get_or_insert_with(|| Direct::start_tail(size));
             self.direct.append(&self.file, tail, data)?;
             s.size = end;
-            s.version += 1;
+            s.changed();
             return Ok(end);
         }
         self.settle(&mut s)?;
@@ -312,7 +331,7 @@ impl Stage {
             lazy.filled_to = lazy.filled_to.max(end);
         }
         s.size = s.size.max(end);
-        s.version += 1;
+        s.changed();
         Ok(s.size)
     }
 
@@ -364,7 +383,7 @@ impl Stage {
             }
         }
         s.size = size;
-        s.version += 1;
+        s.changed();
         Ok(())
     }
 
@@ -438,6 +457,27 @@ impl Stage {
     fn mark_uploaded(&self, version: u64) {
         let mut s = self.state.lock().unwrap();
         s.uploaded_version = s.uploaded_version.max(version);
+        s.upload_failure = None;
+        if s.version == s.uploaded_version {
+            s.dirty_since = None;
+        }
+    }
+
+    /// Since when the stage holds data S3 does not have, if it does.
+    pub fn pending_since(&self) -> Option<SystemTime> {
+        let s = self.state.lock().unwrap();
+        let dirty = s.version != s.uploaded_version && !s.deleted;
+        dirty.then(|| s.dirty_since.unwrap_or_else(SystemTime::now))
+    }
+
+    /// The last upload of this stage failed, for `reason` (kept until one succeeds).
+    pub fn note_upload_failure(&self, reason: String) {
+        self.state.lock().unwrap().upload_failure = Some(reason);
+    }
+
+    /// Why the last upload failed, if it did and none succeeded since.
+    pub fn upload_failure(&self) -> Option<String> {
+        self.state.lock().unwrap().upload_failure.clone()
     }
 
     pub fn fsync(&self) -> StageResult<()> {

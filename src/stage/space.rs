@@ -76,7 +76,7 @@ impl Stage {
         if grows {
             s.size = end;
         }
-        s.version += 1;
+        s.changed();
         Ok(Some(s.size))
     }
 

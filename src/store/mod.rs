@@ -12,6 +12,7 @@ mod s3_answers;
 mod s3_body;
 
 pub use body::Body;
+pub mod s3_requests;
 
 use std::future::Future;
 use std::ops::Range;

@@ -29,6 +29,7 @@ use bytes::Bytes;
 
 use super::object_options::ObjectOptions;
 use super::s3_answers::{classify, decode_listed, salvage_field};
+use super::s3_requests::RequestCounters;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
@@ -105,6 +106,7 @@ pub struct S3Store {
     write_options: WriteOptions,
     /// The client's credential provider (the SDK's config does not give it back).
     credentials: SharedCredentialsProvider,
+    requests: RequestCounters,
 }
 
 /// The object options as the SDK's request builders take them.
@@ -188,12 +190,20 @@ impl S3Store {
         if shared.region().is_none() {
             conf = conf.region(Region::new("us-east-1"));
         }
+        let requests = RequestCounters::default();
+        conf = conf.interceptor(requests.interceptor());
         S3Store {
             client: Client::from_conf(conf.build()),
             bucket: settings.bucket.clone(),
             write_options: WriteOptions::from(&settings.object_options),
             credentials,
+            requests,
         }
+    }
+
+    /// What this client has sent so far (requests, errors, retries, latency, bytes).
+    pub fn request_counters(&self) -> &RequestCounters {
+        &self.requests
     }
 }
 

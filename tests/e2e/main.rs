@@ -25,6 +25,7 @@ mod meta_index;
 mod migrate;
 mod mount_e2e;
 mod object_options;
+mod observability;
 mod odd_keys;
 mod random_ops;
 mod readdir_model;
