@@ -14,6 +14,7 @@
 mod common;
 
 mod cli;
+mod cluster;
 mod conformance;
 mod core_fs;
 mod crash;
