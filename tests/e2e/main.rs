@@ -25,3 +25,4 @@ mod odd_keys;
 mod random_ops;
 mod s3fs_interop;
 mod tools_roundtrip;
+mod two_hosts;
