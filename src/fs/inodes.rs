@@ -696,6 +696,26 @@ impl InodeTable {
     }
 }
 
+impl InodeTable {
+    /// Whether a file below directory `dir` has data S3 does not have yet.
+    pub fn holds_pending(&self, dir: u64) -> bool {
+        let below = |ino: u64| {
+            let mut cur = ino;
+            while let Some(inode) = self.inodes.get(&cur) {
+                if inode.detached || cur == ROOT {
+                    return false;
+                }
+                if inode.parent == dir {
+                    return true;
+                }
+                cur = inode.parent;
+            }
+            false
+        };
+        self.dirty_stages().into_iter().any(|(ino, _)| below(ino))
+    }
+}
+
 pub fn far_future() -> Instant {
     Instant::now() + std::time::Duration::from_secs(100 * 365 * 24 * 3600)
 }

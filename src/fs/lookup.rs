@@ -20,9 +20,29 @@ const LOOKUP_LIST_PAGES: usize = 1;
 impl<S: ObjectStore> S3Fs<S> {
     pub async fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<Attr> {
         let name = check_name(name)?;
-        let attr = self.resolve(parent, name).await?;
+        let attr = match self.resolve(parent, name).await {
+            Err(FsError::Store(e)) if e.is_unavailable() => self
+                .dir_with_pending(parent, name)
+                .ok_or(FsError::Store(e))?,
+            resolved => resolved?,
+        };
         self.inodes.lock().unwrap().add_lookup(attr.ino);
         Ok(attr)
+    }
+
+    /// The attributes the table has of directory `name` under `parent` if files below
+    /// it hold data S3 does not have yet (a failed or queued upload). Such a directory
+    /// exists for this mount whatever S3 says (read-your-writes): while S3 cannot
+    /// answer, a lookup of it is answered from the table, so the kept data stays
+    /// readable through the mount.
+    pub(super) fn dir_with_pending(&self, parent: u64, name: &str) -> Option<Attr> {
+        let table = self.inodes.lock().unwrap();
+        let ino = table.child(parent, name)?;
+        let is_dir = table.get(ino)?.attr.kind == super::Kind::Dir;
+        if !is_dir || !table.holds_pending(ino) {
+            return None;
+        }
+        Self::current_attr(&table, ino)
     }
 
     /// Records one entry of a listing of `parent`, asked for at `asked_at`, in the
@@ -258,7 +278,19 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             table.get_mut(ino).expect("present").meta_known = false;
         }
-        let attr = self.ensure_meta(ino).await?;
+        let attr = match self.ensure_meta(ino).await {
+            Err(FsError::Store(e)) if e.is_unavailable() => {
+                // (See dir_with_pending: a directory holding unsent data exists here.)
+                let table = self.inodes.lock().unwrap();
+                let inode = table.get(ino).ok_or(FsError::NotFound)?;
+                let pending = inode.attr.kind == super::Kind::Dir && table.holds_pending(ino);
+                if !pending {
+                    return Err(FsError::Store(e));
+                }
+                Self::current_attr(&table, ino).ok_or(FsError::NotFound)?
+            }
+            attr => attr?,
+        };
         if attr.ino != ino {
             // The name now holds another kind of object than this inode.
             return Err(FsError::NotFound);

@@ -116,6 +116,17 @@ pub enum StoreError {
     Other(String),
 }
 
+impl StoreError {
+    /// S3 could not answer now (throttled, 5xx, timeouts, unreachable): nothing is
+    /// known about the object, as opposed to an answer about it.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Throttled(_) | StoreError::Transient(_) | StoreError::Unreachable(_)
+        )
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The body of a ranged GET, chunk by chunk as it arrives.

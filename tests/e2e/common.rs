@@ -131,13 +131,37 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn new() -> Bucket {
-        let env = S3Env::get();
+        Self::with_env(S3Env::get())
+    }
+
+    /// A client of another server (e.g. one node of a cluster).
+    pub fn with_env(env: S3Env) -> Bucket {
         let client = env.client();
         Bucket {
             env,
             client,
             rt: runtime(),
         }
+    }
+
+    /// GET `key`: Ok(None) if S3 says 404, Err for any other failure (a server that
+    /// cannot answer yet), for polling.
+    pub fn try_get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.rt.block_on(async {
+            let sent = (self.client.get_object())
+                .bucket(&self.env.bucket)
+                .key(key)
+                .send()
+                .await;
+            match sent {
+                Ok(out) => match out.body.collect().await {
+                    Ok(body) => Ok(Some(body.to_vec())),
+                    Err(e) => Err(format!("GET {key}: {e}")),
+                },
+                Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => Ok(None),
+                Err(e) => Err(format!("GET {key}: {e:?}")),
+            }
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
@@ -382,7 +406,19 @@ impl TestMount {
         extra: &[&str],
         endpoint: Option<&str>,
     ) -> TestMount {
-        let env = S3Env::get();
+        Self::of_server(&S3Env::get(), bucket, prefix, cache, extra, endpoint)
+    }
+
+    /// Mounts `prefix` of `bucket` on the server `env` describes (its endpoint unless
+    /// `endpoint` is given, its credentials).
+    pub fn of_server(
+        env: &S3Env,
+        bucket: &str,
+        prefix: &str,
+        cache: &Path,
+        extra: &[&str],
+        endpoint: Option<&str>,
+    ) -> TestMount {
         let dir = tempfile::tempdir().unwrap();
         let source = format!("s3://{bucket}/{prefix}");
         let endpoint = endpoint.map(String::from).unwrap_or(env.endpoint.clone());
@@ -398,7 +434,10 @@ impl TestMount {
         ];
         args.extend_from_slice(extra);
         let mut cmd = Command::new(s3mount_bin());
-        cmd.args(&args);
+        cmd.args(&args)
+            .env("AWS_ACCESS_KEY_ID", &env.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &env.secret_key)
+            .env("AWS_REGION", &env.region);
         // S3MOUNT_TEST_LOG_DIR=DIR keeps each daemon's debug log in DIR (for failures).
         let log_dir = std::env::var("S3MOUNT_TEST_LOG_DIR").ok();
         if let Some(log_dir) = &log_dir {
