@@ -4,7 +4,7 @@
 #   scripts/test.sh [CARGO TEST ARGS...]     e.g. scripts/test.sh --test e2e mount_e2e::
 #
 # The integration tests are one binary, tests/e2e (`--test e2e`), with a module per area
-# (cli, core_fs, crash, credentials, durability, mount_e2e, random_ops, s3fs_interop,
+# (cli, core_fs, crash, credentials, durability, mount_e2e, random_ops, s3fs_interop, server_ops,
 # tools_roundtrip); a name filter after it picks tests, e.g. `--test e2e random_ops`.
 # Every test binary runs even when one fails (--no-fail-fast); the exit status is non-zero
 # if any test failed.

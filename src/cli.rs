@@ -110,6 +110,12 @@ pub struct MountArgs {
     /// error, warn, info, debug or trace (also RUST_LOG).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Write the log to this file instead of stderr (reopened on SIGHUP, for logrotate).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Files on the mount cannot be executed (the fstab option `noexec`).
+    #[arg(long)]
+    pub noexec: bool,
     /// Mount options in fstab form: -o name=value,flag (every long option works here).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -222,6 +228,8 @@ impl MountArgs {
             nonempty: self.nonempty,
             foreground: self.foreground,
             log_level: self.log_level,
+            log_file: self.log_file,
+            noexec: self.noexec,
         })
     }
 

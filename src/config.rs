@@ -18,6 +18,10 @@ pub struct MountConfig {
     pub nonempty: bool,
     pub foreground: bool,
     pub log_level: Option<String>,
+    /// Where the log goes instead of stderr; reopened on SIGHUP.
+    pub log_file: Option<PathBuf>,
+    /// Mounted `noexec`.
+    pub noexec: bool,
 }
 
 /// A cache directory of its own for each bucket, prefix and mount point:

@@ -59,6 +59,15 @@ impl<S: ObjectStore> S3Fs<S> {
         self.inodes.lock().unwrap().dirty_stages().len()
     }
 
+    /// Files S3 does not have yet, and their bytes (a drain's progress).
+    pub fn pending_uploads(&self) -> (usize, u64) {
+        let dirty = self.inodes.lock().unwrap().dirty_stages();
+        (
+            dirty.len(),
+            dirty.iter().map(|(_, stage)| stage.size()).sum(),
+        )
+    }
+
     /// Forgets listed entries the kernel never looked up, once stale.
     pub fn sweep_inodes(&self) {
         self.inodes.lock().unwrap().sweep();

@@ -6,6 +6,7 @@
 pub mod memory;
 pub mod s3;
 mod s3_answers;
+mod s3_attempts;
 
 use std::future::Future;
 use std::ops::Range;

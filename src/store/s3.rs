@@ -2,7 +2,8 @@
 //! (endpoint, path style, profile, static or chained credentials), SDK retries and
 //! timeouts, and the one place where SDK errors are classified into [`StoreError`].
 //! Every failed request is logged with its key and error (for a response the SDK could
-//! not parse, the whole chain of causes), never with credentials. Listings ask for
+//! not parse, the whole chain of causes), never with credentials: every secret key and
+//! session token in use is registered with [`crate::logging::add_secret`]. Listings ask for
 //! URL-encoded keys (`encoding-type=url`) and decode them here, so keys holding
 //! characters XML 1.0 cannot carry (control characters) list like any other.
 
@@ -28,6 +29,7 @@ use aws_sdk_s3::types::{
 use bytes::Bytes;
 
 use super::s3_answers::{classify, decode_listed, salvage_field};
+use super::s3_attempts::LogFailedAttempts;
 use futures::StreamExt;
 
 use super::{
@@ -86,7 +88,14 @@ impl ProvideCredentials for FreshChain {
             if let Some(profile) = &self.profile {
                 builder = builder.profile_name(profile);
             }
-            builder.build().await.provide_credentials().await
+            let credentials = builder.build().await.provide_credentials().await;
+            if let Ok(c) = &credentials {
+                crate::logging::add_secret(c.secret_access_key());
+                if let Some(token) = c.session_token() {
+                    crate::logging::add_secret(token);
+                }
+            }
+            credentials
         })
     }
 }
@@ -121,6 +130,10 @@ impl S3Store {
             loader = loader.endpoint_url(endpoint);
         }
         if let Some(c) = &settings.static_credentials {
+            crate::logging::add_secret(&c.secret_access_key);
+            if let Some(token) = &c.session_token {
+                crate::logging::add_secret(token);
+            }
             loader = loader.credentials_provider(Credentials::new(
                 &c.access_key_id,
                 &c.secret_access_key,
@@ -139,7 +152,11 @@ impl S3Store {
             // Checksums cost CPU on every byte and not every S3-compatible service knows
             // the newer trailers; S3's own integrity checks (Content-Length, TLS) remain.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .interceptor(LogFailedAttempts::new(
+                &settings.bucket,
+                settings.force_path_style,
+            ));
         if shared.region().is_none() {
             conf = conf.region(Region::new("us-east-1"));
         }
@@ -250,7 +267,10 @@ impl ObjectStore for S3Store {
             .body
             .collect()
             .await
-            .map_err(|e| StoreError::Transient(format!("reading {key}: {e}")))?
+            .map_err(|e| {
+                log::warn!("S3 GetObject {key:?} failed while reading the body: {e}");
+                StoreError::Transient(format!("reading {key}: {e}"))
+            })?
             .into_bytes();
         Ok((meta, body))
     }

@@ -23,4 +23,5 @@ mod mount_e2e;
 mod odd_keys;
 mod random_ops;
 mod s3fs_interop;
+mod server_ops;
 mod tools_roundtrip;
