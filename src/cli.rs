@@ -215,6 +215,12 @@ pub struct MountArgs {
     /// S3MOUNT_TRASH).
     #[arg(long, value_name = "PREFIX|s3://BUCKET/PREFIX/", env = "S3MOUNT_TRASH")]
     pub trash: Option<String>,
+    /// Write the log to this file instead of stderr (reopened on SIGHUP, for logrotate).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Files on the mount cannot be executed (the fstab option `noexec`).
+    #[arg(long)]
+    pub noexec: bool,
     /// Mount options in fstab form: -o name=value,flag (every long option works here).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -361,6 +367,8 @@ impl MountArgs {
             foreground: self.foreground,
             log_level: self.log_level,
             trash,
+            log_file: self.log_file,
+            noexec: self.noexec,
         })
     }
 

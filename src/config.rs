@@ -22,6 +22,10 @@ pub struct MountConfig {
     pub log_level: Option<String>,
     /// `--trash`: where deleted files are kept.
     pub trash: Option<crate::trash::TrashTarget>,
+    /// Where the log goes instead of stderr; reopened on SIGHUP.
+    pub log_file: Option<PathBuf>,
+    /// Mounted `noexec`.
+    pub noexec: bool,
 }
 
 /// A cache directory of its own for each bucket, prefix and mount point:

@@ -5,14 +5,15 @@
 //!
 //! Invariants: the fork happens while the process has one thread; SIGTERM, SIGINT and
 //! SIGHUP are blocked in every thread and taken only by the signal thread, which drains
-//! pending uploads before it unmounts; the daemonizing parent exits 0 only once the mount
-//! is live; one process at a time holds a cache directory (its `lock` file), for the
+//! pending uploads before it unmounts on SIGTERM/SIGINT and only reopens the log file on
+//! SIGHUP; the daemonizing parent exits 0, and systemd hears READY=1, only once the mount
+//! answers a stat; one process at a time holds a cache directory (its `lock` file), for the
 //! whole life of the mount.
 
 use std::fs::{File, OpenOptions};
 use std::io::{PipeReader, PipeWriter, Read, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -28,9 +29,11 @@ use crate::config::MountConfig;
 use crate::fs::S3Fs;
 use crate::fs::Trash;
 use crate::fuse::FuseAdapter;
+use crate::logging;
 use crate::store::s3::S3Store;
 use crate::store::{ObjectStore, StoreError};
 use crate::sysmount::{self, DirectMount};
+use crate::systemd;
 use crate::trash::{TrashTarget, check_trash_destination};
 
 /// The file system as this daemon serves it: on S3.
@@ -40,7 +43,10 @@ type Fs = S3Fs<S3Store>;
 /// in a forked child while this process waits for the mount to be live. Must be called
 /// while the process has a single thread (as `main` does): it may fork.
 pub fn mount(cfg: MountConfig) -> ExitCode {
-    init_logging(cfg.log_level.as_deref());
+    if let Err(e) = logging::init(cfg.log_level.as_deref(), cfg.log_file.as_deref()) {
+        eprintln!("s3mount: {e}");
+        return ExitCode::from(2);
+    }
     if let Err(e) = local_checks(&cfg) {
         eprintln!("s3mount: {e}");
         return ExitCode::from(1);
@@ -121,19 +127,6 @@ impl Parent {
             detach_stdio();
         }
     }
-}
-
-fn init_logging(level: Option<&str>) {
-    let filters = match level {
-        Some(l) => format!("warn,fuser=error,s3mount={l}"),
-        None => {
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,fuser=error,s3mount=info".into())
-        }
-    };
-    let _ = env_logger::Builder::new()
-        .parse_filters(&filters)
-        .format_timestamp_millis()
-        .try_init();
 }
 
 /// Checks that need no network: mount point, FUSE device, cache directory.
@@ -287,8 +280,7 @@ fn serve(cfg: MountConfig, mut parent: Parent) -> ExitCode {
         cfg.fs.cache_dir.display()
     );
     raise_kernel_readahead(&cfg.mountpoint);
-    parent.ready();
-    notify_systemd(NotifyState::Ready);
+    announce_when_live(cfg.mountpoint.clone(), parent);
 
     let on_error = unmounter.direct();
     spawn_signal_thread(signals, fs.clone(), runtime.handle().clone(), unmounter);
@@ -302,7 +294,12 @@ fn serve(cfg: MountConfig, mut parent: Parent) -> ExitCode {
             mount.detach();
         }
     }
-    let failed = runtime.block_on(fs.shutdown());
+    let pending = fs.dirty_count();
+    if pending > 0 {
+        log::info!("unmounted; finishing {pending} pending upload(s)");
+    }
+    systemd::notify(&[NotifyState::Stopping]);
+    let failed = runtime.block_on(drain(&fs));
     if failed > 0 {
         log::error!(
             "{failed} file(s) could not be uploaded; their data stays in {}",
@@ -413,7 +410,13 @@ fn mount_fuse(
     let adapter = FuseAdapter::new(fs.clone(), handle.clone());
     let allow_other = cfg.allow_other || cfg.allow_root;
     let direct = if geteuid().is_root() {
-        match sysmount::mount(&cfg.mountpoint, &fsname, cfg.fs.read_only, allow_other) {
+        match sysmount::mount(
+            &cfg.mountpoint,
+            &fsname,
+            cfg.fs.read_only,
+            allow_other,
+            cfg.noexec,
+        ) {
             Ok(m) => Some(m),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
             Err(e) => return Err(cannot(e)),
@@ -441,30 +444,87 @@ fn mount_fuse(
     if cfg.fs.read_only {
         options.push(MountOption::RO);
     }
+    if cfg.noexec {
+        options.push(MountOption::NoExec);
+    }
     fuse_config.mount_options = options;
     let mut session = Session::new(adapter, &cfg.mountpoint, &fuse_config).map_err(cannot)?;
     let unmounter = Unmounter::Fuser(session.unmount_callable());
     Ok((session, unmounter))
 }
 
-/// The thread that waits for SIGTERM, SIGINT or SIGHUP, then finishes every pending
-/// upload and unmounts (which ends the FUSE session in the main thread).
+/// Tells the waiting parent (exit 0) and systemd (READY=1) that the mount is live, once
+/// it answers: a stat of the mount point returns only after the FUSE session has
+/// answered the kernel's INIT and the root's GETATTR. A mount point that shows the
+/// directory below it (the session failed and the mount was taken away) is a failure.
+fn announce_when_live(mountpoint: PathBuf, mut parent: Parent) {
+    std::thread::Builder::new()
+        .name("s3mount-ready".into())
+        .spawn(move || {
+            let mounted = std::fs::metadata(&mountpoint);
+            let below = std::fs::metadata(mountpoint.join(".."));
+            match (mounted, below) {
+                (Ok(m), Ok(b)) if m.dev() != b.dev() => {
+                    parent.ready();
+                    systemd::notify(&[NotifyState::Ready]);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    parent.fail(format!(
+                        "the mount on {} does not answer: {e}",
+                        mountpoint.display()
+                    ));
+                }
+                _ => {
+                    parent.fail(format!(
+                        "the mount on {} went away before it was ready",
+                        mountpoint.display()
+                    ));
+                }
+            }
+        })
+        .expect("spawning the readiness thread");
+}
+
+/// The thread that takes the signals: SIGHUP reopens the log file (the mount stays);
+/// SIGTERM or SIGINT finish every pending upload and unmount (which ends the FUSE
+/// session in the main thread).
 fn spawn_signal_thread(signals: SigSet, fs: Arc<Fs>, handle: Handle, mut unmounter: Unmounter) {
     std::thread::Builder::new()
         .name("s3mount-signals".into())
         .spawn(move || {
-            let sig = signals.wait().map_or(0, |s| s as i32);
+            let sig = loop {
+                match signals.wait() {
+                    Ok(Signal::SIGHUP) => match logging::reopen() {
+                        Some(Ok(())) => log::info!("SIGHUP: log file reopened"),
+                        Some(Err(e)) => log::error!("SIGHUP: cannot reopen the log file: {e}"),
+                        None => log::info!("SIGHUP: no --log-file to reopen; the mount stays"),
+                    },
+                    other => break other.map_or(0, |s| s as i32),
+                }
+            };
             log::info!(
                 "signal {sig}: finishing {} pending upload(s), then unmounting",
                 fs.dirty_count()
             );
-            notify_systemd(NotifyState::Stopping);
-            handle.block_on(fs.shutdown());
+            systemd::notify(&[NotifyState::Stopping]);
+            handle.block_on(drain(&fs));
             if let Err(e) = unmounter.unmount() {
                 log::error!("unmount failed: {e}");
             }
         })
         .expect("spawning the signal thread");
+}
+
+/// Finishes every pending upload while reporting the progress to systemd and the log;
+/// returns the number of files that could not be uploaded (they stay staged).
+async fn drain(fs: &Fs) -> usize {
+    tokio::select! {
+        failed = fs.shutdown() => failed,
+        never = systemd::report_drain(|| {
+            let pending = fs.pending_totals();
+            (pending.files as usize, pending.bytes)
+        }) => match never {},
+    }
 }
 
 /// Kernel read-ahead on the mount, in KiB. FUSE offers only 128 KiB at init; a larger
@@ -516,29 +576,6 @@ fn detach_stdio() {
     if !keep {
         let _ = dup2_stderr(&null);
     }
-}
-
-/// Sends a state to systemd when run as a `Type=notify` service (NOTIFY_SOCKET set).
-fn notify_systemd(state: NotifyState) {
-    let result = match std::env::var_os("NOTIFY_SOCKET") {
-        // sd-notify takes the variable as a file system path; systemd also allows the
-        // name of an abstract socket, written "@name".
-        Some(path) if path.as_bytes().starts_with(b"@") => {
-            notify_abstract(&path.as_bytes()[1..], &state)
-        }
-        _ => sd_notify::notify(&[state]),
-    };
-    if let Err(e) = result {
-        log::warn!("could not notify systemd: {e}");
-    }
-}
-
-fn notify_abstract(name: &[u8], state: &NotifyState) -> std::io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let addr = SocketAddr::from_abstract_name(name)?;
-    UnixDatagram::unbound()?.send_to_addr(format!("{state}\n").as_bytes(), &addr)?;
-    Ok(())
 }
 
 /// Takes the mount away: our own mount(2), or fuser's (fusermount3).

@@ -1,4 +1,5 @@
-//! The `s3mount` binary. A `mount -o remount,ro|rw` from mount(8) goes straight to
+//! The `s3mount` binary. A fake mount (`mount -f`) does nothing; a
+//! `mount -o remount,ro|rw` from mount(8) goes straight to
 //! [`s3mount::sysmount::remount`]; every other command line is rewritten from the fstab
 //! form ([`s3mount::mount_options`]), parsed by clap and handed to
 //! [`s3mount::daemon::mount`]. Invariant: the process stays single-threaded until then,
@@ -8,10 +9,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use s3mount::cli::{Cli, Command};
-use s3mount::mount_options::{expand_args, remount_request};
+use s3mount::mount_options::{expand_args, fake_mount_request, remount_request};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
+    if fake_mount_request(&args) {
+        // `mount -f`: mount(8) only records the entry; nothing is mounted.
+        return ExitCode::SUCCESS;
+    }
     if let Some((dir, read_only)) = remount_request(&args) {
         return match s3mount::sysmount::remount(&dir, read_only) {
             Ok(()) => ExitCode::SUCCESS,

@@ -10,13 +10,21 @@
 //! Invariants: items are separated by `,` and empty items are skipped; a value is
 //! everything after the first `=` (it may itself hold `=`); an item is matched by its
 //! name, so `user=NAME` is `user`; generic mount(8) options and every `x-*` option are
-//! ignored; `ro` means `--read-only`; any other `name[=value]` becomes `--name[=value]`
-//! (`_` read as `-`), so an unknown option is refused by clap, naming it.
+//! ignored (s3mount mounts are always `nosuid,nodev,default_permissions`); `ro` means `--read-only`, `noexec` `--noexec`; any other `name[=value]`
+//! becomes `--name[=value]` (`_` read as `-`), so an unknown option is refused by clap,
+//! naming it.
+//!
+//! Called as mount(8)'s helper (program name `mount.fuse.s3mount` or `mount.s3mount`),
+//! the command line is `SOURCE DIR [-s] [-f] [-n] [-v] [-N NS] [-o OPTS] [-t TYPE]`:
+//! `-f` (fake) mounts nothing ([`fake_mount_request`]), `-s`, `-n`, `-v` and `-t TYPE`
+//! are dropped, `-N` is refused; called under any other name, `-f` is `--foreground`.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// Generic mount(8) options that mean nothing to s3mount and are ignored.
+/// Generic mount(8) options that s3mount ignores: its mounts are always `nosuid`,
+/// `nodev` and `default_permissions`; a read never updates an access time, so the atime
+/// options change nothing; the rest speak to mount(8), systemd or the reader of fstab.
 const IGNORED_MOUNT_OPTIONS: &[&str] = &[
     "rw",
     "defaults",
@@ -32,14 +40,29 @@ const IGNORED_MOUNT_OPTIONS: &[&str] = &[
     "dev",
     "nodev",
     "exec",
-    "noexec",
     "async",
     "atime",
     "noatime",
     "relatime",
     "norelatime",
     "strictatime",
+    "nostrictatime",
+    "diratime",
+    "nodiratime",
+    "lazytime",
+    "nolazytime",
+    "owner",
+    "group",
+    "comment",
+    "default_permissions",
+    "silent",
+    "loud",
 ];
+
+/// mount(8)'s own flags to its helper that mean nothing here: sloppy (unknown options
+/// are still refused: a mistyped `prefix=` must not mount another place), no mtab,
+/// verbose.
+const IGNORED_HELPER_FLAGS: &[&str] = &["-s", "-n", "-v"];
 
 /// One item of an option string: `name` or `name=value`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +169,7 @@ fn long_option(opt: MountOpt) -> Option<OsString> {
         "ro" => "read-only",
         other => other,
     };
+
     let long = format!("--{}", name.replace('_', "-"));
     Some(match opt.value {
         Some(value) => format!("{long}={value}").into(),
@@ -159,12 +183,59 @@ fn is_subcommand(name: &str) -> bool {
     crate::cli::Cli::command().find_subcommand(name).is_some()
 }
 
+/// Whether the program runs as mount(8)'s helper: `mount.fuse.s3mount` or `mount.s3mount`.
+fn is_mount_helper(program: &OsString) -> bool {
+    Path::new(program)
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with("mount."))
+}
+
+/// `mount -f` (fake) of an fstab entry: mount(8) runs the helper with `-f` and expects
+/// it to check nothing and mount nothing.
+pub fn fake_mount_request(args: &[OsString]) -> bool {
+    match args.split_first() {
+        Some((program, rest)) => is_mount_helper(program) && rest.iter().any(|a| a == "-f"),
+        None => false,
+    }
+}
+
+/// Drops mount(8)'s own flags from a helper's command line (`-t TYPE` with its value).
+fn strip_helper_flags(args: &[OsString]) -> Result<Vec<OsString>, String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy();
+        if IGNORED_HELPER_FLAGS.contains(&text.as_ref()) {
+            continue;
+        }
+        match text.as_ref() {
+            "-t" => {
+                iter.next();
+            }
+            // Fake mounts never get here (`fake_mount_request`); it is not --foreground.
+            "-f" => {}
+            "-N" => {
+                return Err("mount -N (another mount namespace) is not supported; run mount inside that namespace".into());
+            }
+            _ => out.push(arg.clone()),
+        }
+    }
+    Ok(out)
+}
+
 /// Rewrites the fstab form into long options, and inserts the `mount` subcommand when
 /// invoked by mount(8) as `s3mount BUCKET DIR -o opts`.
 pub fn expand_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let mut out: Vec<OsString> = Vec::with_capacity(args.len());
     let Some((program, rest)) = args.split_first() else {
         return Ok(out);
+    };
+    let helper_args;
+    let rest = if is_mount_helper(program) {
+        helper_args = strip_helper_flags(rest)?;
+        &helper_args[..]
+    } else {
+        rest
     };
     out.push(program.clone());
     if let Some(first) = rest.first().and_then(|a| a.to_str()) {
@@ -285,11 +356,73 @@ mod tests {
     #[test]
     fn what_mount8_passes_to_a_helper_is_ignored() {
         let generic = "rw,defaults,auto,noauto,user,user=joe,nouser,users,_netdev,nofail,\
-                       suid,nosuid,dev,nodev,exec,noexec,async,atime,noatime,relatime,\
-                       norelatime,strictatime,x-systemd.automount,x-systemd.mount-timeout=30,\
+                       suid,nosuid,dev,nodev,exec,async,atime,noatime,relatime,\
+                       norelatime,strictatime,nodiratime,lazytime,owner,group,comment=x,\
+                       default_permissions,x-systemd.automount,x-systemd.mount-timeout=30,\
                        x-systemd.requires=network-online.target,x-gvfs-hide";
         let out = expand_args(args(&["s3mount", "b", "/m", "-o", generic])).unwrap();
         assert_eq!(out, args(&["s3mount", "mount", "b", "/m"]));
+        let out = expand_args(args(&["s3mount", "b", "/m", "-o", "noexec,ro"])).unwrap();
+        assert_eq!(
+            out,
+            args(&["s3mount", "mount", "b", "/m", "--noexec", "--read-only"])
+        );
+    }
+
+    #[test]
+    fn mount8s_own_flags_to_its_helper_are_dropped() {
+        let line = "rw,noatime,noexec,nosuid,nodev,default_permissions,allow_other,prefix=d/";
+        for program in ["/sbin/mount.fuse.s3mount", "mount.s3mount"] {
+            let out = expand_args(args(&[
+                program,
+                "b",
+                "/m",
+                "-s",
+                "-n",
+                "-v",
+                "-o",
+                line,
+                "-t",
+                "fuse.s3mount",
+            ]))
+            .unwrap();
+            assert_eq!(
+                out,
+                args(&[
+                    program,
+                    "mount",
+                    "b",
+                    "/m",
+                    "--noexec",
+                    "--allow-other",
+                    "--prefix=d/"
+                ])
+            );
+        }
+        let err = expand_args(args(&["mount.fuse.s3mount", "b", "/m", "-N", "1"])).unwrap_err();
+        assert!(err.contains("-N"), "{err}");
+    }
+
+    #[test]
+    fn dash_f_is_fake_for_the_helper_and_foreground_otherwise() {
+        let helper = args(&["/usr/sbin/mount.fuse.s3mount", "b", "/m", "-f", "-o", "rw"]);
+        assert!(fake_mount_request(&helper));
+        assert_eq!(
+            expand_args(helper).unwrap(),
+            args(&["/usr/sbin/mount.fuse.s3mount", "mount", "b", "/m"])
+        );
+        let direct = args(&["s3mount", "b", "/m", "-f"]);
+        assert!(!fake_mount_request(&direct));
+        assert_eq!(
+            expand_args(direct).unwrap(),
+            args(&["s3mount", "mount", "b", "/m", "-f"])
+        );
+        assert!(!fake_mount_request(&args(&[
+            "mount.fuse.s3mount",
+            "b",
+            "/m"
+        ])));
+        assert!(!fake_mount_request(&[]));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! of type `fuse.s3mount` match it, and `mount -o remount,ro` reaches [`remount`] instead
 //! of a helper that cannot handle it. Others mount through fuser (fusermount3).
 //! Invariants: every mount made here is `nosuid,nodev,default_permissions`; a remount
-//! keeps `nosuid,nodev` and only switches read-only on or off.
+//! keeps `nosuid,nodev` (and `noexec` if the mount has it) and only switches read-only
+//! on or off.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -36,6 +37,7 @@ pub fn mount(
     fsname: &str,
     read_only: bool,
     allow_other: bool,
+    noexec: bool,
 ) -> io::Result<(OwnedFd, DirectMount)> {
     let device = OpenOptions::new()
         .read(true)
@@ -52,6 +54,9 @@ pub fn mount(
     let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if read_only {
         flags |= MsFlags::MS_RDONLY;
+    }
+    if noexec {
+        flags |= MsFlags::MS_NOEXEC;
     }
     let source = fsname.replace('\0', "");
     nix::mount::mount(
@@ -92,6 +97,11 @@ pub fn remount(mountpoint: &Path, read_only: bool) -> io::Result<()> {
     let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if read_only {
         flags |= MsFlags::MS_RDONLY;
+    }
+    let noexec = nix::sys::statvfs::statvfs(mountpoint)
+        .is_ok_and(|st| st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC));
+    if noexec {
+        flags |= MsFlags::MS_NOEXEC;
     }
     let started = Instant::now();
     loop {

@@ -12,6 +12,7 @@ mod s3_answers;
 mod s3_body;
 
 pub use body::Body;
+mod s3_attempts;
 pub mod s3_requests;
 
 use std::future::Future;

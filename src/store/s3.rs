@@ -2,7 +2,8 @@
 //! (endpoint, path style, profile, static or chained credentials), SDK retries and
 //! timeouts, and the one place where SDK errors are classified into [`StoreError`].
 //! Every failed request is logged with its key and error (for a response the SDK could
-//! not parse, the whole chain of causes), never with credentials. Listings ask for
+//! not parse, the whole chain of causes), never with credentials: every secret key and
+//! session token in use is registered with [`crate::logging::add_secret`]. Listings ask for
 //! URL-encoded keys (`encoding-type=url`) and decode them here, so keys holding
 //! characters XML 1.0 cannot carry (control characters) list like any other.
 
@@ -29,6 +30,7 @@ use bytes::Bytes;
 
 use super::object_options::ObjectOptions;
 use super::s3_answers::{classify, decode_listed, salvage_field};
+use super::s3_attempts::LogFailedAttempts;
 use super::s3_requests::RequestCounters;
 use futures::{StreamExt, TryStreamExt};
 
@@ -94,7 +96,14 @@ impl ProvideCredentials for FreshChain {
             if let Some(profile) = &self.profile {
                 builder = builder.profile_name(profile);
             }
-            builder.build().await.provide_credentials().await
+            let credentials = builder.build().await.provide_credentials().await;
+            if let Ok(c) = &credentials {
+                crate::logging::add_secret(c.secret_access_key());
+                if let Some(token) = c.session_token() {
+                    crate::logging::add_secret(token);
+                }
+            }
+            credentials
         })
     }
 }
@@ -167,6 +176,10 @@ impl S3Store {
             loader = loader.endpoint_url(endpoint);
         }
         let credentials = if let Some(c) = &settings.static_credentials {
+            crate::logging::add_secret(&c.secret_access_key);
+            if let Some(token) = &c.session_token {
+                crate::logging::add_secret(token);
+            }
             SharedCredentialsProvider::new(Credentials::new(
                 &c.access_key_id,
                 &c.secret_access_key,
@@ -186,7 +199,11 @@ impl S3Store {
             // Checksums cost CPU on every byte and not every S3-compatible service knows
             // the newer trailers; S3's own integrity checks (Content-Length, TLS) remain.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .interceptor(LogFailedAttempts::new(
+                &settings.bucket,
+                settings.force_path_style,
+            ));
         if shared.region().is_none() {
             conf = conf.region(Region::new("us-east-1"));
         }
@@ -307,7 +324,10 @@ impl ObjectStore for S3Store {
             .body
             .collect()
             .await
-            .map_err(|e| StoreError::Transient(format!("reading {key}: {e}")))?
+            .map_err(|e| {
+                log::warn!("S3 GetObject {key:?} failed while reading the body: {e}");
+                StoreError::Transient(format!("reading {key}: {e}"))
+            })?
             .into_bytes();
         Ok((meta, body))
     }

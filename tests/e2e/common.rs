@@ -661,7 +661,13 @@ pub enum Fault {
     Corrupt = 4,
     /// Pass traffic through, with a delay on every chunk sent to the server (slow uploads).
     SlowUpload = 5,
+    /// Accept, then forward nothing until the fault changes (at most [`HOLD_LIMIT`]);
+    /// then pass traffic through: requests wait, as behind a stalled link.
+    Hold = 6,
 }
+
+/// Longest time a connection is held by [`Fault::Hold`].
+pub const HOLD_LIMIT: Duration = Duration::from_secs(120);
 
 /// A TCP proxy in front of the S3 server that injects faults. Switching to a fault cuts
 /// every open connection at once (socket shutdown, independent of scheduling); a
@@ -725,8 +731,17 @@ impl Proxy {
                 };
                 let _ = inbound.set_nodelay(true);
                 let counts = counts.clone();
+                let mode = mode.clone();
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    if fault == Fault::Hold as u8 {
+                        let deadline = Instant::now() + HOLD_LIMIT;
+                        while mode.load(Ordering::SeqCst) == Fault::Hold as u8
+                            && Instant::now() < deadline
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
                     if fault == Fault::SlowDown as u8 {
                         let mut buf = vec![0u8; 64 * 1024];
                         let mut seen = Vec::new();

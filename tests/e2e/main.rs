@@ -32,6 +32,7 @@ mod random_ops;
 mod readdir_model;
 mod s3fs_interop;
 mod scale;
+mod server_ops;
 mod tools_roundtrip;
 mod trash;
 mod two_hosts;
