@@ -1,5 +1,6 @@
 //! `s3mount check`: can this configuration mount? One line per check, in order —
-//! credentials, endpoint, bucket, list, put, get, delete, object options — each `OK` or
+//! credentials, endpoint, bucket, list, put, get, delete, object options (and the trash
+//! of `--trash`, as the mount checks it) — each `OK` or
 //! what is wrong in words an operator can act on. [`probe_writable`] (put, get, delete of a
 //! probe object) is usable on its own, for any destination a feature writes to.
 //!
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use crate::store::object_options::ObjectOptions;
 use crate::store::s3::{S3Settings, S3Store, StoredOptions};
 use crate::store::{ObjectStore, StoreError, get_bytes};
+use crate::trash::{TrashTarget, check_trash_destination};
 
 /// Bound on the TCP connect of the endpoint check and on name resolution.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -31,6 +33,8 @@ pub struct CheckConfig {
     pub bucket: String,
     /// Normalized (empty, or ending in `/`).
     pub prefix: String,
+    /// `--trash`: the recycle bin a mount would keep deleted files in.
+    pub trash: Option<TrashTarget>,
 }
 
 /// A check that failed, in words an operator can act on.
@@ -547,7 +551,27 @@ pub async fn run<W: Write>(cfg: &CheckConfig, out: &mut W) -> bool {
             report.line(check, Verdict::Skipped("skipped: nothing was written"));
         }
     }
+    if let Some(target) = &cfg.trash {
+        report.from("trash", trash(&store, &settings, target).await);
+    }
     summary(&mut report, cfg)
+}
+
+/// The recycle bin of `--trash` exists and takes objects, as the mount checks it.
+async fn trash(
+    store: &S3Store,
+    settings: &S3Settings,
+    target: &TrashTarget,
+) -> Result<String, CheckFailure> {
+    let checked = if target.other_bucket {
+        let trash_store = S3Store::connect(&target.store_settings(settings)).await;
+        check_trash_destination(&trash_store, target).await
+    } else {
+        check_trash_destination(store, target).await
+    };
+    checked
+        .map(|()| format!("{} exists and takes objects", target.url()))
+        .map_err(CheckFailure)
 }
 
 /// `s3mount check`: runs the checks on a runtime of its own and prints them on stdout;

@@ -115,6 +115,9 @@ pub struct CheckArgs {
     pub connection: ConnectionArgs,
     #[command(flatten)]
     pub object_options: ObjectOptionArgs,
+    /// The mount's recycle bin (as `mount --trash`): checked to exist and take objects.
+    #[arg(long, value_name = "PREFIX|s3://BUCKET/PREFIX/", env = "S3MOUNT_TRASH")]
+    pub trash: Option<String>,
 }
 
 impl CheckArgs {
@@ -122,7 +125,15 @@ impl CheckArgs {
         let (bucket, prefix) = self.connection.bucket_and_prefix(&self.source)?;
         let mut s3 = self.connection.s3_settings(&bucket)?;
         s3.object_options = self.object_options.validate()?;
-        Ok(CheckConfig { s3, bucket, prefix })
+        let trash = (self.trash.as_deref())
+            .map(|t| TrashTarget::parse(t, &bucket, &prefix))
+            .transpose()?;
+        Ok(CheckConfig {
+            s3,
+            bucket,
+            prefix,
+            trash,
+        })
     }
 }
 

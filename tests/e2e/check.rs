@@ -111,6 +111,28 @@ fn a_missing_bucket_is_named() {
 }
 
 #[test]
+fn the_trash_of_a_mount_is_checked_too() {
+    let env = S3Env::get();
+    let prefix = unique_prefix("check-trash");
+    let source = format!("s3://{}/{prefix}", env.bucket);
+    let (out, stdout, _) = check(&[&source, "--trash", "check-trash-bin/"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(verdict(&stdout, "trash"), "OK", "{stdout}");
+    let missing = "s3://no-such-trash-bucket-s3mount/deleted/";
+    let (out, stdout, _) = check(&[&source, "--trash", missing], &[]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(verdict(&stdout, "trash"), "FAIL", "{stdout}");
+    assert!(
+        stdout.contains("trash bucket no-such-trash-bucket-s3mount does not exist"),
+        "{stdout}"
+    );
+    // A trash inside the mount's own prefix is refused before anything is asked.
+    let inside = format!("{prefix}deleted/");
+    let (out, stdout, _) = check(&[&source, "--trash", &inside], &[]);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+}
+
+#[test]
 fn a_closed_port_fails_within_seconds() {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
