@@ -3,8 +3,8 @@
 
 # Debian packages the project needs: fusermount3 (fuse3), a C compiler for crates and the
 # TCP_NODELAY shim, curl for health checks; attr, rsync, git, tar and s3fs (the real s3fs-fuse,
-# for the interop tests) are used by the tests.
-S3MOUNT_APT_PACKAGES=(fuse3 build-essential pkg-config curl ca-certificates attr rsync git tar s3fs util-linux procps diffutils)
+# for the interop tests) are used by the tests; python3 with venv runs the pinned moto.
+S3MOUNT_APT_PACKAGES=(fuse3 build-essential pkg-config curl ca-certificates attr rsync git tar s3fs util-linux procps diffutils python3 python3-venv)
 
 # apt-get install only what is missing (a second run does not touch apt at all).
 ensure_apt_packages() {
