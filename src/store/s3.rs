@@ -431,21 +431,7 @@ impl ObjectStore for S3Store {
         body: impl Into<Body> + Send,
         headers: &ObjectHeaders,
     ) -> StoreResult<ETag> {
-        let body: Body = body.into();
-        let request = with_write_options!(self.client.put_object(), self.write_options);
-        let out = request
-            .bucket(&self.bucket)
-            .key(key)
-            .content_length(body.len() as i64)
-            .body(byte_stream(body))
-            .set_metadata(user_metadata(headers))
-            .set_content_type(headers.content_type.clone())
-            .customize()
-            .disable_payload_signing()
-            .send()
-            .await
-            .map_err(|e| classify("PutObject", key, e))?;
-        Ok(etag(out.e_tag()))
+        self.put_object(key, body.into(), headers, None).await
     }
 
     async fn create_multipart(&self, key: &str, headers: &ObjectHeaders) -> StoreResult<UploadId> {
@@ -476,21 +462,7 @@ impl ObjectStore for S3Store {
         number: u32,
         body: Body,
     ) -> StoreResult<ETag> {
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(&id.0)
-            .part_number(number as i32)
-            .content_length(body.len() as i64)
-            .body(byte_stream(body))
-            .customize()
-            .disable_payload_signing()
-            .send()
-            .await
-            .map_err(|e| classify("UploadPart", key, e))?;
-        Ok(etag(out.e_tag()))
+        self.send_part((key, id, number), body, None).await
     }
 
     async fn upload_part_copy(
@@ -641,8 +613,6 @@ impl ObjectStore for S3Store {
         Ok(etag(out.copy_object_result().and_then(|r| r.e_tag())))
     }
 
-    // An object written by `put_verified` looks like one written by `put`: the same
-    // object options.
     async fn put_verified(
         &self,
         key: &str,
@@ -650,21 +620,7 @@ impl ObjectStore for S3Store {
         headers: &ObjectHeaders,
         md5: BodyMd5,
     ) -> StoreResult<ETag> {
-        let request = with_write_options!(self.client.put_object(), self.write_options);
-        let out = request
-            .bucket(&self.bucket)
-            .key(key)
-            .content_length(body.len() as i64)
-            .content_md5(content_md5(md5))
-            .body(aws_sdk_s3::primitives::ByteStream::from(body))
-            .set_metadata(user_metadata(headers))
-            .set_content_type(headers.content_type.clone())
-            .customize()
-            .disable_payload_signing()
-            .send()
-            .await
-            .map_err(|e| classify("PutObject", key, e))?;
-        Ok(etag(out.e_tag()))
+        self.put_object(key, body.into(), headers, Some(md5)).await
     }
 
     async fn upload_part_verified(
@@ -675,22 +631,8 @@ impl ObjectStore for S3Store {
         body: Bytes,
         md5: BodyMd5,
     ) -> StoreResult<ETag> {
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(&id.0)
-            .part_number(number as i32)
-            .content_length(body.len() as i64)
-            .content_md5(content_md5(md5))
-            .body(aws_sdk_s3::primitives::ByteStream::from(body))
-            .customize()
-            .disable_payload_signing()
-            .send()
+        self.send_part((key, id, number), body.into(), Some(md5))
             .await
-            .map_err(|e| classify("UploadPart", key, e))?;
-        Ok(etag(out.e_tag()))
     }
 
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
@@ -818,6 +760,57 @@ impl S3Store {
             let _ = self.abort_multipart(to, &id).await;
         }
         result
+    }
+
+    /// A PutObject with the object options, and with a Content-MD5 when `md5` is given
+    /// (S3 then refuses a body that arrives different).
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Body,
+        headers: &ObjectHeaders,
+        md5: Option<BodyMd5>,
+    ) -> StoreResult<ETag> {
+        let request = with_write_options!(self.client.put_object(), self.write_options);
+        let out = request
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(body.len() as i64)
+            .set_content_md5(md5.map(content_md5))
+            .body(byte_stream(body))
+            .set_metadata(user_metadata(headers))
+            .set_content_type(headers.content_type.clone())
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| classify("PutObject", key, e))?;
+        Ok(etag(out.e_tag()))
+    }
+
+    /// An UploadPart, with a Content-MD5 when `md5` is given.
+    async fn send_part(
+        &self,
+        (key, id, number): (&str, &UploadId, u32),
+        body: Body,
+        md5: Option<BodyMd5>,
+    ) -> StoreResult<ETag> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&id.0)
+            .part_number(number as i32)
+            .content_length(body.len() as i64)
+            .set_content_md5(md5.map(content_md5))
+            .body(byte_stream(body))
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| classify("UploadPart", key, e))?;
+        Ok(etag(out.e_tag()))
     }
 
     /// One UploadPartCopy of `range` of `from` in `source_bucket`, if it is still
