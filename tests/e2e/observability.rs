@@ -195,28 +195,22 @@ fn upload_state_and_status_while_pending_failing_and_uploaded() {
     let cache = cache_root.path().join("cache");
     let m = TestMount::with_cache(&prefix, &cache, &["--write-back"], Some(&proxy.url()));
 
-    // Open for writing: staged, not in S3 yet. A child process another test thread
-    // forks meanwhile inherits the descriptor and flushes it when it execs (which uploads
-    // in write-back mode), so the data is rewritten (dirty again) until both answers are
-    // seen while it is pending.
+    // Open for writing: staged, not in S3 yet. A child process (this test's `s3mount
+    // status`, or one another test thread forks) inherits the descriptor and flushes it
+    // when it execs, which starts the upload in write-back mode; the proxy holds every
+    // new connection meanwhile, so the file stays pending until the test lets go.
     let draft = m.path("draft.doc");
     let f = std::fs::File::create(&draft).unwrap();
-    let mut seen = None;
-    for _ in 0..10 {
-        std::os::unix::fs::FileExt::write_all_at(&f, b"first version", 0).unwrap();
-        let before = state(&draft);
-        let out = status(m.mountpoint());
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if before == "pending" && state(&draft) == "pending" {
-            seen = Some((out, text));
-            break;
-        }
-    }
-    let (out, text) = seen.expect("the open file was never seen pending");
+    proxy.set_fault(Fault::Hold, 100);
+    std::os::unix::fs::FileExt::write_all_at(&f, b"first version", 0).unwrap();
+    assert_eq!(state(&draft), "pending");
+    let out = status(m.mountpoint());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(state(&draft), "pending");
     assert_eq!(
         out.status.code(),
         Some(0),
-        "pending uploads are not a failure"
+        "pending uploads are not a failure: {text}"
     );
     assert!(
         text.contains("uploads: 1 pending (13 B), 0 failing"),
@@ -228,6 +222,7 @@ fn upload_state_and_status_while_pending_failing_and_uploaded() {
             && l.ends_with(draft.to_str().unwrap())),
         "{text}"
     );
+    proxy.set_fault(Fault::None, 100);
     close_file(f).unwrap();
     assert!(
         eventually(Duration::from_secs(20), || state(&draft) == "uploaded"),
