@@ -255,6 +255,17 @@ impl<S: ObjectStore> S3Fs<S> {
         self.cfg.metadata_ttl
     }
 
+    /// The upload journal's live records (what a crash now would leave to recover).
+    pub fn journal_records(&self) -> Vec<crate::stage::Record> {
+        self.stages.journaled().into_values().collect()
+    }
+
+    /// Fault injection: the next `n` journal writes a close waits for fail, as on a
+    /// failing cache disk.
+    pub fn fail_next_journal_writes(&self, n: u32) {
+        self.stages.fail_next_journal_writes(n);
+    }
+
     fn valid_until(&self) -> Instant {
         Instant::now() + self.cfg.metadata_ttl
     }

@@ -12,8 +12,10 @@ use crate::stage::{RecordAttrs, Stage};
 use crate::store::{ObjectHeaders, ObjectStore};
 
 impl<S: ObjectStore> S3Fs<S> {
-    /// Makes the staged data of `ino` durable and journals it as committed.
-    pub(super) fn commit(&self, ino: u64) -> FsResult<()> {
+    /// Makes the staged data of `ino` durable and journals it as committed. The syncs
+    /// run on a blocking thread, so concurrent closers wait together and share the
+    /// journal's sync (group commit) without holding up the async workers.
+    pub(super) async fn commit(&self, ino: u64) -> FsResult<()> {
         let (stage, key, headers) = {
             let table = self.inodes.lock().unwrap();
             let Some(stage) = table.stage(ino) else {
@@ -31,14 +33,16 @@ impl<S: ObjectStore> S3Fs<S> {
         if let Some(e) = stage.broken() {
             return Err(e.into());
         }
-        Ok(stage.commit(&key, record_attrs(&headers))?)
+        let attrs = record_attrs(&headers);
+        let committed = tokio::task::spawn_blocking(move || stage.commit(&key, attrs)).await;
+        Ok(committed.map_err(|e| FsError::Io(format!("journal commit: {e}")))??)
     }
 
     /// The close of write-back mode: commit, then leave the upload to the background.
     /// It never waits for S3 (an outage must not hold closes up); a stage S3 already
     /// has (the flush before this release queued it) is not queued again.
     pub(super) async fn commit_and_queue(&self, ino: u64) -> FsResult<()> {
-        self.commit(ino)?;
+        self.commit(ino).await?;
         let Some(stage) = self.inodes.lock().unwrap().stage(ino) else {
             return Ok(());
         };

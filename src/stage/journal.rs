@@ -1,14 +1,31 @@
-//! The upload journal: one small record beside each staged file (`<stage>.rec`) saying
-//! which key it is for, with which attributes, whether its close has returned
-//! (committed) and which multipart upload it may have started. A record is replaced
-//! atomically (write a temporary file, fsync, rename, fsync the directory), so after a
-//! power cut it is either the old or the new one; a committed record is durable before
-//! the close it stands for returns. Every transition of a stage's record is made here,
-//! under the stage's record lock; recovery reads the records back.
+//! The upload journal: an append-only log per run, `<stage dir>/journal-<run id>`, of the
+//! records of staged files (which key a stage is for, with which attributes, whether its
+//! close has returned — committed — and which multipart upload it may have started).
+//!
+//! Each line is `<crc32 of the JSON, 8 hex digits> <JSON>\n` and holds a stage's whole
+//! record (or `null`: the record is gone); a later line replaces an earlier one. A
+//! committed record is durable before the close it stands for returns: the line is
+//! written, then one `fdatasync` of the log covers every line written so far, so
+//! concurrent closers share one (group commit). Lines nobody waits for (open records,
+//! removals) are only written. After a crash only lines after the last sync can be torn
+//! or garbled; a line that fails its checksum is skipped, and the line after it still
+//! counts.
+//!
+//! At open, the logs of earlier runs (and the `.rec` files of versions before the log) are
+//! read back in run order; their live records are written durably at the head of this
+//! run's log before the old files are removed, so a crash at any point leaves them in
+//! one of the two. The log is rewritten with only its live lines when dead ones dominate,
+//! and after a failed sync (a fresh file, synced and renamed into place, is the only
+//! proof the records are on disk again). One process at a time uses a stage dir (the
+//! daemon's cache-dir lock).
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -54,47 +71,341 @@ impl Record {
     }
 }
 
-fn record_path(stage: &Path) -> PathBuf {
-    let mut name = stage.as_os_str().to_owned();
-    name.push(".rec");
-    PathBuf::from(name)
+/// One line of the log: the record of the stage file `stage` (a name in the stage dir).
+#[derive(Serialize, Deserialize)]
+struct Line {
+    stage: String,
+    record: Option<Record>,
 }
 
-pub fn is_record(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "rec" || e == "tmp")
+const LOG_PREFIX: &str = "journal-";
+/// The record files of versions before the log, one beside each stage (`<stage>.rec`).
+const LEGACY_SUFFIX: &str = ".rec";
+/// Below this size the log is never rewritten.
+const COMPACT_MIN: u64 = 1 << 20;
+/// The log is rewritten once it is this many times the size of its live lines.
+const COMPACT_RATIO: u64 = 4;
+
+/// Is this file in the stage dir part of the journal (not a stage)?
+pub fn is_journal_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.starts_with(LOG_PREFIX)
+        || name.ends_with(LEGACY_SUFFIX)
+        || name.ends_with(".rec.tmp")
+        || name.ends_with(".tmp")
 }
 
-/// Replaces the record of `stage`. A committed record (a promise) is made to survive a
-/// power cut before this returns; an open one need not be.
-fn write(stage: &Path, record: &Record) -> io::Result<()> {
-    let durable = record.state == State::Committed;
-    let path = record_path(stage);
-    let mut tmp = path.clone().into_os_string();
+/// This run's log.
+pub struct Journal {
+    dir: PathBuf,
+    path: PathBuf,
+    inner: Mutex<Inner>,
+    synced: Condvar,
+    /// Test hook: this many of the next durable writes fail.
+    fail_next: AtomicU32,
+}
+
+struct Inner {
+    file: Arc<File>,
+    /// Length of the log in whole lines written.
+    len: u64,
+    /// Lines written so far, and how many of them are known to be on disk.
+    written: u64,
+    synced: u64,
+    /// A sync is under way (by the thread that started it, without the lock).
+    syncing: bool,
+    /// A sync failed and no rewrite succeeded since: lines may be lost from the file.
+    needs_rewrite: bool,
+    /// The last line of every stage that has a record, for rewriting the log.
+    live: HashMap<String, Vec<u8>>,
+    live_bytes: u64,
+}
+
+impl Journal {
+    /// Opens this run's log in `dir`, taking over what earlier runs journaled: returns
+    /// their live records by stage name.
+    pub fn open(dir: &Path, run_id: &str) -> io::Result<(Journal, HashMap<String, Record>)> {
+        let (inherited, old_files) = read_earlier(dir)?;
+        let path = dir.join(format!("{LOG_PREFIX}{run_id}"));
+        let mut live = HashMap::new();
+        for (stage, record) in &inherited {
+            live.insert(stage.clone(), encode(stage, Some(record))?);
+        }
+        let (file, len) = write_durably(dir, &path, &live)?;
+        for old in old_files {
+            if let Err(e) = std::fs::remove_file(&old)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                log::warn!("journal: could not remove {}: {e}", old.display());
+            }
+        }
+        let live_bytes = live.values().map(|l| l.len() as u64).sum();
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            path,
+            inner: Mutex::new(Inner {
+                file: Arc::new(file),
+                len,
+                written: 0,
+                synced: 0,
+                syncing: false,
+                needs_rewrite: false,
+                live,
+                live_bytes,
+            }),
+            synced: Condvar::new(),
+            fail_next: AtomicU32::new(0),
+        };
+        Ok((journal, inherited))
+    }
+
+    /// Sets the record of `stage` (a name in the stage dir); with `durable`, returns
+    /// only once it is on disk.
+    pub fn put(&self, stage: &str, record: &Record, durable: bool) -> io::Result<()> {
+        self.append(stage, Some(record), durable)
+    }
+
+    /// Removes the record of `stage` (not waited for: a lost removal only makes a
+    /// restart look at a stage file that is gone, or upload one S3 has again).
+    pub fn remove(&self, stage: &str) -> io::Result<()> {
+        self.append(stage, None, false)
+    }
+
+    /// The live records in this run's log, by stage name (for tests and tools).
+    pub fn live(&self) -> HashMap<String, Record> {
+        let inner = self.lock();
+        (inner.live.iter())
+            .filter_map(|(stage, line)| Some((stage.clone(), decode(line)?.record?)))
+            .collect()
+    }
+
+    /// Makes the next `n` durable writes fail, as a full or failing disk would.
+    pub fn fail_next_durable_writes(&self, n: u32) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn append(&self, stage: &str, record: Option<&Record>, durable: bool) -> io::Result<()> {
+        let line = encode(stage, record)?;
+        if durable && take_one(&self.fail_next) {
+            return Err(io::Error::other("journal write failed (injected)"));
+        }
+        let mut inner = self.lock();
+        if record.is_none() && !inner.live.contains_key(stage) {
+            return Ok(()); // nothing to remove
+        }
+        let at = inner.len;
+        if let Err(e) = inner.file.write_all_at(&line, at) {
+            // Cut a partial line off so the next one starts clean; if that fails too,
+            // the next line overwrites it from the same offset anyway.
+            let _ = inner.file.set_len(at);
+            return Err(e);
+        }
+        inner.len += line.len() as u64;
+        inner.written += 1;
+        let seq = inner.written;
+        if let Some(old) = inner.live.remove(stage) {
+            inner.live_bytes -= old.len() as u64;
+        }
+        if record.is_some() {
+            inner.live_bytes += line.len() as u64;
+            inner.live.insert(stage.to_string(), line);
+        }
+        if inner.len > COMPACT_MIN
+            && inner.len > COMPACT_RATIO * inner.live_bytes
+            && !inner.syncing
+            && let Err(e) = self.rewrite(&mut inner)
+        {
+            log::warn!("journal: could not rewrite {}: {e}", self.path.display());
+        }
+        if durable {
+            self.wait_synced(inner, seq)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until line `seq` is on disk: the first waiter syncs for everyone written
+    /// so far; the others wait for it and sync again only if their line came later.
+    fn wait_synced<'a>(&'a self, mut inner: MutexGuard<'a, Inner>, seq: u64) -> io::Result<()> {
+        loop {
+            if inner.synced >= seq {
+                return Ok(());
+            }
+            if inner.syncing {
+                inner = self.synced.wait(inner).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            let target = inner.written;
+            let result = if inner.needs_rewrite {
+                self.rewrite(&mut inner)
+            } else {
+                inner.syncing = true;
+                let file = inner.file.clone();
+                drop(inner);
+                let result = file.sync_data();
+                inner = self.lock();
+                inner.syncing = false;
+                match result {
+                    Ok(()) => Ok(()),
+                    // After a failed fsync the kernel may have dropped the dirty pages:
+                    // only a fresh copy of the live records, synced, proves them on disk
+                    // again; until one is made, every sync is such a rewrite.
+                    Err(e) => self.rewrite(&mut inner).map_err(|_| e),
+                }
+            };
+            inner.needs_rewrite = result.is_err();
+            if result.is_ok() {
+                inner.synced = inner.synced.max(target);
+            }
+            self.synced.notify_all();
+            result?;
+        }
+    }
+
+    /// Replaces the log by one holding only the live lines, synced (so every line
+    /// written so far counts as on disk).
+    fn rewrite(&self, inner: &mut Inner) -> io::Result<()> {
+        let (file, len) = write_durably(&self.dir, &self.path, &inner.live)?;
+        inner.file = Arc::new(file);
+        inner.len = len;
+        inner.synced = inner.written;
+        Ok(())
+    }
+}
+
+fn take_one(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+fn encode(stage: &str, record: Option<&Record>) -> io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(&Line {
+        stage: stage.to_string(),
+        record: record.cloned(),
+    })
+    .map_err(io::Error::other)?;
+    let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The entry in one line of a log (without or with its newline), or None if no part of
+/// it passes its checksum. A line glued to the garbled rest of a torn one is found
+/// where it starts.
+fn decode(line: &[u8]) -> Option<Line> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    (0..line.len())
+        .filter(|&at| line.len() > at + 9 && line[at + 8] == b' ' && line[at + 9] == b'{')
+        .find_map(|at| {
+            let crc = std::str::from_utf8(&line[at..at + 8]).ok()?;
+            let crc = u32::from_str_radix(crc, 16).ok()?;
+            let json = &line[at + 9..];
+            (crc32fast::hash(json) == crc).then(|| serde_json::from_slice(json).ok())?
+        })
+}
+
+/// Writes `live` to a temporary file, syncs it, renames it to `path` and syncs the dir.
+/// Returns the file, open for appending lines at the returned length.
+fn write_durably(
+    dir: &Path,
+    path: &Path,
+    live: &HashMap<String, Vec<u8>>,
+) -> io::Result<(File, u64)> {
+    let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut file = File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec(record).map_err(io::Error::other)?)?;
-    if durable {
-        file.sync_all()?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    let mut len = 0;
+    for line in live.values() {
+        file.write_all_at(line, len)?;
+        len += line.len() as u64;
     }
-    drop(file);
-    std::fs::rename(&tmp, &path)?;
-    if durable && let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()?;
+    Ok((file, len))
 }
 
-pub fn read(stage: &Path) -> io::Result<Record> {
-    let bytes = std::fs::read(record_path(stage))?;
-    serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// The live records of earlier runs, and the files they came from (in the order they
+/// were read: legacy record files, then logs oldest first).
+#[allow(clippy::type_complexity)]
+fn read_earlier(dir: &Path) -> io::Result<(HashMap<String, Record>, Vec<PathBuf>)> {
+    let mut logs = Vec::new();
+    let mut legacy = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(".tmp") {
+            // Half a rewrite (the log it was to replace is still there) or half a
+            // legacy record (the record before it is still there).
+            let _ = std::fs::remove_file(&path);
+        } else if let Some(run) = name.strip_prefix(LOG_PREFIX) {
+            logs.push((run_order(run), path));
+        } else if let Some(stage) = name.strip_suffix(LEGACY_SUFFIX) {
+            legacy.push((stage.to_string(), path));
+        }
+    }
+    logs.sort();
+    let mut live = HashMap::new();
+    let mut files = Vec::new();
+    for (stage, path) in legacy {
+        match std::fs::read(&path).map(|b| serde_json::from_slice::<Record>(&b)) {
+            Ok(Ok(record)) => {
+                live.insert(stage, record);
+            }
+            Ok(Err(e)) => log::warn!("journal: {} is unreadable: {e}", path.display()),
+            Err(e) => log::warn!("journal: {}: {e}", path.display()),
+        }
+        files.push(path);
+    }
+    for (_, path) in logs {
+        let bytes = std::fs::read(&path)?;
+        let mut skipped = 0;
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            match decode(line) {
+                Some(Line {
+                    stage,
+                    record: Some(record),
+                }) => {
+                    live.insert(stage, record);
+                }
+                Some(Line {
+                    stage,
+                    record: None,
+                }) => {
+                    live.remove(&stage);
+                }
+                None => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            log::warn!(
+                "journal: skipped {skipped} torn or damaged lines in {} (written after its \
+                 last sync, so nothing promised)",
+                path.display()
+            );
+        }
+        files.push(path);
+    }
+    Ok((live, files))
 }
 
-pub fn remove(stage: &Path) -> io::Result<()> {
-    match std::fs::remove_file(record_path(stage)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+/// Sort key of a run id (`<start time in hex nanoseconds>-<pid>`): runs in start order.
+fn run_order(run: &str) -> (u128, String) {
+    let time = run.split('-').next().unwrap_or("");
+    (u128::from_str_radix(time, 16).unwrap_or(0), run.to_string())
 }
 
 impl Stage {
@@ -126,7 +437,7 @@ impl Stage {
             meta: attrs.meta,
             upload_id,
         };
-        write(&self.path, &new)?;
+        self.journal.put(&self.name, &new, true)?;
         *record = Some(new);
         Ok(())
     }
@@ -138,7 +449,7 @@ impl Stage {
             return;
         }
         let new = Record::open(key);
-        match write(&self.path, &new) {
+        match self.journal.put(&self.name, &new, false) {
             Ok(()) => *record = Some(new),
             Err(e) => log::warn!("journal {}: {e}", self.path.display()),
         }
@@ -159,7 +470,8 @@ impl Stage {
                 ..Record::open(key)
             },
         };
-        match write(&self.path, &new) {
+        let durable = new.state == State::Committed;
+        match self.journal.put(&self.name, &new, durable) {
             Ok(()) => *record = Some(new),
             Err(e) => log::warn!("journal {}: {e}", self.path.display()),
         }
@@ -170,7 +482,8 @@ impl Stage {
         let mut record = self.record.lock().unwrap();
         if let Some(r) = record.as_mut() {
             r.key = key.to_string();
-            write(&self.path, r)?;
+            let durable = r.state == State::Committed;
+            self.journal.put(&self.name, r, durable)?;
         }
         Ok(())
     }
@@ -179,17 +492,18 @@ impl Stage {
     pub(super) fn settle_record(&self, version: u64) {
         let mut record = self.record.lock().unwrap();
         if record.as_ref().is_some_and(|r| r.version <= version) {
-            if let Err(e) = remove(&self.path) {
-                log::warn!("journal {}: {e}", self.path.display());
-            }
-            *record = None;
+            self.drop_record(&mut record);
         }
     }
 
     /// The file is gone: its record must not bring it back after a crash.
     pub(super) fn forget_record(&self) {
         let mut record = self.record.lock().unwrap();
-        if let Err(e) = remove(&self.path) {
+        self.drop_record(&mut record);
+    }
+
+    fn drop_record(&self, record: &mut Option<Record>) {
+        if let Err(e) = self.journal.remove(&self.name) {
             log::warn!("journal {}: {e}", self.path.display());
         }
         *record = None;
@@ -197,30 +511,4 @@ impl Stage {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_round_trip_and_replace_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        let stage = dir.path().join("s-1");
-        let mut rec = Record {
-            key: "docs/a b\nc.pdf".into(),
-            state: State::Open,
-            size: 5,
-            version: 2,
-            meta: vec![("mode".into(), "33188".into())],
-            upload_id: None,
-        };
-        write(&stage, &rec).unwrap();
-        assert_eq!(read(&stage).unwrap(), rec);
-        rec.state = State::Committed;
-        rec.upload_id = Some("u".into());
-        write(&stage, &rec).unwrap();
-        assert_eq!(read(&stage).unwrap(), rec);
-        assert!(is_record(&record_path(&stage)));
-        remove(&stage).unwrap();
-        assert!(read(&stage).is_err());
-        remove(&stage).unwrap();
-    }
-}
+mod tests;

@@ -4,18 +4,20 @@
 //! from S3 lazily: a writer that rewrites the file from offset 0 never downloads it, any
 //! other access fetches the rest first. A stage file is deleted only once S3 has its
 //! content (or the file was deleted); a stage that failed to upload stays on disk.
-//! Uploads of a stage take turns ([`Stage::upload_turn`]); the journal record beside
-//! each stage is changed only by `journal.rs`, and what an earlier run left is read back
-//! by `recover.rs`; fallocate and SEEK_DATA/SEEK_HOLE are in `space.rs`. Errors are
+//! Uploads of a stage take turns ([`Stage::upload_turn`]); the journal (one log per run)
+//! is changed only by `journal.rs`, and what an earlier run left is read back by
+//! `recover.rs`. Stage files are created ahead in batches, one directory sync per batch,
+//! so a close's fsync never waits for a directory entry; fallocate and SEEK_DATA/SEEK_HOLE are in `space.rs`. Errors are
 //! [`StageError`]s: local I/O, a full cache disk, or S3 when the rest of a file is
 //! fetched.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use futures::StreamExt;
@@ -33,7 +35,8 @@ use tail::{Direct, Tail};
 
 use crate::store::{ETag, ObjectStore, StoreError};
 use crate::upload::{PartSource, Streaming};
-use journal::Record;
+use journal::Journal;
+pub use journal::{Record, State as RecordState};
 
 /// What can go wrong with a staged file.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -57,11 +60,19 @@ impl From<io::Error> for StageError {
     }
 }
 
+/// How many stage files are created (and their directory synced) at a time.
+const SPARE_BATCH: usize = 32;
+
 /// The folder of staged files.
 pub struct StageDir {
     dir: PathBuf,
     next: AtomicU64,
     run_id: String,
+    journal: Arc<Journal>,
+    /// What earlier runs journaled, by stage file name (for recovery).
+    inherited: HashMap<String, Record>,
+    /// Empty stage files of this run whose directory entries are on disk already.
+    spares: Mutex<Vec<PathBuf>>,
 }
 
 impl StageDir {
@@ -71,11 +82,16 @@ impl StageDir {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        // Unique per open, also when one process opens the same dir twice.
+        let run_id = format!("{:x}-{}", now.as_nanos(), std::process::id());
+        let (journal, inherited) = Journal::open(&dir, &run_id)?;
         Ok(StageDir {
             dir,
             next: AtomicU64::new(1),
-            // Unique per open, also when one process opens the same dir twice.
-            run_id: format!("{:x}-{}", now.as_nanos(), std::process::id()),
+            run_id,
+            journal: Arc::new(journal),
+            inherited,
+            spares: Mutex::new(Vec::new()),
         })
     }
 
@@ -85,14 +101,64 @@ impl StageDir {
 
     /// A new, empty stage; `base` is the object it stands for, fetched on demand.
     pub fn create(&self, base: Option<RemoteBase>) -> StageResult<Stage> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("{}-{n}", self.run_id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok(Stage::new(path, file, base, 0))
+        let path = self.spare()?;
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        Ok(Stage::new(path, file, base, 0, self.journal.clone()))
+    }
+
+    /// An empty stage file whose directory entry is on disk (a data sync of the file
+    /// then makes its content durable under its name).
+    fn spare(&self) -> io::Result<PathBuf> {
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = spares.pop() {
+            return Ok(path);
+        }
+        let mut made = Vec::with_capacity(SPARE_BATCH);
+        let result = (|| {
+            for _ in 0..SPARE_BATCH {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                let path = self.dir.join(format!("{}-{n}", self.run_id));
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)?;
+                made.push(path);
+            }
+            File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(e) = result {
+            for path in made {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        made.reverse(); // handed out in creation order
+        let path = made.pop().expect("a batch is never empty");
+        *spares = made;
+        Ok(path)
+    }
+
+    /// The live journal records of this run, by stage file name.
+    pub fn journaled(&self) -> HashMap<String, Record> {
+        self.journal.live()
+    }
+
+    /// Makes the next `n` journal writes that a close waits for fail (a failing disk).
+    pub fn fail_next_journal_writes(&self, n: u32) {
+        self.journal.fail_next_durable_writes(n);
+    }
+}
+
+impl Drop for StageDir {
+    fn drop(&mut self) {
+        for path in self
+            .spares
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -151,6 +217,9 @@ impl StageState {
 
 pub struct Stage {
     path: PathBuf,
+    /// The file's name in the stage dir: what the journal knows it by.
+    name: String,
+    journal: Arc<Journal>,
     file: File,
     direct: Direct,
     /// The journal record as last written (None: there is no record file).
@@ -207,12 +276,24 @@ pub struct Snapshot {
 }
 
 impl Stage {
-    fn new(path: PathBuf, file: File, base: Option<RemoteBase>, size: u64) -> Stage {
+    fn new(
+        path: PathBuf,
+        file: File,
+        base: Option<RemoteBase>,
+        size: u64,
+        journal: Arc<Journal>,
+    ) -> Stage {
         let append_only = base.is_none() && size == 0;
         let has_base = base.is_some();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Stage {
             direct: Direct::open(&path),
             record: Mutex::new(None),
+            name,
+            journal,
             path,
             file,
             state: Mutex::new(StageState {

@@ -1,13 +1,15 @@
 //! What an earlier run left in the stage folder: data files whose upload did not finish,
 //! each with its journal record if it had one. A committed one (its close or fsync
 //! returned) must still reach S3; one whose close never returned was never promised and
-//! is set aside in `orphaned/` for the operator, never uploaded. Files of this run (by
+//! is set aside in `orphaned/` for the operator, never uploaded; an empty one without a
+//! record (a stage file created ahead and never used) is removed. Files of this run (by
 //! their run id) are never leftovers.
 
 use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::Record;
 use super::journal::{self, State};
 use super::{Stage, StageDir, StageResult};
 
@@ -38,7 +40,7 @@ impl StageDir {
         };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| !journal::is_record(p))
+            .filter(|p| !journal::is_journal_file(p))
             .filter(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
@@ -48,8 +50,13 @@ impl StageDir {
         files.sort();
         files
             .into_iter()
-            .map(|path| {
-                let record = journal::read(&path).ok();
+            .filter_map(|path| {
+                let record = self.inherited_record(&path);
+                if record.is_none() && std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                    // Created ahead and never written: nothing to keep.
+                    let _ = std::fs::remove_file(&path);
+                    return None;
+                }
                 let multipart = record
                     .as_ref()
                     .and_then(|r| Some((r.key.clone(), r.upload_id.clone()?)));
@@ -60,20 +67,28 @@ impl StageDir {
                         meta: r.meta,
                         size: r.size,
                     });
-                Leftover {
+                Some(Leftover {
                     path,
                     multipart,
                     committed,
-                }
+                })
             })
             .collect()
+    }
+
+    fn inherited_record(&self, path: &Path) -> Option<Record> {
+        let name = path.file_name()?.to_str()?;
+        self.inherited.get(name).cloned()
     }
 
     /// A stage over a data file an earlier run left, for recovery.
     pub fn adopt(&self, path: &Path) -> StageResult<Stage> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let size = file.metadata()?.len();
-        Ok(Stage::new(path.to_path_buf(), file, None, size))
+        let stage = Stage::new(path.to_path_buf(), file, None, size, self.journal.clone());
+        // The record it had stays its record (an upload noted in it keeps the promise).
+        *stage.record.lock().unwrap() = self.inherited_record(path);
+        Ok(stage)
     }
 
     /// Moves a leftover that was never promised to `orphaned/` in the cache dir, and
@@ -86,6 +101,7 @@ impl StageDir {
         std::fs::create_dir_all(&aside)?;
         let name = leftover.path.file_name().unwrap_or_default();
         std::fs::rename(&leftover.path, aside.join(name))?;
-        journal::remove(&leftover.path)
+        let name = name.to_string_lossy();
+        self.journal.remove(&name)
     }
 }

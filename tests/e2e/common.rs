@@ -465,12 +465,7 @@ impl TestMount {
 
     /// Data files still staged (not confirmed by S3) in the cache dir.
     pub fn staged_files(&self) -> usize {
-        std::fs::read_dir(self.cache.join("stage"))
-            .map(|d| {
-                d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_none()))
-                    .count()
-            })
-            .unwrap_or(0)
+        staged_data_files(&self.cache).len()
     }
 
     /// Unmounts (as an operator would, `fusermount3 -u`) and waits for the daemon to
@@ -510,6 +505,23 @@ pub const UNMOUNT_BUSY_FOR: Duration = Duration::from_secs(10);
 /// test thread is starting (fork copies every open file; exec closes it, with a FLUSH
 /// that waits for the daemon). A mount still busy after that is an error that names the
 /// processes using it.
+/// The staged files holding data in a cache dir: not the journal, not the empty
+/// stage files made ahead for later use.
+pub fn staged_data_files(cache: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(cache.join("stage")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !name.starts_with("journal-") && !name.contains('.')
+        })
+        .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+        .map(|e| e.path())
+        .collect()
+}
+
 pub fn fuse_unmount(dir: &Path) -> Result<(), String> {
     let started = Instant::now();
     let mut busy_seen = Vec::new();

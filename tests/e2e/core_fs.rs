@@ -9,7 +9,7 @@ use s3mount::fs::{Caller, FsError, Kind, OpenMode, ROOT, S3Fs};
 use s3mount::store::StoreError;
 use s3mount::store::memory::{MemoryStore, Op};
 
-use crate::common::{MIB, core_config};
+use crate::common::{MIB, core_config, staged_data_files};
 
 struct Fixture {
     store: Arc<MemoryStore>,
@@ -85,10 +85,7 @@ async fn small_file_is_one_put_with_s3fs_metadata() {
     assert!(meta.contains(&("mode".into(), (libc::S_IFREG | 0o644).to_string())));
     assert!(meta.contains(&("uid".into(), "1000".into())));
     // The stage is gone once S3 has the file.
-    let staged = std::fs::read_dir(f.cache.path().join("stage"))
-        .unwrap()
-        .count();
-    assert_eq!(staged, 0);
+    assert!(staged_data_files(f.cache.path()).is_empty());
 }
 
 #[tokio::test]
@@ -354,13 +351,9 @@ async fn failed_upload_returns_eio_keeps_the_stage_and_retries() {
     f.store
         .fail_next(Op::Put, 1, StoreError::Transient("HTTP 500".into()));
     assert!(f.fs.release(fh).await.is_err());
-    let staged: Vec<_> = std::fs::read_dir(f.cache.path().join("stage"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_none())
-        .collect();
+    let staged = staged_data_files(f.cache.path());
     assert_eq!(staged.len(), 1, "the staged data is kept");
-    assert_eq!(records(f.cache.path()).len(), 1, "and journaled");
+    assert_eq!(records(&f.fs).len(), 1, "and journaled");
     f.fs.retry_failed_uploads().await;
     assert_eq!(f.store.object("doc").unwrap(), &b"precious"[..]);
     assert_eq!(f.fs.dirty_count(), 0);
@@ -434,14 +427,9 @@ fn write_back_fixture(store: Arc<MemoryStore>, cache: &std::path::Path) -> Arc<S
 }
 
 /// The journal records in the cache dir, as JSON.
-fn records(cache: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_dir(cache.join("stage"))
-        .unwrap()
-        .filter_map(|e| {
-            let p = e.unwrap().path();
-            (p.extension().is_some_and(|x| x == "rec"))
-                .then(|| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        })
+fn records<S: s3mount::store::ObjectStore>(fs: &S3Fs<S>) -> Vec<serde_json::Value> {
+    (fs.journal_records().into_iter())
+        .map(|r| serde_json::to_value(r).unwrap())
         .collect()
 }
 
@@ -459,7 +447,7 @@ async fn write_back_close_returns_once_durable_and_uploads_in_the_background() {
     fs.write(fh, 0, b"saved").await.unwrap();
     fs.flush(fh).await.unwrap();
     fs.release(fh).await.unwrap();
-    let recs = records(cache.path());
+    let recs = records(&fs);
     assert_eq!(recs.len(), 1, "close committed a journal record");
     assert_eq!(recs[0]["key"], "wb.txt");
     assert_eq!(recs[0]["state"], "committed");
@@ -473,7 +461,7 @@ async fn write_back_close_returns_once_durable_and_uploads_in_the_background() {
     }
     assert_eq!(store.object("wb.txt").unwrap(), &b"saved"[..]);
     assert!(
-        eventually(|| records(cache.path()).is_empty()).await,
+        eventually(|| records(&fs).is_empty()).await,
         "the record goes once S3 has the file"
     );
 }
@@ -537,7 +525,7 @@ async fn recovery_uploads_committed_files_and_sets_unfinished_ones_aside() {
         .unwrap()
         .count();
     assert_eq!(aside, 2, "unfinished data is kept aside, not deleted");
-    assert!(records(cache.path()).is_empty());
+    assert!(records(&fs).is_empty());
     // A second recovery finds nothing more to do.
     assert_eq!(fs.recover().await, Default::default());
 }
@@ -622,17 +610,8 @@ async fn a_failed_journal_write_fails_a_write_back_close() {
     let fs = write_back_fixture(store.clone(), cache.path());
     let (_, fh) = fs.create(ROOT, OsStr::new("j"), 0o644, ME).await.unwrap();
     fs.write(fh, 0, b"data").await.unwrap();
-    // A directory where the journal writes its next record makes that write fail.
-    let stage_dir = cache.path().join("stage");
-    let staged = std::fs::read_dir(&stage_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_none())
-        .expect("one staged file");
-    let blocker = std::path::PathBuf::from(format!("{}.rec.tmp", staged.display()));
-    std::fs::create_dir(&blocker).unwrap();
+    fs.fail_next_journal_writes(1);
     let err = fs.flush(fh).await.unwrap_err();
-    std::fs::remove_dir(&blocker).unwrap();
     assert_eq!(
         err.errno(),
         libc::EIO,
@@ -640,7 +619,7 @@ async fn a_failed_journal_write_fails_a_write_back_close() {
     );
     // The next close succeeds and is durable.
     fs.flush(fh).await.unwrap();
-    assert_eq!(records(cache.path())[0]["state"], "committed");
+    assert_eq!(records(&fs)[0]["state"], "committed");
     fs.release(fh).await.unwrap();
 }
 
