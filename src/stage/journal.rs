@@ -125,7 +125,9 @@ impl Journal {
     /// Opens this run's log in `dir`, taking over what earlier runs journaled: returns
     /// their live records by stage name.
     pub fn open(dir: &Path, run_id: &str) -> io::Result<(Journal, HashMap<String, Record>)> {
-        let (inherited, old_files) = read_earlier(dir)?;
+        let (mut inherited, old_files) = read_earlier(dir)?;
+        // A record whose stage file is gone (its removal was not on disk yet) is moot.
+        inherited.retain(|stage, _| dir.join(stage).exists());
         let path = dir.join(format!("{LOG_PREFIX}{run_id}"));
         let mut live = HashMap::new();
         for (stage, record) in &inherited {

@@ -7,9 +7,9 @@
 //! Uploads of a stage take turns ([`Stage::upload_turn`]); the journal (one log per run)
 //! is changed only by `journal.rs`, and what an earlier run left is read back by
 //! `recover.rs`. Stage files are created ahead in batches, one directory sync per batch,
-//! so a close's fsync never waits for a directory entry; fallocate and SEEK_DATA/SEEK_HOLE are in `space.rs`. Errors are
-//! [`StageError`]s: local I/O, a full cache disk, or S3 when the rest of a file is
-//! fetched.
+//! so a close's fsync never waits for a directory entry. Fallocate and
+//! SEEK_DATA/SEEK_HOLE are in `space.rs`. Errors are [`StageError`]s: local I/O, a full
+//! cache disk, or S3 when the rest of a file is fetched.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

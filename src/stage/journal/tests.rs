@@ -19,6 +19,13 @@ fn record(key: &str, state: State, version: u64) -> Record {
     }
 }
 
+/// Stage files for the records the tests write (a record without its file is dropped).
+fn stage_files(dir: &Path) {
+    for name in (0..100).map(|i| format!("s-{i}")).chain(["s-kept".into()]) {
+        std::fs::write(dir.join(name), b"data").unwrap();
+    }
+}
+
 fn logs(dir: &Path) -> Vec<PathBuf> {
     let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -35,6 +42,7 @@ fn logs(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn records_survive_a_reopen_and_the_last_line_of_a_stage_wins() {
     let dir = tempfile::tempdir().unwrap();
+    stage_files(dir.path());
     let (j, inherited) = Journal::open(dir.path(), "1-1").unwrap();
     assert!(inherited.is_empty());
     j.put("s-1", &record("docs/a b\nc.pdf", State::Open, 0), false)
@@ -71,6 +79,7 @@ fn records_survive_a_reopen_and_the_last_line_of_a_stage_wins() {
 #[test]
 fn a_torn_or_garbled_line_is_skipped_and_the_lines_after_it_count() {
     let dir = tempfile::tempdir().unwrap();
+    stage_files(dir.path());
     let (j, _) = Journal::open(dir.path(), "1-1").unwrap();
     for i in 0..5 {
         j.put(&format!("s-{i}"), &record("k", State::Committed, i), true)
@@ -103,6 +112,7 @@ fn a_torn_or_garbled_line_is_skipped_and_the_lines_after_it_count() {
 #[test]
 fn every_prefix_of_a_log_reads_back_as_a_prefix_of_its_history() {
     let dir = tempfile::tempdir().unwrap();
+    stage_files(dir.path());
     let (j, _) = Journal::open(dir.path(), "1-1").unwrap();
     let mut history = vec![HashMap::new()];
     let mut state = HashMap::new();
@@ -121,8 +131,20 @@ fn every_prefix_of_a_log_reads_back_as_a_prefix_of_its_history() {
     drop(j);
     let log = logs(dir.path()).pop().unwrap();
     let bytes = std::fs::read(&log).unwrap();
-    for cut in 0..=bytes.len() {
+    // Every line boundary and the bytes around it, and every third byte between.
+    let ends: Vec<usize> = (bytes.iter().enumerate())
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i + 1)
+        .collect();
+    let mut cuts: Vec<usize> = (0..=bytes.len()).step_by(3).collect();
+    for end in ends {
+        cuts.extend([end - 1, end, (end + 1).min(bytes.len())]);
+    }
+    for cut in cuts {
         let sub = tempfile::tempdir().unwrap();
+        for i in 0..4 {
+            std::fs::write(sub.path().join(format!("s-{i}")), b"data").unwrap();
+        }
         std::fs::write(sub.path().join("journal-1-1"), &bytes[..cut]).unwrap();
         let (_, inherited) = Journal::open(sub.path(), "2-1").unwrap();
         assert!(
@@ -136,6 +158,7 @@ fn every_prefix_of_a_log_reads_back_as_a_prefix_of_its_history() {
 #[test]
 fn concurrent_durable_writers_all_return_with_their_lines_on_disk() {
     let dir = tempfile::tempdir().unwrap();
+    stage_files(dir.path());
     let (j, _) = Journal::open(dir.path(), "1-1").unwrap();
     let j = Arc::new(j);
     let threads: Vec<_> = (0..16)
@@ -167,6 +190,7 @@ fn concurrent_durable_writers_all_return_with_their_lines_on_disk() {
 #[test]
 fn the_log_is_rewritten_when_dead_lines_dominate() {
     let dir = tempfile::tempdir().unwrap();
+    stage_files(dir.path());
     let (j, _) = Journal::open(dir.path(), "1-1").unwrap();
     let keep = record("kept", State::Committed, 1);
     j.put("s-kept", &keep, true).unwrap();
@@ -196,6 +220,7 @@ fn records_of_versions_before_the_log_are_taken_over() {
         serde_json::to_vec(&old).unwrap(),
     )
     .unwrap();
+    std::fs::write(dir.path().join("abc-7"), b"data").unwrap();
     std::fs::write(dir.path().join("abc-8.rec.tmp"), b"{half").unwrap();
     std::fs::write(dir.path().join("abc-9.rec"), b"not json").unwrap();
     let (j, inherited) = Journal::open(dir.path(), "1-1").unwrap();
@@ -204,7 +229,13 @@ fn records_of_versions_before_the_log_are_taken_over() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, ["journal-1-1"], "the record files were taken over");
+    let mut left = left;
+    left.sort();
+    assert_eq!(
+        left,
+        ["abc-7", "journal-1-1"],
+        "the record files were taken over"
+    );
     drop(j);
     let (_, inherited) = Journal::open(dir.path(), "2-1").unwrap();
     assert_eq!(inherited, [("abc-7".to_string(), old)].into());
@@ -213,6 +244,7 @@ fn records_of_versions_before_the_log_are_taken_over() {
 #[test]
 fn a_failed_durable_write_fails_and_the_next_one_succeeds() {
     let dir = tempfile::tempdir().unwrap();
+    stage_files(dir.path());
     let (j, _) = Journal::open(dir.path(), "1-1").unwrap();
     j.fail_next_durable_writes(1);
     let r = record("k", State::Committed, 1);
@@ -221,4 +253,21 @@ fn a_failed_durable_write_fails_and_the_next_one_succeeds() {
     drop(j);
     let (_, inherited) = Journal::open(dir.path(), "2-1").unwrap();
     assert_eq!(inherited, [("s-1".to_string(), r)].into());
+}
+
+#[test]
+fn a_record_whose_stage_file_is_gone_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    stage_files(dir.path());
+    let (j, _) = Journal::open(dir.path(), "1-1").unwrap();
+    j.put("s-1", &record("k", State::Committed, 1), true)
+        .unwrap();
+    j.put("s-2", &record("k2", State::Committed, 1), true)
+        .unwrap();
+    drop(j);
+    // The upload finished and the file went, but the removal line never reached disk.
+    std::fs::remove_file(dir.path().join("s-2")).unwrap();
+    let (j, inherited) = Journal::open(dir.path(), "2-1").unwrap();
+    assert_eq!(inherited.keys().collect::<Vec<_>>(), ["s-1"]);
+    assert_eq!(j.live().len(), 1);
 }
