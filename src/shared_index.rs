@@ -218,6 +218,7 @@ pub fn decode(dir: &str, object: &[u8]) -> Result<DirIndex, &'static str> {
 
 /// The index object `key` of directory `dir`, if there is a usable one (one GET).
 pub async fn fetch<S: ObjectStore>(store: &S, key: &str, dir: &str) -> Option<DirIndex> {
+    let started = Instant::now();
     let object = match store.head_and_start(key, MAX_OBJECT_BYTES).await {
         Ok((meta, bytes)) if meta.size == bytes.len() as u64 => bytes,
         Ok((meta, _)) => {
@@ -234,7 +235,15 @@ pub async fn fetch<S: ObjectStore>(store: &S, key: &str, dir: &str) -> Option<Di
         }
     };
     match decode(dir, &object) {
-        Ok(index) => Some(index),
+        Ok(index) => {
+            log::debug!(
+                "shared metadata index {key:?}: {} entries, {} bytes, read in {:?}",
+                index.len(),
+                object.len(),
+                started.elapsed()
+            );
+            Some(index)
+        }
         Err(why) => {
             log::warn!("shared metadata index {key:?} ignored ({why}); it will be rewritten");
             None
@@ -264,10 +273,8 @@ pub struct Pass {
     /// Files of the listing with their versions (empty once over [`MAX_ENTRIES`]).
     listed: Vec<(String, Version)>,
     overflow: bool,
-    /// Indexable answers of this pass, by name.
+    /// Indexable HEAD answers of this pass, by name.
     learned: HashMap<String, Entry>,
-    /// Answers of this pass that cost a HEAD and could be indexed.
-    headed: usize,
 }
 
 impl Pass {
@@ -299,19 +306,26 @@ impl Pass {
         self.loaded.as_ref()?.as_ref()?.get(name, listed)
     }
 
-    /// An indexable answer of this pass; `headed` if it cost a HEAD.
-    pub fn learn(&mut self, entry: Entry, headed: bool) {
+    /// Every file of the directory is listed: one too small for an object asks for
+    /// none.
+    pub fn note_finished(&mut self) {
+        if self.loaded.is_none() && self.listed.len() < MIN_ENTRIES {
+            self.loaded = Some(None);
+        }
+    }
+
+    /// An indexable HEAD answer of this pass.
+    pub fn learn(&mut self, entry: Entry) {
         if self.overflow {
             return;
         }
-        self.headed += usize::from(headed);
         self.learned.insert(entry.name.clone(), entry);
     }
 
     /// Whether the pass is worth an object: it HEAD'd what the object could have
     /// answered, and the directory's size is within bounds.
     pub fn worth_writing(&self) -> bool {
-        self.headed > 0 && !self.overflow && self.listed.len() >= MIN_ENTRIES
+        !self.learned.is_empty() && !self.overflow && self.listed.len() >= MIN_ENTRIES
     }
 
     /// The entries of the object after a whole pass: for each listed file, its answer
@@ -488,7 +502,7 @@ mod tests {
         let changed = version("\"new\"", 5, at(50));
         pass.listed[0].1 = changed.clone();
         let fresh = Entry::from_answer("f0", &changed, &head(&changed, "1"), at(3600)).unwrap();
-        pass.learn(fresh.clone(), true);
+        pass.learn(fresh.clone());
         assert!(pass.worth_writing());
         let written = pass.into_entries(|_, _| None).unwrap();
         assert_eq!(written.len(), 20);
@@ -502,7 +516,7 @@ mod tests {
         let mut pass = Pass::default();
         for (e, v) in list.into_iter().zip(versions) {
             pass.note_listed(&e.name.clone(), v);
-            pass.learn(e, true);
+            pass.learn(e);
         }
         assert!(!pass.worth_writing());
         let mut pass = Pass::default();
@@ -511,7 +525,7 @@ mod tests {
             pass.note_listed(&format!("f{i}"), v.clone());
         }
         let e = Entry::from_answer("f0", &v, &head(&v, "1"), at(3600)).unwrap();
-        pass.learn(e, true);
+        pass.learn(e);
         assert!(!pass.worth_writing());
     }
 

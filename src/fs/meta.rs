@@ -122,7 +122,7 @@ impl<S: ObjectStore> S3Fs<S> {
 
     /// [`S3Fs::complete_attr`], answered by `known` instead of a HEAD if it is about the
     /// version listed (otherwise by the local index, or a HEAD). Also returns, with
-    /// `--shared-metadata-index`, the answer for the listed version.
+    /// `--shared-metadata-index`, what a HEAD answered for the listed version.
     pub(super) async fn complete_attr_from(
         &self,
         ino: u64,
@@ -180,13 +180,15 @@ impl<S: ObjectStore> S3Fs<S> {
         {
             self.index.flush().await;
         }
+        // (An index's answer is in the local index or the shared object already.)
         let learned = match (&listed, &head) {
-            (Some(listed), Ok(meta)) if self.cfg.shared_metadata_index => Some(Learned {
-                version: listed.clone(),
-                meta: meta.clone(),
-                checked_at: known.as_ref().map_or(checked_at, |k| k.settled_at),
-                headed: known.is_none(),
-            }),
+            (Some(listed), Ok(meta)) if self.cfg.shared_metadata_index && known.is_none() => {
+                Some(Learned {
+                    version: listed.clone(),
+                    meta: meta.clone(),
+                    checked_at,
+                })
+            }
             _ => None,
         };
         let mut table = self.inodes.lock().unwrap();

@@ -85,6 +85,9 @@ impl<S: ObjectStore> S3Fs<S> {
                 .unwrap()
                 .mark_listed(cursor.ino(), until, paged);
         }
+        if finished {
+            self.note_finished_pass(&mut cursor);
+        }
         let prefix = cursor.prefix().to_string();
         let completed = self
             .complete_meta(&mut batch, Some((&prefix, &mut cursor.shared)))

@@ -34,21 +34,19 @@ impl Known {
     }
 }
 
-/// The answer completing an entry found for its listed version.
+/// What a HEAD answered for an entry's listed version.
 pub(super) struct Learned {
     pub version: Version,
     pub meta: ObjectMeta,
-    /// When the HEAD was sent (or the answer was known settled).
+    /// When the HEAD was sent.
     pub checked_at: SystemTime,
-    /// It cost a HEAD.
-    pub headed: bool,
 }
 
 impl Learned {
     /// Keeps the answer for the directory's object, if it may be indexed.
     pub fn add_to(self, pass: &mut Pass, name: &str) {
         if let Some(entry) = Entry::from_answer(name, &self.version, &self.meta, self.checked_at) {
-            pass.learn(entry, self.headed);
+            pass.learn(entry);
         }
     }
 }
@@ -116,6 +114,14 @@ impl<S: ObjectStore> S3Fs<S> {
         known
     }
 
+    /// A whole pass over the cursor's directory ends with the batch being completed: a
+    /// directory too small for an object does not ask for one.
+    pub(super) fn note_finished_pass(&self, cursor: &mut DirCursor<S>) {
+        if self.cfg.shared_metadata_index {
+            cursor.shared.note_finished();
+        }
+    }
+
     /// After a whole pass over the cursor's directory: writes the directory's shared
     /// object in the background if the pass had to HEAD what it could have answered
     /// (and this mount did not write it within `shared_index::WRITE_EVERY`). A
@@ -133,7 +139,8 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         let (store, index) = (self.store.clone(), self.index.clone());
         tokio::spawn(async move {
-            // Entries this pass did not complete (known before it) from the local index.
+            // Entries this pass did not HEAD (known before it, or answered by the local
+            // index) from the local index.
             let entries = tokio::task::spawn_blocking(move || {
                 pass.into_entries(|name, version| {
                     let meta = index.get(&format!("{prefix}{name}"), version)?;
