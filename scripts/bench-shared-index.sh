@@ -4,7 +4,8 @@
 #
 #   scripts/bench-shared-index.sh            (BENCH_LS_OBJECTS=10000 objects)
 #
-# N objects with s3fs metadata (modes 0600..0607, every tenth a symlink) are written by
+# N objects with s3fs metadata (modes 0600..0607; every BENCH_SYMLINK_EVERY-th a symlink,
+# default none: `ls -l` reads a symlink's target with a GET each) are written by
 # `s3mount migrate`. Host A (its own cache dir) lists them cold: a HEAD each, then it writes
 # the directory's index object. Host B (another cache dir) lists them for the first time:
 # one LIST and one GET. Host C (a third cache dir, without the option) shows the cold
@@ -14,6 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/common.sh
 
 N=${BENCH_LS_OBJECTS:-10000}
+SYMLINK_EVERY=${BENCH_SYMLINK_EVERY:-0}
 
 ensure_apt_packages
 cargo build --release --bin s3mount --example rawbench
@@ -87,12 +89,12 @@ time_ls() {
 
 echo "== $N objects with s3fs metadata (s3mount migrate)"
 mkdir -p "$WORK/src"
-python3 - "$WORK/src" "$N" <<'PY'
+python3 - "$WORK/src" "$N" "$SYMLINK_EVERY" <<'PY'
 import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
+root, n, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 for i in range(n):
     path = os.path.join(root, f"doc{i:06d}")
-    if i % 10 == 0:
+    if every and i % every == 0:
         os.symlink(f"target-{i}", path)
     else:
         with open(path, "wb") as f:

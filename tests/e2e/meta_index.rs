@@ -321,13 +321,24 @@ async fn the_shared_index_name_is_reserved() {
         assert_eq!(refused.errno(), libc::EPERM);
         let refused = fs.create(1, name, 0o644, caller).await.unwrap_err();
         assert_eq!(refused.errno(), libc::EPERM);
+        let refused = fs
+            .symlink(1, name, Path::new("t"), caller)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.errno(), libc::EPERM);
         let sub = fs.lookup(1, std::ffi::OsStr::new("sub")).await.unwrap();
+        let moved = fs.rename(sub.ino, name, 1, name, false).await.unwrap_err();
+        assert_eq!(moved.errno(), libc::EPERM, "nothing is renamed onto it");
+        // Nothing deletes it (so nothing trashes it either).
+        assert_eq!(fs.unlink(1, name).await.unwrap_err().errno(), libc::ENOENT);
+        assert_eq!(fs.rmdir(1, name).await.unwrap_err().errno(), libc::ENOENT);
         assert!(
             fs.lookup(sub.ino, name).await.is_ok(),
             "reserved at the root only"
         );
     }
     assert_eq!(store.object("p/.s3mount-index/v1/0123").unwrap(), &b"x"[..]);
+    assert!(store.object("p/sub/.s3mount-index").is_some());
 }
 
 #[tokio::test]
