@@ -212,6 +212,12 @@ pub struct MountArgs {
     /// a few hundred bytes each; 0 turns it off).
     #[arg(long, value_name = "N")]
     pub metadata_index_entries: Option<u64>,
+    /// Keep self-validating metadata index objects in the bucket, under the mount's
+    /// hidden `.s3mount-index/` prefix, so that another host's first `ls -l` of a
+    /// directory costs one GET instead of a HEAD per entry (also -o
+    /// shared_metadata_index).
+    #[arg(long)]
+    pub shared_metadata_index: bool,
     /// Allow mounting over a non-empty directory.
     #[arg(long)]
     pub nonempty: bool,
@@ -368,6 +374,7 @@ impl MountArgs {
                 metadata_index_entries: self
                     .metadata_index_entries
                     .unwrap_or(crate::meta_index::DEFAULT_MAX_ENTRIES),
+                shared_metadata_index: self.shared_metadata_index,
             },
             bucket,
             mountpoint,

@@ -13,6 +13,11 @@ use crate::store::{ObjectHeaders, ObjectMeta};
 pub const MAX_NAME: usize = 255;
 pub const MAX_KEY: usize = 1024;
 
+/// The name, at the mount's root, of the prefix that holds the shared metadata index
+/// (`--shared-metadata-index`). Reserved: never listed, found or created through the
+/// mount, with or without the option.
+pub const SHARED_INDEX_NAME: &str = ".s3mount-index";
+
 /// Normalises a user-given prefix: no leading `/`, a trailing `/` unless empty.
 pub fn normalize_prefix(prefix: &str) -> String {
     let p = prefix.trim_start_matches('/');
@@ -52,6 +57,22 @@ impl Layout {
         } else {
             format!("{}{}/", self.prefix, path)
         }
+    }
+
+    /// Whether `name` in directory `dir_prefix` is the reserved [`SHARED_INDEX_NAME`].
+    pub fn is_reserved(&self, dir_prefix: &str, name: &str) -> bool {
+        name == SHARED_INDEX_NAME && dir_prefix == self.prefix
+    }
+
+    /// The key of the shared index object of directory `path` ("" = the root) in
+    /// index format `format`: a hash of the path, so every directory's key is short.
+    pub fn shared_index_key(&self, path: &str, format: u32) -> String {
+        use md5::{Digest, Md5};
+        let hash: String = Md5::digest(path.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{}{SHARED_INDEX_NAME}/v{format}/{hash}", self.prefix)
     }
 
     /// Fails with ENAMETOOLONG if the key of `path` (with the `/` of a directory
@@ -374,6 +395,20 @@ mod tests {
         assert!(l.key_problem("docs/a/", "docs/a/b//c").is_some());
         assert!(l.key_problem("docs/a/", "docs/a/./c").is_some());
         assert!(l.key_problem("docs/a/", "docs/a//").is_some());
+    }
+
+    #[test]
+    fn the_shared_index_is_reserved_at_the_root_only() {
+        for prefix in ["", "docs/"] {
+            let l = Layout::new(prefix);
+            assert!(l.is_reserved(&l.dir_prefix(""), SHARED_INDEX_NAME));
+            assert!(!l.is_reserved(&l.dir_prefix("a"), SHARED_INDEX_NAME));
+            assert!(!l.is_reserved(&l.dir_prefix(""), ".s3mount-indexes"));
+            let key = l.shared_index_key("a/b", 1);
+            assert!(key.starts_with(&format!("{prefix}.s3mount-index/v1/")));
+            assert_eq!(key.len(), prefix.len() + ".s3mount-index/v1/".len() + 32);
+            assert_ne!(key, l.shared_index_key("a/c", 1));
+        }
     }
 
     #[test]

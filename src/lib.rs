@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod mount_options;
 pub mod read;
+pub mod shared_index;
 pub mod stage;
 pub mod status;
 pub mod store;

@@ -186,11 +186,7 @@ impl MetaIndex {
         let Some(inner) = &self.inner else {
             return false;
         };
-        let same_version = head.etag == listed.etag
-            && head.size == listed.size
-            && whole_seconds(head.last_modified) == whole_seconds(listed.modified);
-        let settled = listed.modified + SETTLED <= asked_at;
-        if !(same_version && settled) {
+        if !indexable(listed, head, asked_at) {
             return false;
         }
         let stored = Stored {
@@ -249,6 +245,15 @@ impl MetaIndex {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Whether a HEAD answer (sent at `asked_at`) may stand for the `listed` version in an
+/// index: it saw that very version, and that version had settled (see [`SETTLED`]).
+pub fn indexable(listed: &Version, head: &ObjectMeta, asked_at: SystemTime) -> bool {
+    let same_version = head.etag == listed.etag
+        && head.size == listed.size
+        && whole_seconds(head.last_modified) == whole_seconds(listed.modified);
+    same_version && listed.modified + SETTLED <= asked_at
 }
 
 fn whole_seconds(t: SystemTime) -> u64 {

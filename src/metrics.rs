@@ -262,6 +262,7 @@ mod tests {
             url_expiry: Duration::from_secs(60),
             fast_listing: false,
             metadata_index_entries: 0,
+            shared_metadata_index: false,
         };
         let fs = Arc::new(S3Fs::new(Arc::new(MemoryStore::new()), cfg).unwrap());
         (Metrics::new(&RequestCounters::default(), &fs), fs, dir)

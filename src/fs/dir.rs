@@ -16,6 +16,7 @@ use super::hidden::warn_hidden;
 use super::inodes::Remote;
 use crate::error::{FsError, FsResult};
 use crate::layout::Layout;
+use crate::shared_index::Pass;
 use crate::store::{ListPage, ObjectStore, StoreResult};
 
 /// What a listing says about one name.
@@ -68,9 +69,11 @@ pub(super) fn page_entries(
 }
 
 /// The name under which `key` is shown in the directory `prefix`, if it is a child
-/// that can be shown; a child that cannot is warned about.
+/// that can be shown; a child that cannot is warned about (the reserved shared index
+/// name is left out silently).
 fn shown_name<'k>(layout: &Layout, prefix: &str, key: &'k str) -> Option<&'k str> {
     match layout.child_name(prefix, key)? {
+        Ok(name) if layout.is_reserved(prefix, name) => None,
         Ok(name) => Some(name),
         Err(why) => {
             warn_hidden(key, why);
@@ -112,6 +115,8 @@ pub(super) struct DirCursor<S> {
     pages: u32,
     /// The next page, already requested, and when.
     next_page: Option<(JoinHandle<StoreResult<ListPage>>, Instant)>,
+    /// What this pass learned for the shared metadata index (kept by the core).
+    pub(super) shared: Pass,
 }
 
 impl<S: ObjectStore> DirCursor<S> {
@@ -142,11 +147,17 @@ impl<S: ObjectStore> DirCursor<S> {
             started: Instant::now(),
             pages: 0,
             next_page: None,
+            shared: Pass::default(),
         }
     }
 
     pub fn ino(&self) -> u64 {
         self.ino
+    }
+
+    /// The key prefix listed (the directory's children's).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The cookie of the next entry the cursor yields.
@@ -179,6 +190,7 @@ impl<S: ObjectStore> DirCursor<S> {
         self.last_batch.clear();
         self.last_batch_start = 0;
         self.pages = 0;
+        self.shared = Pass::default();
         if let Some((prefetch, _)) = self.next_page.take() {
             prefetch.abort();
         }

@@ -107,6 +107,7 @@ impl<S: ObjectStore> S3Fs<S> {
     ) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         let name = check_name(name)?;
+        super::hidden::check_creatable(parent, name)?;
         let stage = Arc::new(self.stages.create(None)?);
         let mut table = self.inodes.lock().unwrap();
         let dir = self.dir_path(&table, parent)?;

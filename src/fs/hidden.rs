@@ -2,10 +2,17 @@
 //! or holding a NUL; a file hidden by a directory of the same name): they are left out of
 //! listings and never renamed, rewritten or deleted. Each is logged once per process, at
 //! most [`PER_MINUTE`] new ones a minute; the rest are counted and summed up.
+//!
+//! The reserved name `.s3mount-index` at the mount's root (the shared metadata index,
+//! `layout::SHARED_INDEX_NAME`) is hidden silently: it is not found, not listed, and
+//! cannot be created, whether or not the mount uses the shared index.
 
 use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
+
+use super::{FsError, FsResult, ROOT};
+use crate::layout::SHARED_INDEX_NAME;
 
 /// New keys warned about per minute; more are only counted.
 const PER_MINUTE: u32 = 20;
@@ -27,6 +34,21 @@ static WARNED: LazyLock<Mutex<Warned>> = LazyLock::new(|| {
         suppressed: 0,
     })
 });
+
+/// Whether `name` in directory `parent` is the reserved shared index name.
+pub(crate) fn is_reserved(parent: u64, name: &str) -> bool {
+    parent == ROOT && name == SHARED_INDEX_NAME
+}
+
+/// Refuses to create `name` in `parent` if it is the reserved name.
+pub(crate) fn check_creatable(parent: u64, name: &str) -> FsResult<()> {
+    if is_reserved(parent, name) {
+        return Err(FsError::NotPermitted(
+            "the name .s3mount-index at the mount's root is reserved (shared metadata index)",
+        ));
+    }
+    Ok(())
+}
 
 /// Logs that `key` is left out of the mount because of `why`, once per key.
 pub(crate) fn warn_hidden(key: &str, why: &str) {

@@ -85,6 +85,9 @@ impl<S: ObjectStore> S3Fs<S> {
     /// its siblings too), or for a large one by a HEAD of the file key and a one-key
     /// LIST of the directory prefix in parallel. A directory wins over a file.
     pub(super) async fn find(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        if super::hidden::is_reserved(parent, name) {
+            return Err(FsError::NotFound);
+        }
         let (dir, large) = {
             let mut table = self.inodes.lock().unwrap();
             let dir = self.dir_path(&table, parent)?;

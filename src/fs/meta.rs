@@ -9,9 +9,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::inodes::{Found, InodeTable, Remote};
+use super::shared::{Known, Learned};
 use super::{Attr, DirEntry, Extras, FsError, FsResult, Kind, ROOT, S3Fs, SetAttr, now};
 use crate::layout;
 use crate::meta_index::Version;
+use crate::shared_index::Pass;
 use crate::store::{ObjectHeaders, ObjectMeta, ObjectStore, StoreError};
 
 /// A lookup of a file up to this size fetches its content with its metadata (one GET
@@ -100,32 +102,59 @@ impl<S: ObjectStore> S3Fs<S> {
     /// [`S3Fs::ensure_meta`]; with `fetch_small`, a small file's content comes along
     /// with its metadata into the block cache (a lookup is usually followed by a read).
     pub(super) async fn complete_attr(&self, ino: u64, fetch_small: bool) -> FsResult<Attr> {
+        let (attr, _) = self.complete_attr_from(ino, fetch_small, None).await?;
+        Ok(attr)
+    }
+
+    /// The version of `ino`'s object its listing showed, if it is a file known so.
+    pub(super) fn listed_version(table: &InodeTable, ino: u64) -> Option<Version> {
+        let inode = table.get(ino)?;
+        if inode.attr.kind == Kind::Dir {
+            return None;
+        }
+        let remote = inode.remote.as_ref()?;
+        Some(Version {
+            etag: remote.etag.clone(),
+            size: remote.size,
+            modified: remote.modified?,
+        })
+    }
+
+    /// [`S3Fs::complete_attr`], answered by `known` instead of a HEAD if it is about the
+    /// version listed (otherwise by the local index, or a HEAD). Also returns, with
+    /// `--shared-metadata-index`, what a HEAD answered for the listed version.
+    pub(super) async fn complete_attr_from(
+        &self,
+        ino: u64,
+        fetch_small: bool,
+        known: Option<Known>,
+    ) -> FsResult<(Attr, Option<Learned>)> {
         let (key, dir, size, listed) = {
             let table = self.inodes.lock().unwrap();
             let inode = table.get(ino).ok_or(FsError::NotFound)?;
             let attr = Self::current_attr(&table, ino).expect("present");
             if inode.meta_known || table.stage(ino).is_some() {
-                return Ok(attr);
+                return Ok((attr, None));
             }
             let Some(path) = table.path(ino) else {
-                return Ok(attr); // unlinked: nothing to ask about
+                return Ok((attr, None)); // unlinked: nothing to ask about
             };
-            let listed = inode.remote.as_ref().and_then(|r| {
-                Some(Version {
-                    etag: r.etag.clone(),
-                    size: r.size,
-                    modified: r.modified?,
-                })
-            });
+            let listed = Self::listed_version(&table, ino);
             match attr.kind {
                 Kind::Dir => (self.layout.dir_prefix(&path), true, 0, None),
                 _ => (self.layout.file_key(&path), false, attr.size, listed),
             }
         };
         let asked_at = Instant::now();
-        let indexed = listed.as_ref().and_then(|v| self.index.get(&key, v));
-        let head = if let Some(meta) = indexed {
-            Ok(meta)
+        let known = match known {
+            Some(k) if listed.as_ref() == Some(&k.version) => Some(k),
+            _ => listed.as_ref().and_then(|v| {
+                let meta = self.index.get(&key, v)?;
+                Some(Known::local(v, meta))
+            }),
+        };
+        let head = if let Some(known) = &known {
+            Ok(known.meta.clone())
         } else if fetch_small && !dir && (1..=SMALL_FILE).contains(&size) {
             match self.store.head_and_start(&key, SMALL_FILE).await {
                 Ok((meta, start)) => {
@@ -141,20 +170,34 @@ impl<S: ObjectStore> S3Fs<S> {
         } else {
             self.store.head(&key).await
         };
+        // A shared index answer is offered as of its writer's HEAD (the settled rule).
+        let checked_at = match &known {
+            Some(k) if k.shared => k.settled_at,
+            _ => now() - asked_at.elapsed(),
+        };
         if let (Some(listed), Ok(meta)) = (&listed, &head)
-            && self
-                .index
-                .offer(&key, listed, meta, now() - asked_at.elapsed())
+            && self.index.offer(&key, listed, meta, checked_at)
         {
             self.index.flush().await;
         }
+        // (An index's answer is in the local index or the shared object already.)
+        let learned = match (&listed, &head) {
+            (Some(listed), Ok(meta)) if self.cfg.shared_metadata_index && known.is_none() => {
+                Some(Learned {
+                    version: listed.clone(),
+                    meta: meta.clone(),
+                    checked_at,
+                })
+            }
+            _ => None,
+        };
         let mut table = self.inodes.lock().unwrap();
         let Some(inode) = table.get(ino) else {
             return Err(FsError::NotFound);
         };
         if inode.meta_known || inode.detached || inode.changed_after(asked_at) {
             // (Changed here after the HEAD was sent: the answer is out of date.)
-            return Ok(Self::current_attr(&table, ino).expect("present"));
+            return Ok((Self::current_attr(&table, ino).expect("present"), learned));
         }
         let (parent, name) = (inode.parent, inode.name.clone());
         let touched = inode
@@ -178,13 +221,14 @@ impl<S: ObjectStore> S3Fs<S> {
                     asked_at,
                 };
                 let ino = table.upsert(parent, &name, found);
-                Ok(Self::current_attr(&table, ino).expect("just upserted"))
+                let attr = Self::current_attr(&table, ino).expect("just upserted");
+                Ok((attr, learned))
             }
             Err(StoreError::NotFound) if dir => {
                 // A directory that exists only as a prefix: the mount's defaults.
                 let inode = table.get_mut(ino).expect("present");
                 inode.meta_known = true;
-                Ok(Self::current_attr(&table, ino).expect("present"))
+                Ok((Self::current_attr(&table, ino).expect("present"), None))
             }
             Err(StoreError::NotFound) => {
                 table.detach(ino);
@@ -195,8 +239,15 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     /// Completes the attributes of directory entries known from a listing only, with
-    /// HEADs in parallel. Entries whose object vanished meanwhile are left out.
-    pub(super) async fn complete_meta(&self, entries: &mut Vec<DirEntry>) -> FsResult<()> {
+    /// HEADs in parallel. Entries whose object vanished meanwhile are left out. With
+    /// `shared` (the directory's key prefix and its listing pass, under
+    /// `--shared-metadata-index`), entries the local index misses are answered by the
+    /// directory's shared index object where it holds their exact version.
+    pub(super) async fn complete_meta(
+        &self,
+        entries: &mut Vec<DirEntry>,
+        shared: Option<(&str, &mut Pass)>,
+    ) -> FsResult<()> {
         if self.cfg.fast_listing {
             return Ok(());
         }
@@ -216,9 +267,14 @@ impl<S: ObjectStore> S3Fs<S> {
         if unknown.is_empty() {
             return Ok(());
         }
-        let fetched = futures::stream::iter(unknown.into_iter().map(|i| {
+        let mut shared = shared.filter(|_| self.cfg.shared_metadata_index);
+        let known = match shared.as_mut() {
+            Some((prefix, pass)) => self.shared_hints(prefix, entries, &unknown, pass).await,
+            None => unknown.iter().map(|_| None).collect(),
+        };
+        let fetched = futures::stream::iter(unknown.into_iter().zip(known).map(|(i, known)| {
             let ino = entries[i].attr.ino;
-            async move { (i, self.ensure_meta(ino).await) }
+            async move { (i, self.complete_attr_from(ino, false, known).await) }
         }))
         .buffer_unordered(META_FETCHES)
         .collect::<Vec<_>>()
@@ -226,7 +282,12 @@ impl<S: ObjectStore> S3Fs<S> {
         let mut gone = Vec::new();
         for (i, result) in fetched {
             match result {
-                Ok(attr) => entries[i].attr = attr,
+                Ok((attr, learned)) => {
+                    entries[i].attr = attr;
+                    if let (Some((_, pass)), Some(learned)) = (shared.as_mut(), learned) {
+                        learned.add_to(pass, &entries[i].name);
+                    }
+                }
                 Err(FsError::NotFound) => gone.push(i),
                 Err(e) => return Err(e),
             }

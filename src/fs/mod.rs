@@ -15,6 +15,7 @@ mod namespace;
 mod readdir;
 mod rename;
 mod save;
+mod shared;
 mod space;
 mod status;
 mod trash;
@@ -31,6 +32,7 @@ pub use crate::error::{FsError, FsResult};
 use crate::layout::Layout;
 use crate::meta_index::MetaIndex;
 use crate::read::BlockCache;
+use crate::shared_index::WriteLimiter;
 use crate::stage::StageDir;
 use crate::store::ObjectStore;
 use crate::upload::{UploadLimits, Uploader};
@@ -98,6 +100,9 @@ pub struct FsConfig {
     pub fast_listing: bool,
     /// Bound on the persistent metadata index in the cache dir (0: no index).
     pub metadata_index_entries: u64,
+    /// `--shared-metadata-index`: listings read (and, unless read-only, write) the
+    /// directory's object of the shared index (`shared_index.rs`).
+    pub shared_metadata_index: bool,
 }
 
 impl FsConfig {
@@ -165,6 +170,8 @@ pub struct S3Fs<S: ObjectStore> {
     counter_report: OnceLock<status::CounterReport>,
     /// HEAD answers of earlier listings, by exact object version.
     index: MetaIndex,
+    /// When this mount last wrote each directory's shared index object.
+    shared_writes: WriteLimiter,
     /// `--trash`: where unlink keeps a copy of each file before deleting it.
     trash: Option<Trash<S>>,
 }
@@ -207,6 +214,7 @@ impl<S: ObjectStore> S3Fs<S> {
             listing_gates: Mutex::new(HashMap::new()),
             counter_report: OnceLock::new(),
             index,
+            shared_writes: WriteLimiter::default(),
             trash: None,
         })
     }

@@ -172,6 +172,7 @@ impl<S: ObjectStore> S3Fs<S> {
     ) -> FsResult<Attr> {
         self.check_writable()?;
         let name = check_name(name)?;
+        super::hidden::check_creatable(parent, name)?;
         match self.find(parent, name).await {
             Ok(_) => return Err(FsError::Exists),
             Err(FsError::NotFound) => {}

@@ -2,9 +2,10 @@
 //! into entries with attributes (recorded in the inode table, completed by HEADs unless
 //! `--fast-listing`), and a whole pass marks the directory's listing complete.
 
-use super::dir::{DirCursor, Raw};
+use super::dir::{DirCursor, Listed, Raw};
 use super::handles::Handle;
 use super::{DirEntry, FsError, FsResult, ROOT, S3Fs};
+use crate::meta_index::Version;
 use crate::store::ObjectStore;
 
 /// Entries handed out per call; the kernel takes what fits in its buffer.
@@ -62,7 +63,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 pinned.into_iter().for_each(|ino| table.unpin(ino));
                 return Ok(Vec::new());
             }
-            self.entries_of(&cursor, names, false);
+            self.entries_of(&mut cursor, names, false);
         }
         let start = cursor.next_index();
         let names = match cursor.next_names(BATCH).await {
@@ -74,8 +75,9 @@ impl<S: ObjectStore> S3Fs<S> {
         };
         // Pinned from here on: the sweep must not drop an entry between this listing and
         // the kernel counting its lookup (it would find an inode number that is gone).
-        let mut batch = self.entries_of(&cursor, names, true);
+        let mut batch = self.entries_of(&mut cursor, names, true);
         let listed: Vec<u64> = batch.iter().map(|e| e.attr.ino).collect();
+        let finished = cursor.finished_pass().is_some();
         if let Some(paged) = cursor.finished_pass() {
             let until = cursor.started() + self.cfg.metadata_ttl;
             self.inodes
@@ -83,7 +85,16 @@ impl<S: ObjectStore> S3Fs<S> {
                 .unwrap()
                 .mark_listed(cursor.ino(), until, paged);
         }
-        let completed = self.complete_meta(&mut batch).await;
+        if finished {
+            self.note_finished_pass(&mut cursor);
+        }
+        let prefix = cursor.prefix().to_string();
+        let completed = self
+            .complete_meta(&mut batch, Some((&prefix, &mut cursor.shared)))
+            .await;
+        if completed.is_ok() && finished {
+            self.publish_shared(&mut cursor);
+        }
         let mut table = self.inodes.lock().unwrap();
         let pinned = match completed {
             Ok(()) => {
@@ -105,14 +116,29 @@ impl<S: ObjectStore> S3Fs<S> {
 
     /// The entries of names a cursor yielded, recorded in the inode table (and pinned
     /// there if `pin`). A listed entry's attributes are fresh for the TTL from when its
-    /// page was asked for.
+    /// page was asked for. Listed files are noted in the cursor's pass for the shared
+    /// metadata index.
     fn entries_of(
         &self,
-        cursor: &DirCursor<S>,
+        cursor: &mut DirCursor<S>,
         names: Vec<(u64, Raw)>,
         pin: bool,
     ) -> Vec<DirEntry> {
         let ttl = self.cfg.metadata_ttl;
+        if self.cfg.shared_metadata_index {
+            for (_, raw) in &names {
+                if let Raw::Listed(name, Listed::File { remote, .. }, _) = raw
+                    && let Some(modified) = remote.modified
+                {
+                    let version = Version {
+                        etag: remote.etag.clone(),
+                        size: remote.size,
+                        modified,
+                    };
+                    cursor.shared.note_listed(name, version);
+                }
+            }
+        }
         let mut table = self.inodes.lock().unwrap();
         names
             .into_iter()

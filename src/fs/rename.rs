@@ -34,6 +34,7 @@ impl<S: ObjectStore> S3Fs<S> {
         self.check_writable()?;
         let name = check_name(name)?;
         let new_name = check_name(new_name)?;
+        super::hidden::check_creatable(new_parent, new_name)?;
         let source = self.resolve(parent, name).await?;
         let target = match self.resolve(new_parent, new_name).await {
             Ok(t) => Some(t),

@@ -976,5 +976,6 @@ pub fn core_config(prefix: &str, cache: &Path) -> s3mount::fs::FsConfig {
         url_expiry: Duration::from_secs(3600),
         fast_listing: false,
         metadata_index_entries: s3mount::meta_index::DEFAULT_MAX_ENTRIES,
+        shared_metadata_index: false,
     }
 }

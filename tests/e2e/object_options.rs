@@ -309,3 +309,57 @@ fn bad_values_are_refused_before_mounting() {
         assert!(!is_mounted(dir.path()), "{args:?}: mounted");
     }
 }
+
+/// The shared metadata index objects (`--shared-metadata-index`) are written with the
+/// mount's encryption, storage class and ACL too.
+#[test]
+fn shared_index_objects_carry_the_options() {
+    let moto = Moto::new("objopts-shared");
+    moto.rt.block_on(async {
+        for i in 0..20 {
+            let put = moto.client.put_object().bucket(&moto.bucket);
+            put.key(format!("p/f{i:02}"))
+                .metadata("mode", "33152")
+                .body(b"doc".to_vec().into())
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    // Objects are indexed once their Last-Modified is settled.
+    std::thread::sleep(s3mount::meta_index::SETTLED + std::time::Duration::from_secs(1));
+    let m = moto.mount(
+        "p/",
+        &[
+            "--shared-metadata-index",
+            "--sse",
+            "AES256",
+            "--storage-class",
+            "STANDARD_IA",
+            "--acl",
+            "public-read",
+        ],
+    );
+    assert_eq!(std::fs::read_dir(m.mountpoint()).unwrap().count(), 20);
+    let key =
+        s3mount::layout::Layout::new("p/").shared_index_key("", s3mount::shared_index::FORMAT);
+    let written = eventually(std::time::Duration::from_secs(10), || {
+        moto.rt
+            .block_on(
+                moto.client
+                    .head_object()
+                    .bucket(&moto.bucket)
+                    .key(&key)
+                    .send(),
+            )
+            .is_ok()
+    });
+    assert!(written, "the index object {key} was not written");
+    let want = Stored {
+        sse: Some("AES256".into()),
+        kms_key_id: None,
+        storage_class: Some("STANDARD_IA".into()),
+        group_grants: vec![(ALL_USERS.into(), "READ".into())],
+    };
+    assert_eq!(moto.stored(&key), want);
+}

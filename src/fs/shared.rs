@@ -1,0 +1,156 @@
+//! The core's side of the shared metadata index (`--shared-metadata-index`, see
+//! `shared_index.rs`): while a directory is listed, entries the local index misses are
+//! answered from the directory's shared object (one GET per pass, only when needed);
+//! after a whole pass that had to HEAD, the directory's object is rewritten in the
+//! background. Nothing here delays or fails a listing beyond that one GET.
+
+use std::time::SystemTime;
+
+use super::dir::DirCursor;
+use super::{DirEntry, S3Fs, now};
+use crate::meta_index::{SETTLED, Version};
+use crate::shared_index::{self, Entry, FORMAT, Pass};
+use crate::store::{ObjectMeta, ObjectStore};
+
+/// An answer for one listed version that costs no HEAD.
+pub(super) struct Known {
+    pub version: Version,
+    pub meta: ObjectMeta,
+    /// When the answer was known settled (for the settled rule).
+    pub settled_at: SystemTime,
+    /// From the shared index (else from the local one).
+    pub shared: bool,
+}
+
+impl Known {
+    /// A local index answer: the index holds only settled versions.
+    pub fn local(version: &Version, meta: ObjectMeta) -> Known {
+        Known {
+            version: version.clone(),
+            meta,
+            settled_at: version.modified + SETTLED,
+            shared: false,
+        }
+    }
+}
+
+/// What a HEAD answered for an entry's listed version.
+pub(super) struct Learned {
+    pub version: Version,
+    pub meta: ObjectMeta,
+    /// When the HEAD was sent.
+    pub checked_at: SystemTime,
+}
+
+impl Learned {
+    /// Keeps the answer for the directory's object, if it may be indexed.
+    pub fn add_to(self, pass: &mut Pass, name: &str) {
+        if let Some(entry) = Entry::from_answer(name, &self.version, &self.meta, self.checked_at) {
+            pass.learn(entry);
+        }
+    }
+}
+
+impl<S: ObjectStore> S3Fs<S> {
+    /// The directory of key prefix `prefix`, relative to the mount ("" = the root).
+    fn relative_dir<'p>(&self, prefix: &'p str) -> &'p str {
+        let rest = prefix.strip_prefix(self.layout.prefix()).unwrap_or(prefix);
+        rest.strip_suffix('/').unwrap_or(rest)
+    }
+
+    /// Answers without a HEAD for the entries `unknown` of `entries` (listed in key
+    /// prefix `prefix`): from the local index, else, if any settled entry misses it,
+    /// from the directory's shared object (fetched once per pass).
+    pub(super) async fn shared_hints(
+        &self,
+        prefix: &str,
+        entries: &[DirEntry],
+        unknown: &[usize],
+        pass: &mut Pass,
+    ) -> Vec<Option<Known>> {
+        let versions: Vec<Option<Version>> = {
+            let table = self.inodes.lock().unwrap();
+            unknown
+                .iter()
+                .map(|&i| Self::listed_version(&table, entries[i].attr.ino))
+                .collect()
+        };
+        let t = now();
+        let mut missing = false;
+        let mut known: Vec<Option<Known>> = unknown
+            .iter()
+            .zip(&versions)
+            .map(|(&i, version)| {
+                let version = version.as_ref()?;
+                let key = format!("{prefix}{}", entries[i].name);
+                let hit = self
+                    .index
+                    .get(&key, version)
+                    .map(|m| Known::local(version, m));
+                missing |= hit.is_none() && version.modified + SETTLED <= t;
+                hit
+            })
+            .collect();
+        if !missing {
+            return known;
+        }
+        if pass.needs_fetch() {
+            let dir = self.relative_dir(prefix);
+            let key = self.layout.shared_index_key(dir, FORMAT);
+            pass.set_loaded(shared_index::fetch(&*self.store, &key, dir).await);
+        }
+        for ((&i, version), known) in unknown.iter().zip(&versions).zip(&mut known) {
+            if let (None, Some(version)) = (&known, version)
+                && let Some((meta, settled_at)) = pass.lookup(&entries[i].name, version)
+            {
+                *known = Some(Known {
+                    version: version.clone(),
+                    meta,
+                    settled_at,
+                    shared: true,
+                });
+            }
+        }
+        known
+    }
+
+    /// A whole pass over the cursor's directory ends with the batch being completed: a
+    /// directory too small for an object does not ask for one.
+    pub(super) fn note_finished_pass(&self, cursor: &mut DirCursor<S>) {
+        if self.cfg.shared_metadata_index {
+            cursor.shared.note_finished();
+        }
+    }
+
+    /// After a whole pass over the cursor's directory: writes the directory's shared
+    /// object in the background if the pass had to HEAD what it could have answered
+    /// (and this mount did not write it within `shared_index::WRITE_EVERY`). A
+    /// read-only mount writes nothing.
+    pub(super) fn publish_shared(&self, cursor: &mut DirCursor<S>) {
+        let pass = std::mem::take(&mut cursor.shared);
+        if !self.cfg.shared_metadata_index || self.cfg.read_only || !pass.worth_writing() {
+            return;
+        }
+        let prefix = cursor.prefix().to_string();
+        let dir = self.relative_dir(&prefix).to_string();
+        let key = self.layout.shared_index_key(&dir, FORMAT);
+        if !self.shared_writes.claim(&key) {
+            return;
+        }
+        let (store, index) = (self.store.clone(), self.index.clone());
+        tokio::spawn(async move {
+            // Entries this pass did not HEAD (known before it, or answered by the local
+            // index) from the local index.
+            let entries = tokio::task::spawn_blocking(move || {
+                pass.into_entries(|name, version| {
+                    let meta = index.get(&format!("{prefix}{name}"), version)?;
+                    Entry::from_answer(name, version, &meta, version.modified + SETTLED)
+                })
+            })
+            .await;
+            if let Ok(Some(entries)) = entries {
+                shared_index::publish(&*store, &key, &dir, entries).await;
+            }
+        });
+    }
+}
