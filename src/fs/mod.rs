@@ -18,6 +18,7 @@ mod save;
 mod space;
 mod status;
 mod trash;
+mod window;
 mod writeback;
 mod xattr;
 
@@ -161,6 +162,8 @@ pub struct S3Fs<S: ObjectStore> {
     pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
     /// Directories being listed for lookups.
     listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where lookups last listed a window of each directory.
+    walks: window::Walks,
     /// Counters from outside the core, for the status document.
     counter_report: OnceLock<status::CounterReport>,
     /// HEAD answers of earlier listings, by exact object version.
@@ -205,6 +208,7 @@ impl<S: ObjectStore> S3Fs<S> {
             pending_tx,
             pending_rx: Mutex::new(Some(pending_rx)),
             listing_gates: Mutex::new(HashMap::new()),
+            walks: window::Walks::default(),
             counter_report: OnceLock::new(),
             index,
             trash: None,
