@@ -8,7 +8,8 @@
 #
 # Environment: RMRF_FILES (10000), RMRF_SIZE (16KiB, bytes per object), RMRF_MOUNT_OPTS (extra
 # s3mount options), RMRF_S3FS (1: also measure s3fs, when /usr/bin/s3fs is installed),
-# RMRF_BIN (the s3mount binary; default this checkout's release build).
+# RMRF_BIN (the s3mount binary; default this checkout's release build), RMRF_BIN_BEFORE (another
+# s3mount binary, e.g. an older build, measured in the same run on a third prefix).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/common.sh
@@ -23,6 +24,7 @@ ensure_apt_packages
 cargo build --release --bin s3mount --example rawbench
 scripts/local-s3.sh install
 BIN=${RMRF_BIN:-$(pwd)/target/release/s3mount}
+BEFORE=${RMRF_BIN_BEFORE:-}
 RAW=$(pwd)/target/release/examples/rawbench
 if [ "$WITH_S3FS" = 1 ] && ! command -v s3fs >/dev/null; then
     echo "rmrf-bench: s3fs is not installed (apt-get install s3fs); measuring s3mount only" >&2
@@ -100,18 +102,30 @@ time_rmrf() {
 echo "== $N objects of $SIZE under rmrf-s3mount/d/ and rmrf-s3fs/d/"
 "$RAW" put-many rmrf-s3mount/d/f "$N" "$SIZE" | sed 's/^/  raw: /'
 [ "$WITH_S3FS" = 1 ] && "$RAW" put-many rmrf-s3fs/d/f "$N" "$SIZE" | sed 's/^/  raw: /'
+if [ -n "$BEFORE" ]; then "$RAW" put-many rmrf-before/d/f "$N" "$SIZE" | sed 's/^/  raw: /'; fi
+
+# Mounts prefix $2 with s3mount binary $1 and prints the time of `rm -rf` and its requests.
+rmrf_s3mount() {
+    mkdir -p "$MNT"
+    "$1" mount "$S3MOUNT_TEST_BUCKET" "$MNT" --prefix "$2/" --endpoint-url "$AWS_ENDPOINT_URL" \
+        --force-path-style --region "$AWS_REGION" --cache-dir "$WORK/cache-$2" --foreground \
+        --log-level warn ${MOUNT_OPTS[@]+"${MOUNT_OPTS[@]}"} >"$WORK/$2.log" 2>&1 &
+    DPID=$!
+    wait_mounted "$WORK/$2.log"
+    T_RM=$(time_rmrf "$2")
+    echo "  $1: $T_RM s"
+    "$1" status "$MNT" | sed -n '/S3 requests/,/^bytes:/p' | sed 's/^/  /'
+    unmount_daemon
+}
 
 echo "== rm -rf through s3mount"
-mkdir -p "$MNT"
-"$BIN" mount "$S3MOUNT_TEST_BUCKET" "$MNT" --prefix rmrf-s3mount/ --endpoint-url "$AWS_ENDPOINT_URL" \
-    --force-path-style --region "$AWS_REGION" --cache-dir "$WORK/cache" --foreground \
-    --log-level warn ${MOUNT_OPTS[@]+"${MOUNT_OPTS[@]}"} >"$WORK/s3mount.log" 2>&1 &
-DPID=$!
-wait_mounted "$WORK/s3mount.log"
-T_MOUNT=$(time_rmrf rmrf-s3mount)
-echo "  s3mount: $T_MOUNT s"
-"$BIN" status "$MNT" | sed -n '/S3 requests/,/^bytes:/p' | sed 's/^/  /'
-unmount_daemon
+rmrf_s3mount "$BIN" rmrf-s3mount
+T_MOUNT=$T_RM
+if [ -n "$BEFORE" ]; then
+    echo "== rm -rf through the other s3mount build"
+    rmrf_s3mount "$BEFORE" rmrf-before
+    T_BEFORE=$T_RM
+fi
 
 if [ "$WITH_S3FS" = 1 ]; then
     echo "== rm -rf through s3fs"
@@ -130,7 +144,9 @@ fi
 echo
 printf '%-32s %10s\n' "rm -rf of $N objects" "seconds"
 printf '%-32s %10s\n' "s3mount" "$T_MOUNT"
+if [ -n "$BEFORE" ]; then printf '%-32s %10s\n' "s3mount, RMRF_BIN_BEFORE" "$T_BEFORE"; fi
 if [ "$WITH_S3FS" = 1 ]; then
     printf '%-32s %10s\n' "s3fs (same run)" "$T_S3FS"
     printf '%-32s %10s   (target <= 0.80)\n' "ratio s3mount / s3fs" "$(calc "$T_MOUNT / $T_S3FS")"
+    if [ -n "$BEFORE" ]; then printf '%-32s %10s\n' "ratio RMRF_BIN_BEFORE / s3fs" "$(calc "$T_BEFORE / $T_S3FS")"; fi
 fi
