@@ -51,6 +51,28 @@ impl<S: ObjectStore> FuseAdapter<S> {
     }
 }
 
+/// Answers at once, in the FUSE thread, what the core could answer without waiting
+/// (`known`): no hand-over to the runtime for what the inode table knows. Hands `reply`
+/// back when S3 must be asked.
+fn answer_now<T, R: Fail>(
+    op: &str,
+    reply: R,
+    known: Option<FsResult<T>>,
+    ok: impl FnOnce(R, T),
+) -> Option<R> {
+    match known {
+        None => Some(reply),
+        Some(Ok(value)) => {
+            ok(reply, value);
+            None
+        }
+        Some(Err(e)) => {
+            reply.fail(errno(op, &e));
+            None
+        }
+    }
+}
+
 /// The error answer every fuser reply type has.
 trait Fail {
     fn fail(self, errno: Errno);
@@ -159,6 +181,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let known = (self.fs.lookup_known(parent.0, name)).map(|r| r.map(|a| (self.fs.ttl(), a)));
+        let Some(reply) = answer_now("lookup", reply, known, entry) else {
+            return;
+        };
         let (fs, name) = (self.fs.clone(), name.to_owned());
         let call = async move { Ok((fs.ttl(), fs.lookup(parent.0, &name).await?)) };
         self.spawn("lookup", reply, call, entry);
@@ -169,6 +195,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let known = (self.fs.getattr_known(ino.0)).map(|r| r.map(|a| (self.fs.ttl(), a)));
+        let Some(reply) = answer_now("getattr", reply, known, attr) else {
+            return;
+        };
         let fs = self.fs.clone();
         let call = async move { Ok((fs.ttl(), fs.getattr(ino.0).await?)) };
         self.spawn("getattr", reply, call, attr);

@@ -261,6 +261,14 @@ impl Inode {
         self.rare.as_ref().is_some_and(|r| r.large)
     }
 
+    /// Directories: a listing showed every child in one page (it may be stale now), so
+    /// listing it again answers a lookup and those of its siblings in one request.
+    pub fn listed_small(&self) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|r| r.listed_until.is_some() && !r.large)
+    }
+
     /// Directories: entries changed here (mtime and ctime are newer than the marker's).
     pub fn touched(&self) -> bool {
         self.rare.as_ref().is_some_and(|r| r.touched)

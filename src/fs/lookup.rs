@@ -1,20 +1,20 @@
 //! Name resolution: finding a name under a directory from the inode table while it is
-//! fresh, from a listing of a small directory (one request answers its siblings too), or
-//! for a large one by a HEAD of the file key and a one-key LIST of the directory prefix.
+//! fresh, by listing again a directory that a listing showed to be small (one request
+//! answers its siblings too), or otherwise by a window listing from the name on
+//! (`window.rs`): never a page from the start of a large directory.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::dir::{self, Listed};
-use super::inodes::{Found, InodeTable, Remote};
+use super::inodes::{Found, InodeTable};
 use super::{Attr, FsError, FsResult, ROOT, S3Fs, now};
 use crate::layout::check_name;
-use crate::store::{ObjectStore, StoreError};
+use crate::store::ObjectStore;
 
-/// A lookup miss in a directory not known to be large lists up to this many pages (of
-/// 1000 names) instead of asking about the one name: it answers the lookups of all its
-/// siblings too. One: a folder of 100,000 names costs one page once, then two requests
-/// (HEAD and a one-key LIST) per name.
+/// A lookup miss in a directory known to be small lists up to this many pages (of 1000
+/// names) instead of asking about the one name: it answers the lookups of all its
+/// siblings too. One: a directory that grew meanwhile costs one page once, then windows.
 const LOOKUP_LIST_PAGES: usize = 1;
 
 impl<S: ObjectStore> S3Fs<S> {
@@ -28,6 +28,50 @@ impl<S: ObjectStore> S3Fs<S> {
         };
         self.inodes.lock().unwrap().add_lookup(attr.ino);
         Ok(attr)
+    }
+
+    /// What [`S3Fs::lookup`] would answer from the inode table alone, without waiting:
+    /// Some when the table knows `name` (fresh, with its whole metadata, or staged here)
+    /// or knows that it is missing; None when S3 must be asked. A lookup answered here
+    /// is counted like one answered by [`S3Fs::lookup`].
+    pub fn lookup_known(&self, parent: u64, name: &std::ffi::OsStr) -> Option<FsResult<Attr>> {
+        let name = match check_name(name) {
+            Ok(name) => name,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let mut table = self.inodes.lock().unwrap();
+        if let Err(e) = self.dir_path(&table, parent) {
+            return Some(Err(e));
+        }
+        let attr = match self.known_child(&mut table, parent, name) {
+            Ok(Some(attr)) => attr,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        let whole = table.get(attr.ino).is_some_and(|i| i.meta_known);
+        if !whole && table.stage(attr.ino).is_none() {
+            return None; // known from a listing only: its metadata is asked for
+        }
+        table.add_lookup(attr.ino);
+        Some(Ok(attr))
+    }
+
+    /// What [`S3Fs::getattr`] would answer from the inode table alone (see
+    /// [`S3Fs::lookup_known`]).
+    pub fn getattr_known(&self, ino: u64) -> Option<FsResult<Attr>> {
+        Self::known_attr(&self.inodes.lock().unwrap(), ino)
+    }
+
+    fn known_attr(table: &InodeTable, ino: u64) -> Option<FsResult<Attr>> {
+        let Some(inode) = table.get(ino) else {
+            return Some(Err(FsError::NotFound));
+        };
+        let fresh = inode.valid_until > Instant::now();
+        let known = inode.detached
+            || table.stage(ino).is_some()
+            || (fresh && inode.meta_known)
+            || ino == ROOT;
+        known.then(|| Ok(Self::current_attr(table, ino).expect("present")))
     }
 
     /// The attributes the table has of directory `name` under `parent` if files below
@@ -81,20 +125,20 @@ impl<S: ObjectStore> S3Fs<S> {
 
     /// Finds `name` under `parent`: from the table while its attributes are fresh (or
     /// it is staged here) or while the parent's listing is complete; otherwise by
-    /// listing a small parent directory in one request (which answers the lookups of
-    /// its siblings too), or for a large one by a HEAD of the file key and a one-key
-    /// LIST of the directory prefix in parallel. A directory wins over a file.
+    /// listing again a parent a listing showed to be small, in one request (which
+    /// answers the lookups of its siblings too), or else by a window listing from the
+    /// name on (`window.rs`). A directory wins over a file.
     pub(super) async fn find(&self, parent: u64, name: &str) -> FsResult<Attr> {
         if super::hidden::is_reserved(parent, name) {
             return Err(FsError::NotFound);
         }
-        let (dir, large) = {
+        let (dir, small) = {
             let mut table = self.inodes.lock().unwrap();
             let dir = self.dir_path(&table, parent)?;
             if let Some(attr) = self.known_child(&mut table, parent, name)? {
                 return Ok(attr);
             }
-            (dir, table.get(parent).is_some_and(|p| p.large()))
+            (dir, table.get(parent).is_some_and(|p| p.listed_small()))
         };
         let path = if dir.is_empty() {
             name.to_string()
@@ -102,10 +146,10 @@ impl<S: ObjectStore> S3Fs<S> {
             format!("{dir}/{name}")
         };
         self.layout.check_path(&path, false)?;
-        if !large && let Some(found) = self.find_by_listing(parent, &dir, name).await? {
+        if small && let Some(found) = self.find_by_listing(parent, &dir, name).await? {
             return found;
         }
-        self.find_by_head(parent, name, &path).await
+        self.find_by_window(parent, &dir, name).await
     }
 
     /// Lists the small directory `dir` (inode `parent`) to answer for `name`; None if
@@ -165,64 +209,6 @@ impl<S: ObjectStore> S3Fs<S> {
             .map(Ok))
     }
 
-    /// Asks S3 about `name` (at `path`) alone: a HEAD of its file key and a one-key LIST
-    /// of its directory prefix, in parallel.
-    async fn find_by_head(&self, parent: u64, name: &str, path: &str) -> FsResult<Attr> {
-        let file_key = self.layout.file_key(path);
-        let dir_prefix = self.layout.dir_prefix(path);
-        let asked_at = Instant::now();
-        let (head, listing) = tokio::join!(
-            self.store.head(&file_key),
-            self.store.list_page(&dir_prefix, false, None, Some(1))
-        );
-        let listing = listing?;
-        let mut table = self.inodes.lock().unwrap();
-        let dir_seen = listing
-            .objects
-            .first()
-            .map(|o| o.last_modified)
-            .or(listing.prefixes.first().map(|_| now()));
-        let valid_until = self.valid_until();
-        if let Some(first) = dir_seen {
-            let found = Found {
-                attr: self.default_dir_attr(first),
-                remote: None,
-                extras: None,
-                valid_until,
-                asked_at,
-            };
-            let ino = table.upsert(parent, name, found);
-            return Self::current_attr(&table, ino).ok_or(FsError::NotFound);
-        }
-        match head {
-            Ok(meta) => {
-                let (attr, extras) = self.attr_from_head(&meta, false);
-                let found = Found {
-                    attr,
-                    remote: Some(Remote::of(&meta)),
-                    extras: Some(extras),
-                    valid_until,
-                    asked_at,
-                };
-                let ino = table.upsert(parent, name, found);
-                Self::current_attr(&table, ino).ok_or(FsError::NotFound)
-            }
-            Err(StoreError::NotFound) => {
-                if let Some(ino) = table.child(parent, name)
-                    && table.stage(ino).is_none()
-                {
-                    match table.get(ino).is_some_and(|i| i.changed_after(asked_at)) {
-                        // Made here after the HEAD was sent: it exists.
-                        true => return Self::current_attr(&table, ino).ok_or(FsError::NotFound),
-                        false => table.detach(ino),
-                    }
-                }
-                Err(FsError::NotFound)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// The lock under which directory `parent` is listed for lookups.
     fn listing_gate(&self, parent: u64) -> Arc<tokio::sync::Mutex<()>> {
         let mut gates = self.listing_gates.lock().unwrap();
@@ -271,15 +257,10 @@ impl<S: ObjectStore> S3Fs<S> {
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
         {
             let mut table = self.inodes.lock().unwrap();
-            let inode = table.get(ino).ok_or(FsError::NotFound)?;
-            let fresh = inode.valid_until > Instant::now();
-            if inode.detached || table.stage(ino).is_some() || (fresh && inode.meta_known) {
-                return Ok(Self::current_attr(&table, ino).expect("present"));
+            if let Some(known) = Self::known_attr(&table, ino) {
+                return known;
             }
-            if ino == ROOT {
-                return Ok(Self::current_attr(&table, ino).expect("present"));
-            }
-            table.get_mut(ino).expect("present").meta_known = false;
+            table.get_mut(ino).expect("present").meta_known = false; // stale: ask again
         }
         let attr = match self.ensure_meta(ino).await {
             Err(FsError::Store(e)) if e.is_unavailable() => {

@@ -225,9 +225,12 @@ impl<S: ObjectStore> S3Fs<S> {
                 Ok((attr, learned))
             }
             Err(StoreError::NotFound) if dir => {
-                // A directory that exists only as a prefix: the mount's defaults.
+                // A directory that exists only as a prefix: the mount's defaults, fresh
+                // for the TTL like any answer (else every getattr after an entry change,
+                // as each unlink of `rm -rf` is, would HEAD the marker again).
                 let inode = table.get_mut(ino).expect("present");
                 inode.meta_known = true;
+                inode.valid_until = valid_until;
                 Ok((Self::current_attr(&table, ino).expect("present"), None))
             }
             Err(StoreError::NotFound) => {

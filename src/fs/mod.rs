@@ -19,6 +19,7 @@ mod shared;
 mod space;
 mod status;
 mod trash;
+mod window;
 mod writeback;
 mod xattr;
 
@@ -166,6 +167,8 @@ pub struct S3Fs<S: ObjectStore> {
     pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
     /// Directories being listed for lookups.
     listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where lookups last listed a window of each directory.
+    walks: window::Walks,
     /// Counters from outside the core, for the status document.
     counter_report: OnceLock<status::CounterReport>,
     /// HEAD answers of earlier listings, by exact object version.
@@ -212,6 +215,7 @@ impl<S: ObjectStore> S3Fs<S> {
             pending_tx,
             pending_rx: Mutex::new(Some(pending_rx)),
             listing_gates: Mutex::new(HashMap::new()),
+            walks: window::Walks::default(),
             counter_report: OnceLock::new(),
             index,
             shared_writes: WriteLimiter::default(),

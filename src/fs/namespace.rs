@@ -1,6 +1,7 @@
 //! Names that come and go: mkdir, mknod, symlink (and readlink), unlink and rmdir, each
 //! one request to S3 besides the lookups (and unlink's copy to the trash with
-//! `--trash`, `trash.rs`); hard links are refused (S3 has none).
+//! `--trash`, `trash.rs`); hard links are refused (S3 has none). unlink and rmdir need
+//! only a name's existence and kind, never its metadata.
 
 use bytes::Bytes;
 
@@ -13,7 +14,9 @@ impl<S: ObjectStore> S3Fs<S> {
     pub async fn unlink(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<()> {
         self.check_writable()?;
         let name = check_name(name)?;
-        let attr = self.resolve(parent, name).await?;
+        // Only existence and whether it is a directory matter here, which a listing
+        // tells: no HEAD (or GET of a small file) for an entry known from one.
+        let attr = self.find(parent, name).await?;
         if attr.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
@@ -229,7 +232,7 @@ impl<S: ObjectStore> S3Fs<S> {
     pub async fn rmdir(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<()> {
         self.check_writable()?;
         let name = check_name(name)?;
-        let attr = self.resolve(parent, name).await?;
+        let attr = self.find(parent, name).await?; // (as in unlink: the kind is enough)
         if attr.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }

@@ -417,47 +417,24 @@ impl ObjectStore for MemoryStore {
         token: Option<String>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage> {
-        self.enter(Op::List).await?;
-        let default = match self.page_size.load(Ordering::Relaxed) {
-            0 => 1000,
-            n => n,
-        };
-        let max = max_keys.map_or(default, |m| m.max(1) as u64) as usize;
-        let objects = self.objects.lock().unwrap();
-        let mut page = ListPage::default();
         let lower = match token {
             Some(t) => Bound::Excluded(t),
             None => Bound::Included(prefix.to_string()),
         };
-        let mut last_prefix: Option<String> = None;
-        let mut count = 0;
-        for (key, o) in objects.range((lower, Bound::Unbounded)) {
-            if !key.starts_with(prefix) {
-                break;
-            }
-            if count == max {
-                page.next_token = Some(page_token(&page, last_prefix.as_deref()));
-                break;
-            }
-            let rest = &key[prefix.len()..];
-            if delimited && let Some(i) = rest.find('/') {
-                let p = format!("{prefix}{}", &rest[..=i]);
-                if last_prefix.as_deref() != Some(p.as_str()) {
-                    last_prefix = Some(p.clone());
-                    page.prefixes.push(p);
-                    count += 1;
-                }
-                continue;
-            }
-            page.objects.push(ListedObject {
-                key: key.clone(),
-                size: o.data.len(),
-                etag: o.etag.clone(),
-                last_modified: o.modified,
-            });
-            count += 1;
-        }
-        Ok(page)
+        self.list_from(prefix, delimited, lower, max_keys).await
+    }
+
+    async fn list_page_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        max_keys: i32,
+    ) -> StoreResult<ListPage> {
+        let lower = match start_after < prefix {
+            true => Bound::Included(prefix.to_string()),
+            false => Bound::Excluded(start_after.to_string()),
+        };
+        self.list_from(prefix, true, lower, Some(max_keys)).await
     }
 
     async fn put(
@@ -754,6 +731,55 @@ fn check_part(number: u32, len: u64) -> StoreResult<()> {
         return Err(too_large("a part holds at most 5 GiB"));
     }
     Ok(())
+}
+
+impl MemoryStore {
+    /// One page of keys under `prefix` from `lower` on (as `list_page` describes).
+    async fn list_from(
+        &self,
+        prefix: &str,
+        delimited: bool,
+        lower: Bound<String>,
+        max_keys: Option<i32>,
+    ) -> StoreResult<ListPage> {
+        self.enter(Op::List).await?;
+        let default = match self.page_size.load(Ordering::Relaxed) {
+            0 => 1000,
+            n => n,
+        };
+        let max = max_keys.map_or(default, |m| m.max(1) as u64) as usize;
+        let objects = self.objects.lock().unwrap();
+        let mut page = ListPage::default();
+        let mut last_prefix: Option<String> = None;
+        let mut count = 0;
+        for (key, o) in objects.range((lower, Bound::Unbounded)) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if count == max {
+                page.next_token = Some(page_token(&page, last_prefix.as_deref()));
+                break;
+            }
+            let rest = &key[prefix.len()..];
+            if delimited && let Some(i) = rest.find('/') {
+                let p = format!("{prefix}{}", &rest[..=i]);
+                if last_prefix.as_deref() != Some(p.as_str()) {
+                    last_prefix = Some(p.clone());
+                    page.prefixes.push(p);
+                    count += 1;
+                }
+                continue;
+            }
+            page.objects.push(ListedObject {
+                key: key.clone(),
+                size: o.data.len(),
+                etag: o.etag.clone(),
+                last_modified: o.modified,
+            });
+            count += 1;
+        }
+        Ok(page)
+    }
 }
 
 /// The continuation token: the last key or prefix returned, so the next page starts after it.

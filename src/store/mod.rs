@@ -177,6 +177,15 @@ pub trait ObjectStore: Send + Sync + 'static {
         token: Option<String>,
         max_keys: Option<i32>,
     ) -> impl Future<Output = StoreResult<ListPage>> + Send;
+    /// One page of at most `max_keys` keys under `prefix`, grouped by `/`, of those after
+    /// `start_after` in key order (ListObjectsV2 `StartAfter`): the entries of a directory
+    /// from a name on, without listing the ones before it.
+    fn list_page_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        max_keys: i32,
+    ) -> impl Future<Output = StoreResult<ListPage>> + Send;
     /// A single PUT (at most 5 GiB).
     fn put(
         &self,

@@ -376,53 +376,18 @@ impl ObjectStore for S3Store {
         token: Option<String>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage> {
-        let mut req = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .set_continuation_token(token)
-            .set_max_keys(max_keys)
-            .encoding_type(EncodingType::Url);
-        if delimited {
-            req = req.delimiter("/");
-        }
-        let out = req
-            .send()
+        self.list_objects(prefix, delimited, token, max_keys, None)
             .await
-            .map_err(|e| classify("ListObjectsV2", prefix, e))?;
-        // A service that ignores encoding-type says so by not echoing it: its keys are raw.
-        let encoded = out.encoding_type() == Some(&EncodingType::Url);
-        let key_of = |raw: &str| match encoded {
-            true => decode_listed("ListObjectsV2", prefix, raw),
-            false => Ok(raw.to_string()),
-        };
-        let mut objects = Vec::with_capacity(out.contents().len());
-        for o in out.contents() {
-            let Some(raw) = o.key() else { continue };
-            objects.push(ListedObject {
-                key: key_of(raw)?,
-                size: o.size().unwrap_or(0).max(0) as u64,
-                etag: etag(o.e_tag()),
-                last_modified: system_time(o.last_modified()),
-            });
-        }
-        let prefixes = out
-            .common_prefixes()
-            .iter()
-            .filter_map(|p| p.prefix())
-            .map(key_of)
-            .collect::<StoreResult<Vec<String>>>()?;
-        let next_token = if out.is_truncated().unwrap_or(false) {
-            out.next_continuation_token().map(str::to_string)
-        } else {
-            None
-        };
-        Ok(ListPage {
-            objects,
-            prefixes,
-            next_token,
-        })
+    }
+
+    async fn list_page_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        max_keys: i32,
+    ) -> StoreResult<ListPage> {
+        self.list_objects(prefix, true, None, Some(max_keys), Some(start_after))
+            .await
     }
 
     async fn put(
@@ -836,5 +801,67 @@ impl S3Store {
             .await
             .map_err(|e| classify("UploadPartCopy", from, e))?;
         Ok(etag(out.copy_part_result().and_then(|r| r.e_tag())))
+    }
+}
+
+impl S3Store {
+    /// One ListObjectsV2 request: `prefix`, grouped by `/` when `delimited`, from
+    /// `token` or after `start_after`, at most `max_keys` entries.
+    async fn list_objects(
+        &self,
+        prefix: &str,
+        delimited: bool,
+        token: Option<String>,
+        max_keys: Option<i32>,
+        start_after: Option<&str>,
+    ) -> StoreResult<ListPage> {
+        let mut req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .set_start_after(start_after.map(str::to_string))
+            .set_max_keys(max_keys)
+            .encoding_type(EncodingType::Url);
+        if delimited {
+            req = req.delimiter("/");
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| classify("ListObjectsV2", prefix, e))?;
+        // A service that ignores encoding-type says so by not echoing it: its keys are raw.
+        let encoded = out.encoding_type() == Some(&EncodingType::Url);
+        let key_of = |raw: &str| match encoded {
+            true => decode_listed("ListObjectsV2", prefix, raw),
+            false => Ok(raw.to_string()),
+        };
+        let mut objects = Vec::with_capacity(out.contents().len());
+        for o in out.contents() {
+            let Some(raw) = o.key() else { continue };
+            objects.push(ListedObject {
+                key: key_of(raw)?,
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: etag(o.e_tag()),
+                last_modified: system_time(o.last_modified()),
+            });
+        }
+        let prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix())
+            .map(key_of)
+            .collect::<StoreResult<Vec<String>>>()?;
+        let next_token = if out.is_truncated().unwrap_or(false) {
+            out.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next_token,
+        })
     }
 }

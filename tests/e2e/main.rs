@@ -22,6 +22,7 @@ mod core_fs;
 mod crash;
 mod credentials;
 mod durability;
+mod lookups;
 mod meta_index;
 mod migrate;
 mod mount_e2e;
