@@ -175,10 +175,33 @@ struct Rare {
     /// Directories: entries changed here, so mtime and ctime are newer in memory than
     /// on the marker.
     touched: bool,
+    /// Directories: the range of names the last window listing of a lookup held
+    /// (`window.rs`), until when: every child in it is in the table until then.
+    window: Option<Box<Window>>,
     /// Files: the version whose pages the kernel may still cache from the last open.
     page_cache_etag: Option<ETag>,
     /// When this mount last changed the inode's object or attributes.
     changed_at: Option<Instant>,
+}
+
+/// The names a window listing held: those after `after` up to `through` (inclusive;
+/// None: to the end of the directory), as sorted keys relative to the directory's prefix
+/// (a subdirectory `d` is `d/`).
+pub struct Window {
+    pub after: String,
+    pub through: Option<String>,
+    pub until: Instant,
+}
+
+impl Window {
+    /// Does the range hold `name` both as a file and as a directory (`name` sorts
+    /// before `name/`), while it is fresh?
+    fn covers(&self, name: &str) -> bool {
+        let dir = format!("{name}/");
+        self.after.as_str() < name
+            && self.through.as_deref().is_none_or(|t| dir.as_str() <= t)
+            && self.until > Instant::now()
+    }
 }
 
 pub struct Inode {
@@ -566,6 +589,23 @@ impl InodeTable {
         }
     }
 
+    /// Records the range of names a window listing of directory `ino` held.
+    pub fn mark_window(&mut self, ino: u64, window: Window) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.rare_mut().window = Some(Box::new(window));
+        }
+    }
+
+    /// Is every child of directory `ino` named `name` (file or directory) known right
+    /// now, from a window listing?
+    pub fn window_covers(&self, ino: u64, name: &str) -> bool {
+        self.inodes
+            .get(&ino)
+            .and_then(|i| i.rare.as_ref())
+            .and_then(|r| r.window.as_ref())
+            .is_some_and(|w| w.covers(name))
+    }
+
     /// Is every child of directory `ino` known right now?
     pub fn listing_fresh(&self, ino: u64) -> bool {
         self.inodes
@@ -652,6 +692,7 @@ impl InodeTable {
                 // The parent's listing no longer has every child in the table.
                 if let Some(rare) = self.inodes.get_mut(&key.0).and_then(|p| p.rare.as_mut()) {
                     rare.listed_until = None;
+                    rare.window = None;
                 }
             }
             let parent = inode.parent;

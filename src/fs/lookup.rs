@@ -233,8 +233,9 @@ impl<S: ObjectStore> S3Fs<S> {
                 return Ok(Some(Self::current_attr(table, ino).expect("indexed")));
             }
         }
-        if table.listing_fresh(parent) {
-            // A complete listing refreshed every child; one it did not is gone.
+        if table.listing_fresh(parent) || table.window_covers(parent, name) {
+            // A complete listing (or a window holding the name) refreshed every child
+            // (in its range); one it did not is gone.
             if let Some(ino) = child {
                 table.detach(ino);
             }

@@ -7,6 +7,10 @@
 //! Windows grow (up to a page) while the lookups of a directory go forward and fall back
 //! to the smallest size when they jump back.
 //!
+//! The range a window held is recorded with the directory: while it is fresh, a name in
+//! it that the window did not show is missing without asking again (as a complete
+//! listing answers for every name).
+//!
 //! Invariant: a name is answered only from a window whose range holds both its file key
 //! and its directory prefix (`name` < `name.x` < `name/` in key order); otherwise a
 //! one-key LIST of the prefix decides, as a directory wins over a file of the same name
@@ -17,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::dir::{self, Listed};
-use super::inodes::{Found, Remote};
+use super::inodes::{Found, Remote, Window};
 use super::{Attr, FsError, FsResult, S3Fs};
 use crate::store::{ListPage, ObjectMeta, ObjectStore, StoreError};
 
@@ -121,10 +125,8 @@ impl<S: ObjectStore> S3Fs<S> {
         let size = self.walks.next_size(parent, name);
         let asked_at = Instant::now();
         let until = self.valid_until();
-        let page = self
-            .store
-            .list_page_after(&prefix, &start_after(&file_key), size)
-            .await?;
+        let after = start_after(&file_key);
+        let page = self.store.list_page_after(&prefix, &after, size).await?;
         let entries = dir::page_entries(&self.layout, &prefix, &page);
         let shown = entries
             .iter()
@@ -161,6 +163,27 @@ impl<S: ObjectStore> S3Fs<S> {
             }
         };
         let mut table = self.inodes.lock().unwrap();
+        // Names in the window's range that it did not show do not exist (for the TTL).
+        let relative = |key: &str| key.strip_prefix(prefix.as_str()).map(str::to_string);
+        let through = match page.next_token {
+            None => Some(None),
+            Some(_) => {
+                let last_object = page.objects.last().map(|o| o.key.as_str());
+                let last_prefix = page.prefixes.last().map(String::as_str);
+                last_object.max(last_prefix).and_then(relative).map(Some)
+            }
+        };
+        if let Some(through) = through {
+            let after = relative(&after).unwrap_or_default();
+            table.mark_window(
+                parent,
+                Window {
+                    after,
+                    through,
+                    until,
+                },
+            );
+        }
         for (child, listed) in &entries {
             if child != name {
                 self.upsert_listed(&mut table, (parent, child), listed, (until, asked_at));

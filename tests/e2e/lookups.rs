@@ -245,3 +245,40 @@ fn rm_rf_of_a_folder_costs_a_delete_per_file_and_few_listings() {
     assert!(heads <= n as u64 + 30, "{heads} HEADs for {n} files");
     assert!(gets <= 30, "{gets} GETs (listings) for {n} files");
 }
+
+#[tokio::test]
+async fn a_name_in_the_range_of_a_fresh_window_is_missing_without_asking() {
+    let c = core();
+    for i in 0..3000 {
+        c.store.insert(&format!("big/f{i:06}"), b"x");
+    }
+    let big = c.lookup(ROOT, "big").await.unwrap();
+    c.lookup(big.ino, "f001234").await.unwrap();
+    let before = c.requests();
+    // f001234 … f001249 were in the window: a name between them is known missing.
+    let missing = c.lookup(big.ino, "f001240.tmp").await;
+    assert!(matches!(missing, Err(FsError::NotFound)), "{missing:?}");
+    assert_eq!(c.requests() - before, 0);
+    // What this mount creates there is found, and another client's object in the
+    // range is seen once the window is stale.
+    let (created, fh) =
+        c.fs.create(
+            big.ino,
+            OsStr::new("f001241.new"),
+            0o644,
+            s3mount::fs::Caller { uid: 0, gid: 0 },
+        )
+        .await
+        .unwrap();
+    c.fs.release(fh).await.unwrap();
+    assert_eq!(
+        c.lookup(big.ino, "f001241.new").await.unwrap().ino,
+        created.ino
+    );
+    c.store.insert("big/f001242.other", b"o");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        c.lookup(big.ino, "f001242.other").await.unwrap().kind,
+        Kind::File
+    );
+}
