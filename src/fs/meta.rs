@@ -175,7 +175,11 @@ impl<S: ObjectStore> S3Fs<S> {
             Some(k) if k.shared => k.settled_at,
             _ => now() - asked_at.elapsed(),
         };
+        // A local index answer is in the local index already: writing it back would
+        // cost a database write per entry of every listing.
+        let from_local_index = known.as_ref().is_some_and(|k| !k.shared);
         if let (Some(listed), Ok(meta)) = (&listed, &head)
+            && !from_local_index
             && self.index.offer(&key, listed, meta, checked_at)
         {
             self.index.flush().await;
