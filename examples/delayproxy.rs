@@ -24,10 +24,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Largest chunk read at once.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 /// Chunks queued per direction: up to 64 MiB in flight, far above what 10 ms at loopback
 /// speed needs, so the delay does not cap throughput.
-const QUEUE_CHUNKS: usize = 1024;
+const QUEUE_CHUNKS: usize = 256;
 
 #[derive(Parser)]
 #[command(about = "Loopback TCP proxy adding a round-trip delay (for scripts/bench.sh)")]
@@ -48,12 +48,16 @@ type Due = (Instant, Vec<u8>);
 
 /// Reads `from` until EOF or an error, queueing each chunk with its due time.
 async fn read_side(mut from: OwnedReadHalf, queue: mpsc::Sender<Due>, delay: Duration) {
+    let mut buf = vec![0u8; CHUNK];
     loop {
-        let mut buf = vec![0u8; CHUNK];
         let n = from.read(&mut buf).await.unwrap_or(0);
-        buf.truncate(n);
-        let end = n == 0;
-        if queue.send((Instant::now() + delay, buf)).await.is_err() || end {
+        // a copy of just what was read: small reads stay small in the queue
+        if queue
+            .send((Instant::now() + delay, buf[..n].to_vec()))
+            .await
+            .is_err()
+            || n == 0
+        {
             return;
         }
     }
