@@ -80,6 +80,7 @@ DATA=$(mktemp -d /dev/shm/s3mount-bench.XXXXXX) # source data for the writes, in
 MNT=$WORK/mnt
 DPID=""
 DTOOL=""
+DLOG=""
 PROXY_PID=""
 
 # Unmounts the current mount and waits (bounded) for its process to finish uploads and exit.
@@ -97,7 +98,12 @@ unmount_daemon() {
         echo "$DTOOL $DPID still running 300 s after unmount; killing it" >&2
         kill -KILL "$DPID" 2>/dev/null || true
     fi
-    wait "$DPID" 2>/dev/null || echo "$DTOOL $DPID exited with status $?" >&2
+    local st=0
+    wait "$DPID" 2>/dev/null || st=$?
+    # rclone ends with status 1 and "failed to umount FUSE fs" once fusermount took its mount
+    if [ "$st" != 0 ] && ! { [ "$DTOOL" = rclone ] && grep -q 'failed to umount FUSE fs' "$DLOG"; }; then
+        echo "$DTOOL $DPID exited with status $st (log: $DLOG)" >&2
+    fi
     DPID=""
 }
 cleanup() {
@@ -169,12 +175,13 @@ mount_tool() {
             --log-level ERROR >"$WORK/rclone-$name.log" 2>&1 &
         ;;
     esac
-    DPID=$! DTOOL=$tool
+    DPID=$! DTOOL=$tool DLOG=$WORK/$tool-$name.log
+    [ "$tool" != s3mount ] || DLOG=$WORK/mount-$name.log
     local i
     for ((i = 0; i < 300; i++)); do
         mountpoint -q "$MNT" && return 0
         if ! kill -0 "$DPID" 2>/dev/null; then
-            cat "$WORK/"*"-$name.log" >&2
+            cat "$DLOG" >&2
             DPID=""
             echo "bench: $tool exited before its mount was live" >&2
             return 1
@@ -484,5 +491,5 @@ row "rm -rf of $LS_N files, s (raw: $JOBS DELETEs in flight)" "${M[rm]-}" "${R[r
 row "peak RSS over all steps, MiB" "${RSS[s3mount]-}" - "${RSS[s3fs]-}" "${RSS[rclone]-}" "<= 64"
 echo "(ratio = s3mount / raw, same run; raw = examples/rawbench.rs, unsigned payloads like the mount;"
 echo " --write-back row: raw = local create + fsync + dir fsync on the cache dir's disk, rclone = its close, no fsync;"
-echo " rclone: --vfs-cache-mode writes --vfs-write-back 0s, \"until in S3\" polled with LIST;"
+echo " rclone: --vfs-cache-mode writes --vfs-write-back 0s, \"until in S3\" polled with LIST, tar -x timed at close;"
 echo " s3fs has no write-back mode; s3fs and rclone left at their defaults otherwise)"
