@@ -65,6 +65,22 @@ enum Cmd {
     List { prefix: String },
     /// Print the size and ETag of KEY
     Head { key: String },
+    /// LIST PREFIX (as `list`), then HEAD every object listed, --jobs at a time: what a cold
+    /// `ls -l` that honours per-object metadata costs a plain client
+    ListHead { prefix: String },
+    /// DELETE the N objects PREFIX000000.., --jobs at a time
+    DeleteMany { prefix: String, n: usize },
+    /// Poll (LIST every 50 ms, at most TIMEOUT seconds) until PREFIX holds N objects of SIZE
+    /// bytes each; prints the Unix time at which it first did (how long a mount that uploads
+    /// after close takes until the data is in S3)
+    WaitFor {
+        prefix: String,
+        n: usize,
+        #[arg(value_parser = parse_size)]
+        size: u64,
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -340,6 +356,132 @@ async fn list(c: &Client, bucket: &str, prefix: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every object whose key starts with PREFIX (no delimiter): (key, size) pairs.
+async fn list_all(c: &Client, bucket: &str, prefix: &str) -> Result<Vec<(String, u64)>> {
+    let mut all = Vec::new();
+    let mut token = None;
+    loop {
+        let page = c
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(sdk(format!("LIST {prefix}")))?;
+        all.extend(page.contents().iter().filter_map(|o| {
+            let key = o.key()?;
+            // a folder's own marker (key == PREFIX ending in `/`) is not one of its objects
+            let marker = prefix.ends_with('/') && key == prefix;
+            (!marker).then(|| (key.to_string(), o.size().unwrap_or(0).max(0) as u64))
+        }));
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(all);
+        }
+    }
+}
+
+async fn list_head(a: &Args, c: &Client, bucket: &str, prefix: &str) -> Result<()> {
+    let start = Instant::now();
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let page = c
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(sdk(format!("LIST {prefix}")))?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .filter(|k| *k != prefix)
+                .map(str::to_string),
+        );
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    let list_secs = start.elapsed().as_secs_f64();
+    stream::iter(&keys)
+        .map(|key| async move {
+            c.head_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(sdk(format!("HEAD {key}")))
+        })
+        .buffer_unordered(a.jobs)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "list-head prefix={prefix} entries={} list_secs={list_secs:.3} secs={secs:.3}",
+        keys.len()
+    );
+    Ok(())
+}
+
+async fn delete_many(a: &Args, c: &Client, bucket: &str, prefix: &str, n: usize) -> Result<()> {
+    let start = Instant::now();
+    stream::iter(0..n)
+        .map(|i| {
+            let key = many_key(prefix, i);
+            async move {
+                c.delete_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(sdk(format!("DELETE {key}")))
+            }
+        })
+        .buffer_unordered(a.jobs)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "delete-many prefix={prefix} files={n} secs={secs:.3} files/s={:.1}",
+        n as f64 / secs
+    );
+    Ok(())
+}
+
+async fn wait_for(
+    c: &Client,
+    bucket: &str,
+    prefix: &str,
+    (n, size): (usize, u64),
+    timeout: u64,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let all = list_all(c, bucket, prefix).await?;
+        let complete = all.iter().filter(|(_, s)| *s == size).count();
+        if complete >= n {
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs_f64();
+            println!("wait-for prefix={prefix} objects={complete} at={at:.3}");
+            return Ok(());
+        }
+        if start.elapsed().as_secs() >= timeout {
+            bail!(
+                "{prefix}: {complete} of {n} objects of {size} bytes after {timeout} s ({} listed)",
+                all.len()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -351,6 +493,14 @@ async fn main() -> Result<()> {
         Cmd::PutMany { prefix, n, size } => put_many(&args, &c, b, prefix, *n, *size).await,
         Cmd::GetMany { prefix, n } => get_many(&args, &c, b, prefix, *n).await,
         Cmd::List { prefix } => list(&c, b, prefix).await,
+        Cmd::ListHead { prefix } => list_head(&args, &c, b, prefix).await,
+        Cmd::DeleteMany { prefix, n } => delete_many(&args, &c, b, prefix, *n).await,
+        Cmd::WaitFor {
+            prefix,
+            n,
+            size,
+            timeout,
+        } => wait_for(&c, b, prefix, (*n, *size), *timeout).await,
         Cmd::Head { key } => {
             let h = c
                 .head_object()
