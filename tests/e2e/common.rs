@@ -522,6 +522,15 @@ pub fn staged_data_files(cache: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Waits (up to `limit`) until the mount says `path` is in S3 (`user.s3.state`). The
+/// object can be in the bucket before the mount has the answer to its PUT: a test that
+/// cuts the connections next (a proxy fault) must wait for this, not for the bucket.
+pub fn wait_uploaded(path: &Path, limit: Duration) -> bool {
+    eventually(limit, || {
+        xattr::get(path, "user.s3.state").is_ok_and(|v| v.as_deref() == Some(&b"uploaded"[..]))
+    })
+}
+
 pub fn fuse_unmount(dir: &Path) -> Result<(), String> {
     let started = Instant::now();
     let mut busy_seen = Vec::new();

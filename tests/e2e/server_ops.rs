@@ -130,6 +130,10 @@ fn fstab_line_mounts_through_mount8_and_umount_drains() {
 
     // A write-back upload held back by the link: a plain umount must not lose it; the
     // daemon outlives the mount until S3 has the file.
+    assert!(wait_uploaded(
+        &mnt.path().join("a.txt"),
+        Duration::from_secs(20)
+    ));
     proxy.set_fault(Fault::Hold, 100);
     let held = random_bytes(300_000, 9);
     std::fs::write(mnt.path().join("held.bin"), &held).unwrap();
@@ -339,6 +343,10 @@ fn systemd_notify_ready_stopping_and_drain_status() {
 
     // A write-back upload held back, then SIGTERM: STOPPING=1, and while the upload
     // waits, a STATUS= line with the pending files and bytes and a stop-timeout extension.
+    assert!(wait_uploaded(
+        &mnt.path().join("after-hup.txt"),
+        Duration::from_secs(20)
+    ));
     proxy.set_fault(Fault::Hold, 100);
     let held = random_bytes(3 * MIB, 3);
     std::fs::write(mnt.path().join("held.bin"), &held).unwrap();
