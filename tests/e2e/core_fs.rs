@@ -1020,3 +1020,37 @@ async fn a_small_file_comes_with_its_metadata_in_one_request() {
     );
     assert_eq!(f.store.count(Op::Head), 0);
 }
+
+#[tokio::test]
+async fn a_reader_opened_before_an_append_here_reads_the_appended_content() {
+    let f = fixture("");
+    let ino = write_file(&f.fs, ROOT, "log", b"first line\n").await;
+    let read_only = OpenMode {
+        write: false,
+        truncate: false,
+    };
+    let (reader, _) = f.fs.open(ino, read_only).await.unwrap();
+    assert_eq!(
+        &f.fs.read(reader, 0, 4096).await.unwrap()[..],
+        b"first line\n"
+    );
+    // Another handle of this mount appends, closes (uploaded), and its stage goes.
+    let append = OpenMode {
+        write: true,
+        truncate: false,
+    };
+    let (writer, _) = f.fs.open(ino, append).await.unwrap();
+    f.fs.write(writer, 11, b"second line\n").await.unwrap();
+    f.fs.flush(writer).await.unwrap();
+    f.fs.release(writer).await.unwrap();
+    assert_eq!(
+        f.store.object("log").unwrap(),
+        &b"first line\nsecond line\n"[..]
+    );
+    // The kernel asks the open reader for the new size's pages: read-your-writes.
+    assert_eq!(
+        &f.fs.read(reader, 0, 4096).await.unwrap()[..],
+        b"first line\nsecond line\n"
+    );
+    f.fs.release(reader).await.unwrap();
+}
