@@ -482,10 +482,16 @@ impl Stage {
     /// The committed record follows a rename.
     pub fn rekey(&self, key: &str) -> StageResult<()> {
         let mut record = self.record.lock().unwrap();
-        if let Some(r) = record.as_mut() {
-            r.key = key.to_string();
-            let durable = r.state == State::Committed;
-            self.journal.put(&self.name, r, durable)?;
+        if let Some(r) = record.as_ref() {
+            // The record in memory changes only once the journal has the new key: a
+            // failed write must not make a later commit believe the key is journaled.
+            let new = Record {
+                key: key.to_string(),
+                ..r.clone()
+            };
+            self.journal
+                .put(&self.name, &new, new.state == State::Committed)?;
+            *record = Some(new);
         }
         Ok(())
     }
