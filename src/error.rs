@@ -40,6 +40,10 @@ pub enum FsError {
     FileTooLarge,
     #[error("no such extended attribute")]
     NoXattr,
+    /// An extended attribute outside `user.*`: that namespace does not exist here, as on
+    /// a file system mounted without ACLs or security labels.
+    #[error("only user.* extended attributes exist here")]
+    XattrNamespace,
     #[error("local I/O error: {0}")]
     Io(String),
     #[error("the caller's buffer is too small")]
@@ -79,6 +83,9 @@ impl FsError {
             FsError::TooBig => libc::E2BIG,
             FsError::FileTooLarge => libc::EFBIG,
             FsError::NoXattr => libc::ENODATA,
+            // What a file system without ACL or label support answers; `ls -l` and the
+            // ACL library then stop asking for the rest of the device.
+            FsError::XattrNamespace => libc::ENOTSUP,
             FsError::BufferTooSmall => libc::ERANGE,
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::Stale | FsError::Io(_) => libc::EIO,
@@ -103,6 +110,7 @@ impl FsError {
                 | FsError::NotDir
                 | FsError::IsDir
                 | FsError::NoXattr
+                | FsError::XattrNamespace
                 | FsError::NoSuchOffset
                 | FsError::LeftToKernel(_)
         )

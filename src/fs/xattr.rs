@@ -33,11 +33,17 @@ pub enum XattrAnswer<'a> {
     Value(&'a [u8]),
 }
 
-/// The name of an attribute to read or remove: any other than a `user.` one (the
-/// kernel's ACL and security probes, two per file in `ls -l`) does not exist, which
-/// is answered without asking S3.
+/// The name of an attribute to read or remove, answered without asking S3 when it
+/// cannot exist: a name outside `user.` (the ACL and security-label probes, two per
+/// file in `ls -l`) is in a namespace this file system does not have, so the answer
+/// is ENOTSUP, which `ls` and the ACL library remember for the whole device instead of
+/// asking again for every file; `user.` alone names nothing.
 pub fn xattr_name_to_read(name: &OsStr) -> FsResult<&str> {
-    name.to_str()
+    let name = name.to_str().ok_or(FsError::NoXattr)?;
+    if !name.starts_with("user.") {
+        return Err(FsError::XattrNamespace);
+    }
+    Some(name)
         .filter(|n| is_user_name(n))
         .ok_or(FsError::NoXattr)
 }
@@ -150,9 +156,12 @@ impl<S: ObjectStore> S3Fs<S> {
                 "the user.s3.* and user.s3mount.* attributes are read-only",
             ));
         }
+        if !name.starts_with("user.") {
+            return Err(FsError::XattrNamespace);
+        }
         if !is_user_name(name) {
             return Err(FsError::Unsupported(
-                "only user.* extended attributes are stored",
+                "an xattr name needs a part after user.",
             ));
         }
         if name.contains(['"', ',']) {
@@ -208,17 +217,16 @@ mod tests {
     #[test]
     fn names_and_answers_follow_the_xattr_rules() {
         assert_eq!(xattr_name_to_read(OsStr::new("user.a")).unwrap(), "user.a");
-        for other in [
-            "security.selinux",
-            "system.posix_acl_access",
-            "user.",
-            "trusted.x",
-        ] {
+        for other in ["security.selinux", "system.posix_acl_access", "trusted.x"] {
             assert!(matches!(
                 xattr_name_to_read(OsStr::new(other)),
-                Err(FsError::NoXattr)
+                Err(FsError::XattrNamespace)
             ));
         }
+        assert!(matches!(
+            xattr_name_to_read(OsStr::new("user.")),
+            Err(FsError::NoXattr)
+        ));
         assert_eq!(xattr_answer(b"abc", 0).unwrap(), XattrAnswer::Size(3));
         assert_eq!(xattr_answer(b"abc", 3).unwrap(), XattrAnswer::Value(b"abc"));
         assert!(matches!(

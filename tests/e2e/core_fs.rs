@@ -886,7 +886,7 @@ async fn user_xattrs_follow_the_linux_rules_and_s3_attributes_are_read_only() {
     ));
     assert!(matches!(
         fs.setxattr(ino, "trusted.x", b"1", 0).await,
-        Err(FsError::Unsupported(_))
+        Err(FsError::XattrNamespace)
     ));
     assert!(matches!(
         fs.setxattr(ino, "user.a,b", b"1", 0).await,

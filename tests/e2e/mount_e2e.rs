@@ -407,3 +407,34 @@ fn the_mount_is_a_fuse_s3mount_and_remounts_read_only_and_back() {
     std::fs::write(m.path("after"), b"3").unwrap();
     assert_eq!(Bucket::new().get(&format!("{prefix}after")).unwrap(), b"3");
 }
+
+#[test]
+fn acl_and_security_probes_answer_enotsup_and_user_xattrs_persist() {
+    let prefix = unique_prefix("xattrns");
+    let m = TestMount::new(&prefix, &[]);
+    let file = m.path("doc.txt");
+    std::fs::write(&file, b"x").unwrap();
+    // What a file system without ACLs or labels answers, which `ls -l` remembers for the
+    // device instead of asking once per file.
+    for name in ["security.selinux", "system.posix_acl_access", "trusted.x"] {
+        let err = xattr::get(&file, name).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTSUP), "get {name}");
+        if !name.starts_with("system.") {
+            // (The kernel parses an ACL before it reaches us: "1" is EINVAL there.)
+            let err = xattr::set(&file, name, b"1").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENOTSUP), "set {name}");
+        }
+        let err = xattr::remove(&file, name).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTSUP), "remove {name}");
+    }
+    // (The xattr crate answers ENODATA with None.)
+    assert_eq!(xattr::get(&file, "user.missing").unwrap(), None);
+    xattr::set(&file, "user.color", b"blue").unwrap();
+    assert_eq!(
+        xattr::get(&file, "user.color").unwrap().as_deref(),
+        Some(&b"blue"[..])
+    );
+    let out = run("ls", &["-l", m.path("").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("doc.txt"));
+}
