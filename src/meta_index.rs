@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +96,27 @@ fn unseal<'a>(key: &str, value: &'a [u8]) -> Option<&'a [u8]> {
     (crc.finalize().to_le_bytes() == sum).then_some(body)
 }
 
+/// What `table` holds for `key` at exactly `version`.
+fn lookup(
+    table: &ReadOnlyTable<&str, (u64, &[u8])>,
+    key: &str,
+    version: &Version,
+) -> Option<ObjectMeta> {
+    let guard = table.get(key).ok()??;
+    let (_, value) = guard.value();
+    let stored: Stored = serde_json::from_slice(unseal(key, value)?).ok()?;
+    let same = stored.etag == version.etag.0
+        && stored.size == version.size
+        && stored.modified == nanos(version.modified);
+    same.then(|| ObjectMeta {
+        size: stored.size,
+        etag: ETag(stored.etag),
+        last_modified: from_nanos(stored.head_modified),
+        user_meta: stored.user_meta,
+        content_type: stored.content_type,
+    })
+}
+
 struct Inner {
     db: Database,
     max_entries: u64,
@@ -155,22 +177,23 @@ impl MetaIndex {
 
     /// The HEAD answer recorded for `key` at exactly `version`, if any.
     pub fn get(&self, key: &str, version: &Version) -> Option<ObjectMeta> {
-        let inner = self.inner.as_ref()?;
-        let read = inner.db.begin_read().ok()?;
-        let table = read.open_table(ENTRIES).ok()?;
-        let guard = table.get(key).ok()??;
-        let (_, value) = guard.value();
-        let stored: Stored = serde_json::from_slice(unseal(key, value)?).ok()?;
-        let same = stored.etag == version.etag.0
-            && stored.size == version.size
-            && stored.modified == nanos(version.modified);
-        same.then(|| ObjectMeta {
-            size: stored.size,
-            etag: ETag(stored.etag),
-            last_modified: from_nanos(stored.head_modified),
-            user_meta: stored.user_meta,
-            content_type: stored.content_type,
-        })
+        self.get_many([(key, version)]).pop().flatten()
+    }
+
+    /// [`MetaIndex::get`] of many keys in one read transaction (a listing's batch).
+    pub fn get_many<'a>(
+        &self,
+        wanted: impl IntoIterator<Item = (&'a str, &'a Version)>,
+    ) -> Vec<Option<ObjectMeta>> {
+        let table = self
+            .inner
+            .as_ref()
+            .and_then(|inner| inner.db.begin_read().ok())
+            .and_then(|read| read.open_table(ENTRIES).ok());
+        wanted
+            .into_iter()
+            .map(|(key, version)| lookup(table.as_ref()?, key, version))
+            .collect()
     }
 
     /// Offers what HEAD (sent at `asked_at`) answered for `key`, which a listing showed

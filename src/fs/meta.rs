@@ -196,12 +196,27 @@ impl<S: ObjectStore> S3Fs<S> {
             _ => None,
         };
         let mut table = self.inodes.lock().unwrap();
+        let attr = self.apply_answer(&mut table, ino, dir, head, asked_at)?;
+        Ok((attr, learned))
+    }
+
+    /// Records what HEAD (or an index, as of `asked_at`) answered about `ino` (a
+    /// directory marker if `dir`) and returns the attributes; an answer older than a
+    /// change made here is left out.
+    fn apply_answer(
+        &self,
+        table: &mut InodeTable,
+        ino: u64,
+        dir: bool,
+        head: Result<ObjectMeta, StoreError>,
+        asked_at: Instant,
+    ) -> FsResult<Attr> {
         let Some(inode) = table.get(ino) else {
             return Err(FsError::NotFound);
         };
         if inode.meta_known || inode.detached || inode.changed_after(asked_at) {
             // (Changed here after the HEAD was sent: the answer is out of date.)
-            return Ok((Self::current_attr(&table, ino).expect("present"), learned));
+            return Ok(Self::current_attr(table, ino).expect("present"));
         }
         let (parent, name) = (inode.parent, inode.name.clone());
         let touched = inode
@@ -225,8 +240,7 @@ impl<S: ObjectStore> S3Fs<S> {
                     asked_at,
                 };
                 let ino = table.upsert(parent, &name, found);
-                let attr = Self::current_attr(&table, ino).expect("just upserted");
-                Ok((attr, learned))
+                Ok(Self::current_attr(table, ino).expect("just upserted"))
             }
             Err(StoreError::NotFound) if dir => {
                 // A directory that exists only as a prefix: the mount's defaults, fresh
@@ -235,7 +249,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 let inode = table.get_mut(ino).expect("present");
                 inode.meta_known = true;
                 inode.valid_until = valid_until;
-                Ok((Self::current_attr(&table, ino).expect("present"), None))
+                Ok(Self::current_attr(table, ino).expect("present"))
             }
             Err(StoreError::NotFound) => {
                 table.detach(ino);
@@ -243,6 +257,46 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Completes the entries `unknown` of `entries` that the local index answers, in
+    /// one read of it and one hold of the table (after a remount a listing's entries
+    /// are nearly all such); returns the others.
+    fn complete_from_local_index(
+        &self,
+        entries: &mut [DirEntry],
+        unknown: Vec<usize>,
+    ) -> Vec<usize> {
+        let asked_at = Instant::now();
+        let wanted: Vec<(usize, String, Version)> = {
+            let table = self.inodes.lock().unwrap();
+            unknown
+                .iter()
+                .filter_map(|&i| {
+                    let ino = entries[i].attr.ino;
+                    let version = Self::listed_version(&table, ino)?;
+                    let key = self.layout.file_key(&table.path(ino)?);
+                    Some((i, key, version))
+                })
+                .collect()
+        };
+        if wanted.is_empty() {
+            return unknown;
+        }
+        let answers = self
+            .index
+            .get_many(wanted.iter().map(|(_, key, version)| (key.as_str(), version)));
+        let mut answered = vec![false; entries.len()];
+        let mut table = self.inodes.lock().unwrap();
+        for ((i, _, _), meta) in wanted.iter().zip(answers) {
+            let Some(meta) = meta else { continue };
+            let ino = entries[*i].attr.ino;
+            if let Ok(attr) = self.apply_answer(&mut table, ino, false, Ok(meta), asked_at) {
+                entries[*i].attr = attr;
+                answered[*i] = true;
+            }
+        }
+        unknown.into_iter().filter(|&i| !answered[i]).collect()
     }
 
     /// Completes the attributes of directory entries known from a listing only, with
@@ -271,6 +325,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 .map(|(i, _)| i)
                 .collect()
         };
+        let unknown = self.complete_from_local_index(entries, unknown);
         if unknown.is_empty() {
             return Ok(());
         }
