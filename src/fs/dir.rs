@@ -1,7 +1,7 @@
 //! A cursor over one open directory: `.`, `..`, files staged here but not uploaded yet,
-//! then the keys and common prefixes of ListObjectsV2 pages, fetched one page at a time
-//! (the next one while the kernel takes the current) so a directory of any size streams
-//! through bounded memory. Entry `i` carries cookie `i + 1`. The cursor knows names, not
+//! then the keys and common prefixes of ListObjectsV2 pages, requested back to back by a
+//! task of the cursor's own while the kernel takes them, at most [`PAGES_AHEAD`] pages
+//! ahead, so a directory of any size streams through bounded memory as fast as S3 lists. Entry `i` carries cookie `i + 1`. The cursor knows names, not
 //! attributes: the core turns what it yields into entries and hands the batch back with
 //! [`DirCursor::remember`], so the kernel can resume inside the last batch.
 
@@ -9,6 +9,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::DirEntry;
@@ -98,7 +99,6 @@ pub(super) struct DirCursor<S> {
     prefix: String,
     local: Vec<(String, u64)>,
     local_names: HashSet<String>,
-    token: Option<String>,
     exhausted: bool,
     /// Names of the pages fetched, not yet yielded, with when their page was asked for.
     pending: VecDeque<(String, Listed, Instant)>,
@@ -113,8 +113,9 @@ pub(super) struct DirCursor<S> {
     /// When the first page of this pass was asked for.
     started: Instant,
     pages: u32,
-    /// The next page, already requested, and when.
-    next_page: Option<(JoinHandle<StoreResult<ListPage>>, Instant)>,
+    /// The pages of this pass, requested ahead (None before the first page and after
+    /// the last).
+    pager: Option<Pager>,
     /// What this pass learned for the shared metadata index (kept by the core).
     pub(super) shared: Pass,
 }
@@ -136,7 +137,6 @@ impl<S: ObjectStore> DirCursor<S> {
             prefix,
             local,
             local_names,
-            token: None,
             exhausted: false,
             pending: VecDeque::new(),
             recent_files: [HashSet::new(), HashSet::new()],
@@ -146,7 +146,7 @@ impl<S: ObjectStore> DirCursor<S> {
             pinned: Vec::new(),
             started: Instant::now(),
             pages: 0,
-            next_page: None,
+            pager: None,
             shared: Pass::default(),
         }
     }
@@ -182,7 +182,6 @@ impl<S: ObjectStore> DirCursor<S> {
     }
 
     fn restart(&mut self) {
-        self.token = None;
         self.exhausted = false;
         self.pending.clear();
         self.recent_files = [HashSet::new(), HashSet::new()];
@@ -191,9 +190,7 @@ impl<S: ObjectStore> DirCursor<S> {
         self.last_batch_start = 0;
         self.pages = 0;
         self.shared = Pass::default();
-        if let Some((prefetch, _)) = self.next_page.take() {
-            prefetch.abort();
-        }
+        self.pager = None;
     }
 
     /// Positions the cursor for a read from cookie `offset`: the entries of the last
@@ -261,37 +258,30 @@ impl<S: ObjectStore> DirCursor<S> {
     }
 
     async fn fetch_page(&mut self) -> FsResult<()> {
-        if self.pages == 0 {
-            self.started = Instant::now();
-        }
-        let (page, asked_at) = match self.next_page.take() {
-            Some((prefetch, asked_at)) => {
-                let page = prefetch
-                    .await
-                    .map_err(|e| FsError::Io(format!("listing task: {e}")))??;
-                (page, asked_at)
+        let pager = match &mut self.pager {
+            Some(pager) => pager,
+            None => {
+                self.started = Instant::now();
+                let pager = Pager::start(self.store.clone(), self.prefix.clone());
+                self.pager.insert(pager)
+            }
+        };
+        let received = pager.pages.recv().await;
+        let (page, asked_at) = match received {
+            Some(Ok(page)) => page,
+            Some(Err(e)) => {
+                self.pager = None;
+                return Err(e.into());
             }
             None => {
-                let asked_at = Instant::now();
-                let token = self.token.take();
-                let page = self
-                    .store
-                    .list_page(&self.prefix, true, token, None)
-                    .await?;
-                (page, asked_at)
+                self.pager = None;
+                return Err(FsError::Io("the listing task ended early".into()));
             }
         };
         self.pages += 1;
-        self.token = page.next_token.clone();
-        self.exhausted = self.token.is_none();
-        if let Some(token) = self.token.take() {
-            // Fetch the next page while the kernel takes this one.
-            let (store, prefix) = (self.store.clone(), self.prefix.clone());
-            let next =
-                tokio::spawn(
-                    async move { store.list_page(&prefix, true, Some(token), None).await },
-                );
-            self.next_page = Some((next, Instant::now()));
+        self.exhausted = page.next_token.is_none();
+        if self.exhausted {
+            self.pager = None;
         }
         self.take_page(page, asked_at);
         Ok(())
@@ -315,5 +305,41 @@ impl<S: ObjectStore> DirCursor<S> {
             }
             self.pending.push_back((name, listed, asked_at));
         }
+    }
+}
+
+/// Pages of one listing requested ahead of the cursor.
+const PAGES_AHEAD: usize = 2;
+
+/// A task listing one directory page after page, each request sent as soon as the page
+/// before it names its continuation; it stops at the end, at the first error (handed
+/// on), or when the cursor drops it.
+struct Pager {
+    pages: mpsc::Receiver<StoreResult<(ListPage, Instant)>>,
+    task: JoinHandle<()>,
+}
+
+impl Pager {
+    fn start<S: ObjectStore>(store: Arc<S>, prefix: String) -> Pager {
+        let (tx, pages) = mpsc::channel(PAGES_AHEAD);
+        let task = tokio::spawn(async move {
+            let mut token = None;
+            loop {
+                let asked_at = Instant::now();
+                let page = store.list_page(&prefix, true, token, None).await;
+                token = page.as_ref().ok().and_then(|p| p.next_token.clone());
+                let last = token.is_none();
+                if tx.send(page.map(|p| (p, asked_at))).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Pager { pages, task }
+    }
+}
+
+impl Drop for Pager {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -283,9 +283,11 @@ impl<S: ObjectStore> S3Fs<S> {
         if wanted.is_empty() {
             return unknown;
         }
-        let answers = self
-            .index
-            .get_many(wanted.iter().map(|(_, key, version)| (key.as_str(), version)));
+        let answers = self.index.get_many(
+            wanted
+                .iter()
+                .map(|(_, key, version)| (key.as_str(), version)),
+        );
         let mut answered = vec![false; entries.len()];
         let mut table = self.inodes.lock().unwrap();
         for ((i, _, _), meta) in wanted.iter().zip(answers) {

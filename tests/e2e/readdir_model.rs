@@ -306,3 +306,35 @@ async fn lookup_in_a_large_directory_asks_about_the_name_alone() {
     let requests = count(&d.store) - before;
     assert!(requests <= 2, "{requests} requests for one name");
 }
+
+#[tokio::test]
+async fn a_failed_listing_page_fails_one_read_and_the_next_goes_on_from_its_cookie() {
+    let d = dir();
+    fill(&d.store, 600, 0);
+    let fh = d.fs.opendir(ROOT).await.unwrap();
+    let first = d.fs.readdir(fh, 0).await.unwrap();
+    // A page the cursor's lister asks for later fails (whichever it is: it lists ahead).
+    d.store
+        .fail_next(Op::List, 1, StoreError::Transient("injected".into()));
+    let mut got: Vec<String> = first.iter().map(|e| e.name.clone()).collect();
+    let (mut from, mut failures) = (first.last().unwrap().offset, 0);
+    loop {
+        match d.fs.readdir(fh, from).await {
+            Ok(batch) => {
+                let Some(last) = batch.last() else { break };
+                from = last.offset;
+                got.extend(batch.into_iter().map(|e| e.name));
+            }
+            Err(e) => {
+                assert_eq!(e.errno(), libc::EIO, "{e}");
+                failures += 1;
+                assert!(failures < 5, "the listing keeps failing");
+            }
+        }
+    }
+    assert_eq!(failures, 1, "one read failed");
+    assert_eq!(got.len(), 603, "every entry once after the failure");
+    let unique: HashSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), 603);
+    d.fs.releasedir(fh);
+}
