@@ -59,8 +59,8 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     /// Answers without a HEAD for the entries `unknown` of `entries` (listed in key
-    /// prefix `prefix`): from the local index, else, if any settled entry misses it,
-    /// from the directory's shared object (fetched once per pass).
+    /// prefix `prefix`), which the local index did not answer: from the directory's
+    /// shared object (fetched once per pass) if any of them is settled.
     pub(super) async fn shared_hints(
         &self,
         prefix: &str,
@@ -76,22 +76,12 @@ impl<S: ObjectStore> S3Fs<S> {
                 .collect()
         };
         let t = now();
-        let mut missing = false;
-        let mut known: Vec<Option<Known>> = unknown
+        let mut known: Vec<Option<Known>> = unknown.iter().map(|_| None).collect();
+        let settled = versions
             .iter()
-            .zip(&versions)
-            .map(|(&i, version)| {
-                let version = version.as_ref()?;
-                let key = format!("{prefix}{}", entries[i].name);
-                let hit = self
-                    .index
-                    .get(&key, version)
-                    .map(|m| Known::local(version, m));
-                missing |= hit.is_none() && version.modified + SETTLED <= t;
-                hit
-            })
-            .collect();
-        if !missing {
+            .flatten()
+            .any(|version| version.modified + SETTLED <= t);
+        if !settled {
             return known;
         }
         if pass.needs_fetch() {
