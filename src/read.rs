@@ -5,7 +5,7 @@
 //! Memory stays within the cache bound plus the GETs in flight, whatever the file sizes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -58,8 +58,10 @@ pub struct BlockCache {
     hits: AtomicU64,
     misses: AtomicU64,
     /// Buffers of blocks no longer used, for the next blocks downloaded; they fit in the
-    /// room the cached blocks leave.
+    /// room the cached blocks leave, and are freed when no file is open for reading.
     pool: Arc<BlockPool>,
+    /// Readers alive (open files reading from S3).
+    readers: AtomicUsize,
 }
 
 impl BlockCache {
@@ -83,6 +85,7 @@ impl BlockCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             pool,
+            readers: AtomicUsize::new(0),
         }
     }
 
@@ -239,6 +242,7 @@ pub struct Reader<S> {
 
 impl<S: ObjectStore> Reader<S> {
     pub fn new(store: Arc<S>, cache: Arc<BlockCache>, key: &str, etag: ETag, size: u64) -> Self {
+        cache.readers.fetch_add(1, Ordering::Relaxed);
         Reader {
             store,
             cache,
@@ -477,6 +481,16 @@ impl<S: ObjectStore> Reader<S> {
     }
 }
 
+impl<S> Drop for Reader<S> {
+    /// Spare buffers serve the next blocks of a reader; with no reader left they would
+    /// only hold memory, so the last one to go frees them.
+    fn drop(&mut self) {
+        if self.cache.readers.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.cache.pool.free_spares();
+        }
+    }
+}
+
 /// Where block `key` comes from if it is cached or being downloaded.
 fn present(inner: &mut CacheInner, key: &BlockKey) -> Option<Source> {
     if let Some(b) = inner.blocks.get(key) {
@@ -700,6 +714,16 @@ mod tests {
             "{allocated} buffers allocated for {blocks} blocks (bound {bound})"
         );
         assert!(store.count(Op::Get) >= blocks / MAX_REQUEST_BLOCKS);
+        assert!(
+            cache.pool.spare_and_allocated().0 > 0,
+            "spares wait for the next block"
+        );
+        drop(reader);
+        assert_eq!(
+            cache.pool.spare_and_allocated().0,
+            0,
+            "the last reader to close frees the spares"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

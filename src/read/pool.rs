@@ -6,7 +6,7 @@
 //! user of the block (cache, read-ahead waiter, FUSE reply) has dropped it.
 //! Invariant: the spare buffers fit in the room the cache leaves free (`set_room`), so
 //! cached blocks and spares together stay within the cache's capacity and the pool adds
-//! nothing to the read path's memory bound.
+//! nothing to the read path's memory bound; the last reader to close frees them all.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,6 +61,11 @@ impl BlockPool {
         if spare.len() > buffers {
             spare.truncate(buffers);
         }
+    }
+
+    /// Frees every spare buffer (no reader is left to use them).
+    pub(super) fn free_spares(&self) {
+        self.spare.lock().unwrap().clear();
     }
 
     fn give_back(&self, mut buffer: Vec<u8>) {
