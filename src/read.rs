@@ -5,15 +5,18 @@
 //! Memory stays within the cache bound plus the GETs in flight, whatever the file sizes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use lru::LruCache;
 use tokio::sync::{Semaphore, watch};
 
 use crate::store::{ETag, ObjectStore, StoreError, StoreResult, get_bytes};
+
+mod pool;
+use pool::BlockPool;
 
 /// Granularity of caching and read-ahead; the kernel's sequential reads are this large,
 /// so each is answered from one block without copying.
@@ -54,6 +57,11 @@ pub struct BlockCache {
     /// read-ahead), and reads that needed one.
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Buffers of blocks no longer used, for the next blocks downloaded; they fit in the
+    /// room the cached blocks leave, and are freed when no file is open for reading.
+    pool: Arc<BlockPool>,
+    /// Readers alive (open files reading from S3).
+    readers: AtomicUsize,
 }
 
 impl BlockCache {
@@ -61,6 +69,8 @@ impl BlockCache {
     /// blocks fetched ahead are not evicted before they are read.
     pub fn new(capacity: usize) -> BlockCache {
         let capacity = capacity.max(4 * BLOCK as usize);
+        let pool = Arc::new(BlockPool::new(BLOCK as usize));
+        pool.set_room(capacity);
         BlockCache {
             inner: Mutex::new(CacheInner {
                 blocks: LruCache::unbounded(),
@@ -74,6 +84,8 @@ impl BlockCache {
             downloads: Arc::new(Semaphore::new(capacity / BLOCK as usize)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            pool,
+            readers: AtomicUsize::new(0),
         }
     }
 
@@ -103,12 +115,20 @@ impl BlockCache {
                 None => break,
             }
         }
+        self.room_changed(&inner);
+    }
+
+    /// Tells the pool how much of the capacity the cached blocks leave for spares.
+    fn room_changed(&self, inner: &CacheInner) {
+        self.pool
+            .set_room(self.capacity.saturating_sub(inner.bytes));
     }
 
     fn remove(&self, key: &BlockKey) {
         let mut inner = self.inner.lock().unwrap();
         if let Some(b) = inner.blocks.pop(key) {
             inner.bytes -= b.len();
+            self.room_changed(&inner);
         }
     }
 
@@ -139,6 +159,7 @@ impl BlockCache {
                 inner.bytes -= b.len();
             }
         }
+        self.room_changed(&inner);
     }
 }
 
@@ -221,6 +242,7 @@ pub struct Reader<S> {
 
 impl<S: ObjectStore> Reader<S> {
     pub fn new(store: Arc<S>, cache: Arc<BlockCache>, key: &str, etag: ETag, size: u64) -> Self {
+        cache.readers.fetch_add(1, Ordering::Relaxed);
         Reader {
             store,
             cache,
@@ -267,7 +289,7 @@ impl<S: ObjectStore> Reader<S> {
             sources.push(source);
         }
         self.cache.note_read(!fetched);
-        let mut out: Option<BytesMut> = None;
+        let mut out: Option<Vec<u8>> = None;
         let mut single: Option<Bytes> = None;
         for (i, source) in sources.into_iter().enumerate() {
             let block = match source {
@@ -288,7 +310,7 @@ impl<S: ObjectStore> Reader<S> {
             if first == last {
                 single = Some(piece);
             } else {
-                out.get_or_insert_with(|| BytesMut::with_capacity((end - offset) as usize))
+                out.get_or_insert_with(|| self.output_buffer(end - offset))
                     .extend_from_slice(&piece);
             }
         }
@@ -299,7 +321,17 @@ impl<S: ObjectStore> Reader<S> {
                 self.cache.remove(&self.block_key(index));
             }
         }
-        Ok(single.unwrap_or_else(|| out.map(BytesMut::freeze).unwrap_or_default()))
+        Ok(single.unwrap_or_else(|| out.map(|o| self.cache.pool.freeze(o)).unwrap_or_default()))
+    }
+
+    /// Room for a read of `len` bytes that spans blocks: a pooled buffer when it fits
+    /// in one (the kernel's reads do), as the FUSE reply drops it at once.
+    fn output_buffer(&self, len: u64) -> Vec<u8> {
+        if len <= BLOCK {
+            self.cache.pool.take()
+        } else {
+            Vec::with_capacity(len as usize)
+        }
     }
 
     /// A random read: just its own range (64 KiB aligned), not cached.
@@ -343,7 +375,7 @@ impl<S: ObjectStore> Reader<S> {
         let mut index = from;
         while index < to {
             let n = (to - index).min(MAX_REQUEST_BLOCKS);
-            self.fetch_missing(index, index + n);
+            let _coming = self.fetch_missing(index, index + n);
             index += n;
         }
         true
@@ -356,11 +388,7 @@ impl<S: ObjectStore> Reader<S> {
         if let Some(source) = self.lookup(index) {
             return (source, false);
         }
-        self.fetch_missing(index, last + 1);
-        let source = self
-            .lookup(index)
-            .expect("a block is cached or in flight right after it was requested");
-        (source, true)
+        (self.fetch_missing(index, last + 1), true)
     }
 
     fn block_key(&self, index: u64) -> BlockKey {
@@ -372,27 +400,31 @@ impl<S: ObjectStore> Reader<S> {
     }
 
     fn lookup(&self, index: u64) -> Option<Source> {
-        let key = self.block_key(index);
-        let mut inner = self.cache.inner.lock().unwrap();
-        if let Some(b) = inner.blocks.get(&key) {
-            return Some(Source::Ready(b.clone()));
-        }
-        inner
-            .in_flight
-            .get(&key)
-            .map(|rx| Source::Pending(rx.clone()))
+        present(
+            &mut self.cache.inner.lock().unwrap(),
+            &self.block_key(index),
+        )
     }
 
-    /// Starts one ranged GET for the blocks in `[from, to)` that are neither cached nor
-    /// in flight (the run from the first missing block to the last one).
-    fn fetch_missing(&self, from: u64, to: u64) {
+    /// Starts one ranged GET for the blocks in `[from, to)` (not empty) that are neither
+    /// cached nor in flight (the run from the first missing block to the last one).
+    /// Returns where block `from` comes from, decided under the same lock as the GET's
+    /// start: a GET that fails at once may already be gone from the in-flight table
+    /// when the caller looks again.
+    fn fetch_missing(&self, from: u64, to: u64) -> Source {
         let mut senders = Vec::new();
         let mut run_start = None;
+        let mut first = None;
         {
             let mut inner = self.cache.inner.lock().unwrap();
             for index in from..to {
                 let key = self.block_key(index);
-                if inner.blocks.contains(&key) || inner.in_flight.contains_key(&key) {
+                if index == from {
+                    first = present(&mut inner, &key);
+                    if first.is_some() {
+                        continue;
+                    }
+                } else if inner.blocks.contains(&key) || inner.in_flight.contains_key(&key) {
                     if run_start.is_some() {
                         break; // keep one GET contiguous
                     }
@@ -400,11 +432,17 @@ impl<S: ObjectStore> Reader<S> {
                 }
                 run_start.get_or_insert(index);
                 let (tx, rx) = watch::channel(None);
+                if index == from {
+                    first = Some(Source::Pending(rx.clone()));
+                }
                 inner.in_flight.insert(key, rx);
                 senders.push(tx);
             }
         }
-        let Some(start) = run_start else { return };
+        let first = first.expect("the range holds block `from`");
+        let Some(start) = run_start else {
+            return first;
+        };
         let end_block = start + senders.len() as u64;
         let range = start * BLOCK..(end_block * BLOCK).min(self.size);
         let (store, cache, key, etag) = (
@@ -439,7 +477,29 @@ impl<S: ObjectStore> Reader<S> {
                 }
             }
         });
+        first
     }
+}
+
+impl<S> Drop for Reader<S> {
+    /// Spare buffers serve the next blocks of a reader; with no reader left they would
+    /// only hold memory, so the last one to go frees them.
+    fn drop(&mut self) {
+        if self.cache.readers.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.cache.pool.free_spares();
+        }
+    }
+}
+
+/// Where block `key` comes from if it is cached or being downloaded.
+fn present(inner: &mut CacheInner, key: &BlockKey) -> Option<Source> {
+    if let Some(b) = inner.blocks.get(key) {
+        return Some(Source::Ready(b.clone()));
+    }
+    inner
+        .in_flight
+        .get(key)
+        .map(|rx| Source::Pending(rx.clone()))
 }
 
 /// Streams one GET into blocks, publishing each block as soon as it is complete.
@@ -456,20 +516,23 @@ async fn fetch_blocks<S: ObjectStore>(
     let mut chunks = store.get_range(key, range.clone(), Some(etag)).await?;
     let mut done = 0usize;
     let mut filled = 0u64;
-    let mut buf = BytesMut::with_capacity(BLOCK.min(total) as usize);
+    // The block being filled; its buffer comes from the pool (no page faults) and goes
+    // back there when the block's last user drops it.
+    let mut buf: Option<Vec<u8>> = None;
     while let Some(chunk) = chunks.next().await {
-        let mut chunk = chunk?;
-        while !chunk.is_empty() {
+        let chunk = chunk?;
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
             let block_len = BLOCK.min(total - done as u64 * BLOCK) as usize;
-            let take = (block_len - buf.len()).min(chunk.len());
-            buf.extend_from_slice(&chunk.split_to(take));
+            let filling = buf.get_or_insert_with(|| cache.pool.take());
+            let take = (block_len - filling.len()).min(rest.len());
+            filling.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
             filled += take as u64;
-            if buf.len() == block_len {
-                let block = std::mem::replace(
-                    &mut buf,
-                    BytesMut::with_capacity(BLOCK.min(total.saturating_sub(filled)) as usize),
-                )
-                .freeze();
+            if filling.len() == block_len {
+                let block = cache
+                    .pool
+                    .freeze(buf.take().expect("a block is being filled"));
                 cache.insert(
                     BlockKey {
                         key: key.clone(),
@@ -507,6 +570,7 @@ async fn wait_block(rx: &mut watch::Receiver<BlockResult>) -> StoreResult<Bytes>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::memory::{MemoryStore, Op};
 
     const MIB: u64 = 1024 * 1024;
     const READ: u64 = 128 * 1024;
@@ -596,5 +660,119 @@ mod tests {
             offset = end;
         }
         assert_eq!(last_block, size.div_ceil(BLOCK));
+    }
+
+    fn pattern(len: u64) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+            .collect()
+    }
+
+    async fn reader_of(
+        store: &Arc<MemoryStore>,
+        cache: &Arc<BlockCache>,
+        key: &str,
+    ) -> Reader<MemoryStore> {
+        let meta = store.head(key).await.unwrap();
+        Reader::new(store.clone(), cache.clone(), key, meta.etag, meta.size)
+    }
+
+    fn cached_and_spare_bytes(cache: &BlockCache) -> usize {
+        let cached = cache.inner.lock().unwrap().bytes;
+        cached + cache.pool.spare_and_allocated().0 * BLOCK as usize
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sequential_read_returns_the_object_and_reuses_block_buffers() {
+        let size = 64 * MIB + 12_345;
+        let data = pattern(size);
+        let store = Arc::new(MemoryStore::new());
+        store.insert("big", &data);
+        let cache = Arc::new(BlockCache::new(8 * MIB as usize));
+        let reader = reader_of(&store, &cache, "big").await;
+        let mut offset = 0;
+        while offset < size {
+            let got = reader.read(offset, MIB as u32).await.unwrap();
+            let end = (offset + MIB).min(size);
+            assert!(
+                got[..] == data[offset as usize..end as usize],
+                "bytes at {offset}"
+            );
+            offset = end;
+            assert!(
+                cached_and_spare_bytes(&cache) <= cache.capacity,
+                "cached blocks and spare buffers stay within the cache's capacity"
+            );
+        }
+        let blocks = size.div_ceil(BLOCK);
+        let (_, allocated) = cache.pool.spare_and_allocated();
+        // At most a cache's worth cached and a cache's worth downloading at once, so
+        // reused buffers keep the allocations to about that, whatever the file size.
+        let bound = 2 * (cache.capacity as u64 / BLOCK) + 2;
+        assert!(
+            allocated <= bound,
+            "{allocated} buffers allocated for {blocks} blocks (bound {bound})"
+        );
+        assert!(store.count(Op::Get) >= blocks / MAX_REQUEST_BLOCKS);
+        assert!(
+            cache.pool.spare_and_allocated().0 > 0,
+            "spares wait for the next block"
+        );
+        drop(reader);
+        assert_eq!(
+            cache.pool.spare_and_allocated().0,
+            0,
+            "the last reader to close frees the spares"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_spanning_blocks_and_the_last_short_block_are_exact() {
+        let size = 5 * MIB + 777;
+        let data = pattern(size);
+        let store = Arc::new(MemoryStore::new());
+        store.insert("obj", &data);
+        let cache = Arc::new(BlockCache::new(8 * MIB as usize));
+        let reader = reader_of(&store, &cache, "obj").await;
+        // Unaligned sequential reads, each crossing a block boundary now and then.
+        let step = 300_000;
+        let mut offset = 0;
+        while offset < size {
+            let got = reader.read(offset, step as u32).await.unwrap();
+            let end = (offset + step).min(size);
+            assert!(
+                got[..] == data[offset as usize..end as usize],
+                "bytes at {offset}"
+            );
+            offset = end;
+        }
+        assert!(reader.read(size, 10).await.unwrap().is_empty());
+        // A fresh reader reading across a block boundary at a random place.
+        let other = reader_of(&store, &cache, "obj").await;
+        let at = 3 * MIB - 100;
+        let got = other.read(at, 200).await.unwrap();
+        assert!(got[..] == data[at as usize..at as usize + 200]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replaced_object_fails_the_read_rather_than_mix_versions() {
+        let size = 16 * MIB;
+        let store = Arc::new(MemoryStore::new());
+        store.insert("obj", &pattern(size));
+        let cache = Arc::new(BlockCache::new(4 * MIB as usize));
+        let reader = reader_of(&store, &cache, "obj").await;
+        store.insert("obj", &vec![7u8; size as usize]);
+        // Every GET carries If-Match on the ETag seen at open: the sequential block
+        // path and the random range path.
+        let first = reader.read(0, MIB as u32).await;
+        assert!(
+            matches!(first, Err(StoreError::PreconditionFailed)),
+            "got {first:?}"
+        );
+        let far = reader.read(12 * MIB, 4096).await;
+        assert!(
+            matches!(far, Err(StoreError::PreconditionFailed)),
+            "got {far:?}"
+        );
     }
 }
