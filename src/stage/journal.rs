@@ -429,7 +429,7 @@ impl Stage {
         if already {
             return Ok(()); // this very content is committed already (close, then release)
         }
-        self.file.sync_data()?;
+        self.fds()?.file.sync_data()?;
         let upload_id = record.as_ref().and_then(|r| r.upload_id.clone());
         let new = Record {
             key: key.to_string(),
