@@ -520,6 +520,9 @@ impl Stage {
     }
 
     pub async fn truncate<S: ObjectStore>(&self, store: &S, size: u64) -> StageResult<()> {
+        // Opened before anything changes: a stage file that cannot be opened fails the
+        // truncate and leaves the stage as it was.
+        let fds = self.fds()?;
         let keeps_no_remote = {
             let s = self.state.lock().unwrap();
             s.lazy.as_ref().is_some_and(|l| size <= l.filled_to)
@@ -529,7 +532,6 @@ impl Stage {
         } else {
             self.prepare(store, Access::Other).await?;
         }
-        let fds = self.fds()?;
         let mut s = self.state.lock().unwrap();
         self.settle_with(&fds, &mut s)?;
         fds.file.set_len(size)?;

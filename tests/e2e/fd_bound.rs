@@ -309,3 +309,41 @@ fn daemon_pid(cache: &Path) -> u32 {
     }
     panic!("no daemon has {} open", cache.display());
 }
+
+/// A queued file whose stage file cannot be opened again when its upload comes (here: the
+/// stage folder moved away) fails that upload and keeps everything; once the file can be
+/// opened, the next try uploads it whole.
+#[tokio::test]
+async fn an_upload_that_cannot_reopen_its_stage_file_fails_and_keeps_the_data() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let mut cfg = core_config("", cache.path());
+    cfg.write_back = true;
+    let fs = S3Fs::new(store.clone(), cfg).unwrap(); // no background: uploads run here
+    let data = content(7);
+    let (attr, fh) = fs
+        .create(ROOT, OsStr::new("kept"), 0o644, ME)
+        .await
+        .unwrap();
+    write_all(&fs, fh, &data).await;
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        open_stage_files("self", cache.path()),
+        0,
+        "a queued file nobody has open keeps no descriptor"
+    );
+
+    let (stage, away) = (cache.path().join("stage"), cache.path().join("away"));
+    std::fs::rename(&stage, &away).unwrap();
+    let err = fs.sync(attr.ino).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    assert_eq!(store.object("kept"), None);
+    assert_eq!(fs.dirty_count(), 1, "still queued");
+    std::fs::rename(&away, &stage).unwrap();
+    assert_eq!(staged_data_files(cache.path()).len(), 1, "the data stayed");
+
+    fs.sync(attr.ino).await.unwrap();
+    assert!(store.object("kept").unwrap() == data[..], "uploaded whole");
+    assert_eq!(fs.dirty_count(), 0);
+}
