@@ -86,10 +86,11 @@ for mode in $MODES; do
     (
         peak=0 peak_stage=0
         while kill -0 "$DPID" 2>/dev/null; do
-            n=$(ls "/proc/$DPID/fd" 2>/dev/null | wc -l)
+            # (find fails on an fd closed while it looks: the count still holds.)
+            n=$(ls "/proc/$DPID/fd" 2>/dev/null | wc -l) || true
             [ "$n" -gt "$peak" ] && peak=$n && echo "$peak" >"$WORK/fds-$mode"
             n=$(find "/proc/$DPID/fd" -lname "$WORK/cache-$mode/stage/*" \
-                -not -lname "*/journal-*" 2>/dev/null | wc -l)
+                -not -lname "*/journal-*" 2>/dev/null | wc -l) || true
             [ "$n" -gt "$peak_stage" ] && peak_stage=$n && echo "$n" >"$WORK/stage-fds-$mode"
             sleep 0.1
         done
