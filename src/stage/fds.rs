@@ -40,8 +40,6 @@ pub struct OpenFiles {
     cap: usize,
     table: Mutex<Table>,
     next_id: AtomicU64,
-    /// Stage files opened again after they had been closed (for tests and figures).
-    reopened: AtomicU64,
 }
 
 #[derive(Default)]
@@ -100,12 +98,7 @@ impl OpenFiles {
             cap: cap.max(1),
             table: Mutex::new(Table::default()),
             next_id: AtomicU64::new(1),
-            reopened: AtomicU64::new(0),
         }
-    }
-
-    pub fn cap(&self) -> usize {
-        self.cap
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -140,7 +133,6 @@ impl OpenFiles {
             table.evict_over(self.cap)
         };
         drop(evicted);
-        self.reopened.fetch_add(1, Ordering::Relaxed);
         Ok(fds)
     }
 
@@ -151,13 +143,9 @@ impl OpenFiles {
     }
 
     /// Stage files in the table now.
-    pub fn open_now(&self) -> usize {
+    #[cfg(test)]
+    fn open_now(&self) -> usize {
         self.lock().open.len()
-    }
-
-    /// How many times a closed stage file was opened again.
-    pub fn reopened(&self) -> u64 {
-        self.reopened.load(Ordering::Relaxed)
     }
 }
 
@@ -175,11 +163,12 @@ mod tests {
             .collect()
     }
 
-    fn open_in(dir: &Path) -> usize {
+    /// Descriptors of this process open on `path` (or on anything under it).
+    fn open_on(path: &Path) -> usize {
         std::fs::read_dir("/proc/self/fd")
             .unwrap()
             .flatten()
-            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(dir)))
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(path)))
             .count()
     }
 
@@ -193,24 +182,23 @@ mod tests {
             .map(|p| open.register(File::open(p).unwrap()))
             .collect();
         assert_eq!(open.open_now(), 4);
-        assert_eq!(open_in(dir.path()), 4, "closed files are really closed");
+        assert_eq!(open_on(dir.path()), 4, "closed files are really closed");
+        assert_eq!(open_on(&paths[0]), 0, "the oldest went first");
+        assert_eq!(open_on(&paths[19]), 1);
         for (id, path) in ids.iter().zip(&paths) {
             let fds = open.get(*id, path).unwrap();
             let mut buf = vec![0u8; 16];
             let n = std::os::unix::fs::FileExt::read_at(&fds.file, &mut buf, 0).unwrap();
             assert_eq!(&buf[..n], std::fs::read(path).unwrap().as_slice());
+            drop(fds);
+            assert!(open_on(dir.path()) <= 4);
         }
         assert_eq!(open.open_now(), 4);
-        assert_eq!(
-            open.reopened(),
-            20,
-            "the first 16 were closed, the last 4 evicted"
-        );
         for id in &ids {
             open.close(*id);
         }
         assert_eq!(open.open_now(), 0);
-        assert_eq!(open_in(dir.path()), 0);
+        assert_eq!(open_on(dir.path()), 0);
     }
 
     #[test]
@@ -219,15 +207,15 @@ mod tests {
         let paths = files(dir.path(), 3);
         let open = OpenFiles::new(2);
         let a = open.register(File::open(&paths[0]).unwrap());
-        let b = open.register(File::open(&paths[1]).unwrap());
+        open.register(File::open(&paths[1]).unwrap());
         open.get(a, &paths[0]).unwrap(); // a is now newer than b
-        let c = open.register(File::open(&paths[2]).unwrap());
-        let before = open.reopened();
-        open.get(a, &paths[0]).unwrap();
-        open.get(c, &paths[2]).unwrap();
-        assert_eq!(open.reopened(), before, "a and c stayed open");
-        open.get(b, &paths[1]).unwrap();
-        assert_eq!(open.reopened(), before + 1, "b was the one closed");
+        open.register(File::open(&paths[2]).unwrap());
+        let still_open: Vec<usize> = paths.iter().map(|p| open_on(p)).collect();
+        assert_eq!(
+            still_open,
+            [1, 0, 1],
+            "b, the least recently used, was closed"
+        );
     }
 
     #[test]
@@ -239,9 +227,9 @@ mod tests {
         let in_use = open.get(a, &paths[0]).unwrap();
         let b = open.register(File::open(&paths[1]).unwrap());
         assert_eq!(open.open_now(), 1);
-        assert_eq!(open_in(dir.path()), 2, "a is still used");
+        assert_eq!(open_on(dir.path()), 2, "a is still used");
         drop(in_use);
-        assert_eq!(open_in(dir.path()), 1);
+        assert_eq!(open_on(dir.path()), 1);
         std::fs::remove_file(&paths[0]).unwrap();
         let err = open
             .get(a, &paths[0])

@@ -87,12 +87,6 @@ pub struct StageDir {
 
 impl StageDir {
     pub fn open(cache_dir: &Path) -> io::Result<StageDir> {
-        Self::open_limited(cache_dir, OPEN_STAGE_FILES)
-    }
-
-    /// A stage folder that keeps at most `open_files` stage files open at once (outside
-    /// the operations running on them).
-    pub fn open_limited(cache_dir: &Path, open_files: usize) -> io::Result<StageDir> {
         let dir = cache_dir.join("stage");
         std::fs::create_dir_all(&dir)?;
         let now = std::time::SystemTime::now()
@@ -108,7 +102,7 @@ impl StageDir {
             journal: Arc::new(journal),
             inherited,
             spares: Mutex::new(Vec::new()),
-            files: Arc::new(OpenFiles::new(open_files)),
+            files: Arc::new(OpenFiles::new(OPEN_STAGE_FILES)),
         })
     }
 
@@ -134,17 +128,6 @@ impl StageDir {
             size,
             self.journal.clone(),
         )
-    }
-
-    /// Stage files open now (outside operations running on them), and the most there
-    /// may be.
-    pub fn open_files(&self) -> (usize, usize) {
-        (self.files.open_now(), self.files.cap())
-    }
-
-    /// How many times a stage file closed while its stage waited was opened again.
-    pub fn reopened_files(&self) -> u64 {
-        self.files.reopened()
     }
 
     /// An empty stage file whose directory entry is on disk (a data sync of the file
