@@ -255,10 +255,18 @@ fn a_held_write_back_backlog_keeps_the_daemons_descriptors_bounded() {
     let written = started.elapsed();
     let queued = staged_data_files(&cache).len();
     let (peak, peak_stage) = (peak.into_inner(), peak_stage.into_inner());
+    let idle_stage = open_stage_files(&pid.to_string(), &cache);
     eprintln!(
         "{FILES} write-back files closed in {:.1} s with uploads held: {queued} queued, \
-         peak {peak} open fds ({peak_stage} on stage files)",
-        written.as_secs_f64()
+         peak {peak} open fds ({peak_stage} on stage files); now {} ({idle_stage} on \
+         stage files): {}",
+        written.as_secs_f64(),
+        open_fds(pid),
+        fd_kinds(pid)
+    );
+    assert!(
+        idle_stage <= 16,
+        "{idle_stage} stage files open while the queue waits and nobody has a file open"
     );
     assert!(
         queued > FILES / 2,
@@ -284,6 +292,33 @@ fn a_held_write_back_backlog_keeps_the_daemons_descriptors_bounded() {
         assert!(got == file(i), "{key} differs in S3");
     }
     drop(m);
+}
+
+/// What the descriptors of `pid` are open on, counted by kind, for messages.
+fn fd_kinds(pid: u32) -> String {
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let kind = match target.split_once(':') {
+            Some((kind, _)) => kind.to_string(),
+            None if target.contains("/stage/journal-") => "journal".into(),
+            None if target.contains("/stage/") => "stage file".into(),
+            None => target.rsplit('/').next().unwrap_or("").to_string(),
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    kinds
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The daemon that holds the lock of cache dir `cache` (it has the dir's lock file open).
