@@ -4,8 +4,9 @@
 # MW_APPENDS (200) checksummed lines each to their own log while MW_LOGS others read the logs
 # and check every complete line. Every close must succeed; afterwards every object is
 # compared with what was written through the S3 API (MD5 of a GET), not through the mount.
-# Prints files/s, the daemon's peak RSS (VmHWM) and its peak number of open fds (sampled
-# from /proc/PID/fd every 0.1 s); fails above MW_MAX_RSS_MIB (64) or MW_MAX_FDS (1024).
+# Prints files/s, the daemon's peak RSS (VmHWM), its peak number of open fds and of those on
+# stage files (sampled from /proc/PID/fd every 0.1 s); fails above MW_MAX_RSS_MIB (64) or
+# MW_MAX_FDS (512: at most 256 stage files are open, whatever the write-back backlog).
 #
 #   scripts/many-writers.sh
 #
@@ -20,7 +21,7 @@ FILES=${MW_FILES:-10000}
 LOGS=${MW_LOGS:-8}
 APPENDS=${MW_APPENDS:-200}
 MAX_RSS=${MW_MAX_RSS_MIB:-64}
-MAX_FDS=${MW_MAX_FDS:-1024}
+MAX_FDS=${MW_MAX_FDS:-512}
 MODES=${MW_MODES:-default write-back}
 
 ensure_apt_packages
@@ -64,7 +65,7 @@ now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.${2:-1}f\", $1 }"; }
 
 FAILED=0
-declare -A RATE RSS FDS
+declare -A RATE RSS FDS STAGE_FDS
 for mode in $MODES; do
     opts=()
     [ "$mode" = write-back ] && opts=(--write-back)
@@ -80,12 +81,17 @@ for mode in $MODES; do
         kill -0 "$DPID" 2>/dev/null || { cat "$WORK/mount-$mode.log" >&2; exit 1; }
         sleep 0.1
     done
-    # Peak open fds of the daemon, sampled while the writers run.
+    # Peak open fds of the daemon, and of those on stage files (not the journal), sampled
+    # while the writers run.
     (
-        peak=0
+        peak=0 peak_stage=0
         while kill -0 "$DPID" 2>/dev/null; do
-            n=$(ls "/proc/$DPID/fd" 2>/dev/null | wc -l)
+            # (find fails on an fd closed while it looks: the count still holds.)
+            n=$(ls "/proc/$DPID/fd" 2>/dev/null | wc -l) || true
             [ "$n" -gt "$peak" ] && peak=$n && echo "$peak" >"$WORK/fds-$mode"
+            n=$(find "/proc/$DPID/fd" -lname "$WORK/cache-$mode/stage/*" \
+                -not -lname "*/journal-*" 2>/dev/null | wc -l) || true
+            [ "$n" -gt "$peak_stage" ] && peak_stage=$n && echo "$n" >"$WORK/stage-fds-$mode"
             sleep 0.1
         done
     ) &
@@ -105,6 +111,7 @@ for mode in $MODES; do
     wait "$SAMPLER" 2>/dev/null || true
     SAMPLER=""
     FDS[$mode]=$(cat "$WORK/fds-$mode" 2>/dev/null || echo 0)
+    STAGE_FDS[$mode]=$(cat "$WORK/stage-fds-$mode" 2>/dev/null || echo 0)
     echo "== $mode: checking through the S3 API"
     "$MW" verify "$prefix" --procs "$PROCS" --files "$FILES" || FAILED=1
     "$MW" verify-logs "$prefix" --writers "$LOGS" --appends "$APPENDS" || FAILED=1
@@ -120,8 +127,9 @@ done
 
 echo
 echo "s3mount $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $PROCS writers x $FILES files of 1-256 KiB, Garage on 127.0.0.1, $(date -u +%F)"
-printf '%-12s %10s %14s %10s\n' mode files/s "peak RSS MiB" "peak fds"
+printf '%-12s %10s %14s %10s %16s\n' mode files/s "peak RSS MiB" "peak fds" "peak stage fds"
 for mode in $MODES; do
-    printf '%-12s %10s %14s %10s\n' "$mode" "${RATE[$mode]:--}" "${RSS[$mode]}" "${FDS[$mode]}"
+    printf '%-12s %10s %14s %10s %16s\n' "$mode" "${RATE[$mode]:--}" "${RSS[$mode]}" "${FDS[$mode]}" \
+        "${STAGE_FDS[$mode]}"
 done
 exit "$FAILED"

@@ -4,7 +4,7 @@
 #   scripts/test.sh [CARGO TEST ARGS...]     e.g. scripts/test.sh --test e2e mount_e2e::
 #
 # The integration tests are one binary, tests/e2e (`--test e2e`), with a module per area
-# (big_files, check, cli, cluster, core_fs, crash, credentials, durability, lookups, meta_index, migrate,
+# (big_files, check, cli, cluster, core_fs, crash, credentials, durability, fd_bound, lookups, meta_index, migrate,
 # mount_e2e, object_options, observability, odd_keys, random_ops, readdir_model, s3fs_interop,
 # scale, server_ops, tools_roundtrip, trash, two_hosts); a name filter after it picks tests,
 # e.g. `--test e2e random_ops`.

@@ -205,8 +205,9 @@ fn describe(cfg: &MountConfig, err: &StoreError) -> String {
     }
 }
 
-/// Every staged file not yet uploaded holds a descriptor, so a long write-back backlog
-/// (an outage) needs many: the soft limit is raised to the hard one, as servers do.
+/// Stage files keep at most 256 descriptors open (`stage/fds.rs`), whatever the backlog;
+/// the soft limit is still raised to the hard one, as servers do, for the connections and
+/// the operations running at once.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)

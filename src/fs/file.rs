@@ -342,6 +342,9 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         if last {
             self.drop_clean_stage(ino);
+            // Committed and queued (or kept after a failed upload): no descriptor while
+            // it waits.
+            self.close_idle_stage_file(ino);
         }
         let mut table = self.inodes.lock().unwrap();
         table.remove_if_unused(ino);

@@ -1,6 +1,7 @@
 //! Background work: the write-back upload queue with retries and backoff, the retry of
 //! uploads that failed at close, shutdown's drain, and recovery of an earlier run's
-//! committed files before a mount serves.
+//! committed files before a mount serves. A stage nobody has open waits for its upload
+//! (or its next try) with its stage file closed: a backlog holds no descriptors.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -124,6 +125,7 @@ impl<S: ObjectStore> S3Fs<S> {
                     if !pending {
                         return;
                     }
+                    self.close_idle_stage_file(ino);
                     log::warn!("background upload failed ({e}); next try in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -202,10 +204,30 @@ impl<S: ObjectStore> S3Fs<S> {
                 .unwrap()
                 .get(ino)
                 .is_some_and(|i| i.open_handles == 0);
-            if idle && self.sync(ino).await.is_ok() {
+            if !idle {
+                continue;
+            }
+            if self.sync(ino).await.is_ok() {
                 log::info!("a staged file that had failed to upload is now in S3");
                 self.drop_clean_stage(ino);
+            } else {
+                self.close_idle_stage_file(ino);
             }
+        }
+    }
+
+    /// Closes the stage file of `ino` if nobody has the file open: it waits for its
+    /// upload without a descriptor (the next operation on it opens it again).
+    pub(super) fn close_idle_stage_file(&self, ino: u64) {
+        let stage = {
+            let table = self.inodes.lock().unwrap();
+            match table.get(ino) {
+                Some(inode) if inode.open_handles == 0 => table.stage(ino),
+                _ => None,
+            }
+        };
+        if let Some(stage) = stage {
+            stage.close_file();
         }
     }
 }

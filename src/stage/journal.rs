@@ -161,6 +161,13 @@ impl Journal {
         Ok((journal, inherited))
     }
 
+    /// Puts everything written to the cache dir's file system on disk (for a stage file
+    /// that has no descriptor open).
+    pub fn sync_file_system(&self) -> io::Result<()> {
+        let file = self.lock().file.clone();
+        nix::unistd::syncfs(&*file).map_err(io::Error::from)
+    }
+
     /// Sets the record of `stage` (a name in the stage dir); with `durable`, returns
     /// only once it is on disk.
     pub fn put(&self, stage: &str, record: &Record, durable: bool) -> io::Result<()> {
@@ -429,7 +436,13 @@ impl Stage {
         if already {
             return Ok(()); // this very content is committed already (close, then release)
         }
-        self.file.sync_data()?;
+        match self.fds() {
+            Ok(fds) => fds.file.sync_data()?,
+            // No descriptor of the stage file could be opened (it was closed to keep
+            // within the bound): a close must not fail for that, so the whole file
+            // system of the cache dir is synced through the journal's descriptor.
+            Err(_) => self.journal.sync_file_system()?,
+        }
         let upload_id = record.as_ref().and_then(|r| r.upload_id.clone());
         let new = Record {
             key: key.to_string(),

@@ -9,7 +9,11 @@
 //! `recover.rs`. Stage files are created ahead in batches, one directory sync per batch,
 //! so a close's fsync never waits for a directory entry. Fallocate and
 //! SEEK_DATA/SEEK_HOLE are in `space.rs`. Errors are [`StageError`]s: local I/O, a full
-//! cache disk, or S3 when the rest of a file is fetched.
+//! cache disk, or S3 when the rest of a file is fetched. A stage owns no descriptor: it
+//! borrows its file's from the bounded set in `fds.rs`, which reopens the file by its path
+//! when needed, so a backlog of thousands of queued stages keeps at most
+//! [`OPEN_STAGE_FILES`] of them open; a stage nobody has open closes its file at once
+//! ([`Stage::close_file`]).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -22,15 +26,18 @@ use std::time::SystemTime;
 
 use futures::StreamExt;
 
+mod fds;
 mod journal;
 mod recover;
 mod space;
 mod tail;
 
+pub use fds::OPEN_STAGE_FILES;
 pub use recover::{Committed, Leftover};
 pub use space::SpaceOp;
 
 use bytes::Bytes;
+use fds::{Fds, OpenFiles};
 use tail::{Direct, Tail};
 
 use crate::store::{ETag, ObjectStore, StoreError};
@@ -71,8 +78,11 @@ pub struct StageDir {
     journal: Arc<Journal>,
     /// What earlier runs journaled, by stage file name (for recovery).
     inherited: HashMap<String, Record>,
-    /// Empty stage files of this run whose directory entries are on disk already.
+    /// Empty stage files of this run whose directory entries are on disk already (by
+    /// name: a spare holds no descriptor).
     spares: Mutex<Vec<PathBuf>>,
+    /// The stage files open now, at most a fixed number.
+    files: Arc<OpenFiles>,
 }
 
 impl StageDir {
@@ -92,6 +102,7 @@ impl StageDir {
             journal: Arc::new(journal),
             inherited,
             spares: Mutex::new(Vec::new()),
+            files: Arc::new(OpenFiles::new(OPEN_STAGE_FILES)),
         })
     }
 
@@ -103,7 +114,20 @@ impl StageDir {
     pub fn create(&self, base: Option<RemoteBase>) -> StageResult<Stage> {
         let path = self.spare()?;
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        Ok(Stage::new(path, file, base, 0, self.journal.clone()))
+        Ok(self.stage(path, file, base, 0))
+    }
+
+    /// A stage over the stage file `path`, open as `file`, of `size` bytes.
+    fn stage(&self, path: PathBuf, file: File, base: Option<RemoteBase>, size: u64) -> Stage {
+        let id = self.files.register(file);
+        Stage::new(
+            path,
+            id,
+            self.files.clone(),
+            base,
+            size,
+            self.journal.clone(),
+        )
     }
 
     /// An empty stage file whose directory entry is on disk (a data sync of the file
@@ -220,7 +244,9 @@ pub struct Stage {
     /// The file's name in the stage dir: what the journal knows it by.
     name: String,
     journal: Arc<Journal>,
-    file: File,
+    /// Its key in `files`, which lends out the file's descriptors.
+    id: u64,
+    files: Arc<OpenFiles>,
     direct: Direct,
     /// The journal record as last written (None: there is no record file).
     record: Mutex<Option<Record>>,
@@ -278,7 +304,8 @@ pub struct Snapshot {
 impl Stage {
     fn new(
         path: PathBuf,
-        file: File,
+        id: u64,
+        files: Arc<OpenFiles>,
         base: Option<RemoteBase>,
         size: u64,
         journal: Arc<Journal>,
@@ -295,7 +322,8 @@ impl Stage {
             name,
             journal,
             path,
-            file,
+            id,
+            files,
             state: Mutex::new(StageState {
                 size: base.as_ref().map_or(size, |b| b.size),
                 version: 1,
@@ -322,6 +350,23 @@ impl Stage {
         &self.path
     }
 
+    /// The descriptors of the stage file, opened again if they were closed. Held only
+    /// for the duration of one operation.
+    fn fds(&self) -> io::Result<Arc<Fds>> {
+        self.files.get(self.id, &self.path).inspect_err(|e| {
+            log::warn!(
+                "could not open the staged file {}: {e}",
+                self.path.display()
+            );
+        })
+    }
+
+    /// Closes the stage file (nobody has the file open and it is committed: it waits for
+    /// its upload without a descriptor). The next operation opens it again.
+    pub fn close_file(&self) {
+        self.files.close(self.id);
+    }
+
     pub fn size(&self) -> u64 {
         self.state.lock().unwrap().size
     }
@@ -338,8 +383,17 @@ impl Stage {
 
     /// Puts the bytes of the append tail on disk.
     fn settle(&self, s: &mut StageState) -> StageResult<()> {
+        if s.tail.is_none() {
+            return Ok(());
+        }
+        let fds = self.fds()?;
+        self.settle_with(&fds, s)
+    }
+
+    /// [`Stage::settle`] through descriptors the caller holds.
+    fn settle_with(&self, fds: &Fds, s: &mut StageState) -> StageResult<()> {
         if let Some(tail) = s.tail.take()
-            && let Err(e) = self.direct.flush(&self.file, &tail)
+            && let Err(e) = self.direct.flush(fds, &tail)
         {
             s.tail = Some(tail);
             return Err(e.into());
@@ -372,7 +426,10 @@ impl Stage {
         if let Some(e) = self.broken() {
             return Err(e);
         }
-        self.write_unchecked(offset, data).inspect_err(|e| {
+        // A stage file that cannot be opened fails this write and changes nothing: the
+        // stage is not broken by it (what it holds is still what was written).
+        let fds = self.fds()?;
+        self.write_unchecked(&fds, offset, data).inspect_err(|e| {
             log::error!(
                 "write to the staged file {} failed: {e}; the file will not be uploaded",
                 self.path.display()
@@ -386,21 +443,21 @@ impl Stage {
         self.state.lock().unwrap().broken.clone()
     }
 
-    fn write_unchecked(&self, offset: u64, data: &[u8]) -> StageResult<u64> {
+    fn write_unchecked(&self, fds: &Fds, offset: u64, data: &[u8]) -> StageResult<u64> {
         let end = offset + data.len() as u64;
         let mut s = self.state.lock().unwrap();
         let appending = offset == s.size && s.append_only && s.lazy.is_none();
         if appending && (s.tail.is_some() || self.direct.can_start(s.size)) {
             let size = s.size;
             let tail = s.tail.get_or_insert_with(|| Direct::start_tail(size));
-            self.direct.append(&self.file, tail, data)?;
+            self.direct.append(fds, tail, data)?;
             s.size = end;
             s.changed();
             return Ok(end);
         }
-        self.settle(&mut s)?;
+        self.settle_with(fds, &mut s)?;
         drop(s);
-        self.file.write_all_at(data, offset)?;
+        fds.file.write_all_at(data, offset)?;
         let mut s = self.state.lock().unwrap();
         if offset != s.size {
             s.append_only = false;
@@ -423,9 +480,10 @@ impl Stage {
         len: u32,
     ) -> StageResult<Vec<u8>> {
         self.prepare(store, Access::Other).await?;
+        let fds = self.fds()?;
         let size = {
             let mut s = self.state.lock().unwrap();
-            self.settle(&mut s)?;
+            self.settle_with(&fds, &mut s)?;
             s.size
         };
         if offset >= size {
@@ -435,7 +493,7 @@ impl Stage {
         let mut buf = vec![0u8; len];
         let mut done = 0;
         while done < len {
-            let n = self.file.read_at(&mut buf[done..], offset + done as u64)?;
+            let n = fds.file.read_at(&mut buf[done..], offset + done as u64)?;
             if n == 0 {
                 break; // a hole at the end (truncate up): zeros
             }
@@ -445,6 +503,9 @@ impl Stage {
     }
 
     pub async fn truncate<S: ObjectStore>(&self, store: &S, size: u64) -> StageResult<()> {
+        // Opened before anything changes: a stage file that cannot be opened fails the
+        // truncate and leaves the stage as it was.
+        let fds = self.fds()?;
         let keeps_no_remote = {
             let s = self.state.lock().unwrap();
             s.lazy.as_ref().is_some_and(|l| size <= l.filled_to)
@@ -455,8 +516,8 @@ impl Stage {
             self.prepare(store, Access::Other).await?;
         }
         let mut s = self.state.lock().unwrap();
-        self.settle(&mut s)?;
-        self.file.set_len(size)?;
+        self.settle_with(&fds, &mut s)?;
+        fds.file.set_len(size)?;
         if size < s.size {
             s.append_only = size == 0 && s.streaming.is_none() && s.append_only;
             if let Some(st) = &mut s.streaming {
@@ -499,7 +560,7 @@ impl Stage {
         let mut at = from;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
-            self.file.write_all_at(&chunk, at)?;
+            self.fds()?.file.write_all_at(&chunk, at)?;
             at += chunk.len() as u64;
         }
         if at != base.size {
@@ -562,8 +623,9 @@ impl Stage {
     }
 
     pub fn fsync(&self) -> StageResult<()> {
-        self.settle(&mut self.state.lock().unwrap())?;
-        self.file.sync_data()?;
+        let fds = self.fds()?;
+        self.settle_with(&fds, &mut self.state.lock().unwrap())?;
+        fds.file.sync_data()?;
         Ok(())
     }
 
@@ -610,6 +672,12 @@ impl Stage {
     }
 }
 
+impl Drop for Stage {
+    fn drop(&mut self) {
+        self.close_file();
+    }
+}
+
 impl PartSource for Stage {
     fn read_part(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         // Bytes an upload reads no longer change (an append-only stage, or one whose
@@ -618,7 +686,8 @@ impl PartSource for Stage {
             let s = self.state.lock().unwrap();
             s.tail.as_ref().and_then(|t| t.overlap(offset, len))
         };
-        self.direct.read(&self.file, offset, len, tail.as_ref())
+        let fds = self.fds()?;
+        self.direct.read(&fds, offset, len, tail.as_ref())
     }
 
     fn multipart_started(&self, key: &str, upload_id: Option<&str>) {

@@ -85,7 +85,7 @@ impl StageDir {
     pub fn adopt(&self, path: &Path) -> StageResult<Stage> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let size = file.metadata()?.len();
-        let stage = Stage::new(path.to_path_buf(), file, None, size, self.journal.clone());
+        let stage = self.stage(path.to_path_buf(), file, None, size);
         // The record it had stays its record (an upload noted in it keeps the promise).
         *stage.record.lock().unwrap() = self.inherited_record(path);
         Ok(stage)

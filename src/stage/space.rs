@@ -7,6 +7,7 @@
 //! punch holes or zero ranges, zeros are written instead (same content, no holes). A
 //! failed hole or zero range breaks the stage as a failed write does.
 
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
@@ -50,12 +51,14 @@ impl Stage {
             .checked_add(len)
             .ok_or_else(|| StageError::Io("fallocate range overflows".into()))?;
         let keep_size = keep_size || op == SpaceOp::PunchHole;
+        // Opened before anything changes: a file that cannot be opened breaks nothing.
+        let fds = self.fds()?;
         let mut s = self.state.lock().unwrap();
-        self.settle(&mut s)?;
+        self.settle_with(&fds, &mut s)?;
         let old = s.size;
         let grows = !keep_size && end > old;
         let zeroes_data = op != SpaceOp::Allocate && offset < old;
-        if let Err(e) = self.apply(op, keep_size, offset, len, old) {
+        if let Err(e) = apply(&fds.file, op, keep_size, offset, len, old) {
             let e = StageError::from(e);
             if op != SpaceOp::Allocate {
                 // Part of the range may be zeroed: like a failed write, never upload.
@@ -80,43 +83,6 @@ impl Stage {
         Ok(Some(s.size))
     }
 
-    /// The fallocate itself, or its equivalent where the file system has no such mode.
-    fn apply(&self, op: SpaceOp, keep: bool, offset: u64, len: u64, size: u64) -> io::Result<()> {
-        let mut flags = match op {
-            SpaceOp::Allocate => FallocateFlags::empty(),
-            SpaceOp::PunchHole => FallocateFlags::FALLOC_FL_PUNCH_HOLE,
-            SpaceOp::ZeroRange => FallocateFlags::FALLOC_FL_ZERO_RANGE,
-        };
-        if keep {
-            flags |= FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        }
-        let (at, n) = (off(offset)?, off(len)?);
-        match fallocate(&self.file, flags, at, n) {
-            Ok(()) => Ok(()),
-            Err(Errno::EOPNOTSUPP) => {
-                let end = offset + len;
-                if op != SpaceOp::Allocate {
-                    self.write_zeros(offset, end.min(size))?;
-                }
-                if !keep && end > size {
-                    self.file.set_len(end)?;
-                }
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn write_zeros(&self, mut from: u64, to: u64) -> io::Result<()> {
-        let zeros = vec![0u8; ZEROS];
-        while from < to {
-            let n = ((to - from) as usize).min(ZEROS);
-            self.file.write_all_at(&zeros[..n], from)?;
-            from += n as u64;
-        }
-        Ok(())
-    }
-
     /// SEEK_DATA (`hole` false) or SEEK_HOLE from `offset`, as the stage file has its
     /// data and holes; None if there is no such place at or after `offset` (ENXIO).
     pub async fn seek<S: ObjectStore>(
@@ -126,10 +92,49 @@ impl Stage {
         hole: bool,
     ) -> StageResult<Option<u64>> {
         self.prepare(store, Access::Other).await?;
+        let fds = self.fds()?;
         let mut s = self.state.lock().unwrap();
-        self.settle(&mut s)?;
-        seek_in(&self.file, &s, offset, hole)
+        self.settle_with(&fds, &mut s)?;
+        seek_in(&fds.file, &s, offset, hole)
     }
+}
+
+/// The fallocate itself on `file`, or its equivalent where the file system has no such
+/// mode.
+fn apply(file: &File, op: SpaceOp, keep: bool, offset: u64, len: u64, size: u64) -> io::Result<()> {
+    let mut flags = match op {
+        SpaceOp::Allocate => FallocateFlags::empty(),
+        SpaceOp::PunchHole => FallocateFlags::FALLOC_FL_PUNCH_HOLE,
+        SpaceOp::ZeroRange => FallocateFlags::FALLOC_FL_ZERO_RANGE,
+    };
+    if keep {
+        flags |= FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    }
+    let (at, n) = (off(offset)?, off(len)?);
+    match fallocate(file, flags, at, n) {
+        Ok(()) => Ok(()),
+        Err(Errno::EOPNOTSUPP) => {
+            let end = offset + len;
+            if op != SpaceOp::Allocate {
+                write_zeros(file, offset, end.min(size))?;
+            }
+            if !keep && end > size {
+                file.set_len(end)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_zeros(file: &File, mut from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; ZEROS];
+    while from < to {
+        let n = ((to - from) as usize).min(ZEROS);
+        file.write_all_at(&zeros[..n], from)?;
+        from += n as u64;
+    }
+    Ok(())
 }
 
 fn seek_in(

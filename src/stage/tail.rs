@@ -8,10 +8,11 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+
+use super::fds::Fds;
 
 /// Alignment O_DIRECT needs for offsets, lengths and memory.
 pub const ALIGN: usize = 4096;
@@ -93,11 +94,12 @@ pub struct Overlay {
     data: Vec<u8>,
 }
 
-/// The O_DIRECT side of a staged file, opened at its first use: a staged file waiting
-/// in the write-back queue holds one descriptor, not two.
+/// The O_DIRECT side of a staged file. Its descriptor is opened for each direct write of
+/// a chunk or read of a part and closed right after (an open costs microseconds, a chunk
+/// or a part milliseconds), so a staged file keeps no second descriptor and the bound of
+/// open stage files (`fds.rs`) counts descriptors.
 pub struct Direct {
     path: PathBuf,
-    file: OnceLock<Option<File>>,
     working: AtomicBool,
 }
 
@@ -105,27 +107,25 @@ impl Direct {
     pub fn open(path: &Path) -> Direct {
         Direct {
             path: path.to_path_buf(),
-            file: OnceLock::new(),
             working: AtomicBool::new(true),
         }
     }
 
-    fn file(&self) -> Option<&File> {
+    /// A new O_DIRECT descriptor of the file; None (from now on) where there is none.
+    fn file(&self) -> Option<File> {
         if !self.working.load(Ordering::Relaxed) {
             return None;
         }
-        let file = self.file.get_or_init(|| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&self.path)
-                .ok()
-        });
-        if file.is_none() {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path);
+        if let Err(e) = &file {
+            log::debug!("no O_DIRECT for {}: {e}", self.path.display());
             self.working.store(false, Ordering::Relaxed);
         }
-        file.as_ref()
+        file.ok()
     }
 
     /// Can an append at `size` start a tail?
@@ -133,8 +133,8 @@ impl Direct {
         size >= DIRECT_FROM && size.is_multiple_of(ALIGN as u64) && self.file().is_some()
     }
 
-    /// Writes aligned data directly, or through `buffered` if direct I/O fails.
-    fn write(&self, buffered: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    /// Writes aligned data directly, or through the buffered descriptor if direct I/O fails.
+    fn write(&self, fds: &Fds, data: &[u8], offset: u64) -> io::Result<()> {
         if let Some(file) = self.file() {
             match file.write_all_at(data, offset) {
                 Ok(()) => return Ok(()),
@@ -145,11 +145,11 @@ impl Direct {
                 Err(e) => return Err(e),
             }
         }
-        buffered.write_all_at(data, offset)
+        fds.file.write_all_at(data, offset)
     }
 
     /// Appends `data` at the end of `tail`, writing out every full chunk.
-    pub fn append(&self, buffered: &File, tail: &mut Tail, mut data: &[u8]) -> io::Result<()> {
+    pub fn append(&self, fds: &Fds, tail: &mut Tail, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let room = tail.buf.room();
             let n = room.len().min(data.len());
@@ -157,7 +157,7 @@ impl Direct {
             tail.buf.len += n;
             data = &data[n..];
             if tail.buf.len == tail.buf.cap {
-                self.write(buffered, tail.buf.data(), tail.start)?;
+                self.write(fds, tail.buf.data(), tail.start)?;
                 tail.start += tail.buf.len as u64;
                 tail.buf.len = 0;
             }
@@ -173,15 +173,15 @@ impl Direct {
     }
 
     /// Puts what the tail holds on disk (directly if its length allows).
-    pub fn flush(&self, buffered: &File, tail: &Tail) -> io::Result<()> {
+    pub fn flush(&self, fds: &Fds, tail: &Tail) -> io::Result<()> {
         let data = tail.buf.data();
         if data.is_empty() {
             return Ok(());
         }
         if data.len().is_multiple_of(ALIGN) {
-            self.write(buffered, data, tail.start)
+            self.write(fds, data, tail.start)
         } else {
-            buffered.write_all_at(data, tail.start)
+            fds.file.write_all_at(data, tail.start)
         }
     }
 
@@ -189,14 +189,18 @@ impl Direct {
     /// bytes still in `tail` laid over what the disk has.
     pub fn read(
         &self,
-        buffered: &File,
+        fds: &Fds,
         offset: u64,
         len: usize,
         overlay: Option<&Overlay>,
     ) -> io::Result<Bytes> {
         let mut buf = AlignedBuf::new(len.max(1));
         let mut done = 0;
-        if let (Some(file), 0) = (self.file(), offset % ALIGN as u64) {
+        let direct = match offset % ALIGN as u64 {
+            0 => self.file(),
+            _ => None,
+        };
+        if let Some(file) = direct {
             let target = buf.all_mut();
             while done < len {
                 match file.read_at(&mut target[done..], offset + done as u64) {
@@ -213,7 +217,9 @@ impl Direct {
         }
         let target = buf.all_mut();
         while done < len {
-            let n = buffered.read_at(&mut target[done..len], offset + done as u64)?;
+            let n = fds
+                .file
+                .read_at(&mut target[done..len], offset + done as u64)?;
             if n == 0 {
                 break; // beyond the end of a sparse file: zeros
             }

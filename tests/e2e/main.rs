@@ -22,6 +22,7 @@ mod core_fs;
 mod crash;
 mod credentials;
 mod durability;
+mod fd_bound;
 mod lookups;
 mod meta_index;
 mod migrate;

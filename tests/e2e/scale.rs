@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 use crate::common::{Bucket, S3Env, TestMount, close_file, random_bytes, runtime, unique_prefix};
 
 const MAX_RSS_KIB: u64 = 64 * 1024;
-/// Open files of the writers (2 descriptors per staged file), the write-back backlog
-/// (1 per file waiting for its upload, 2 while uploading), connections and the daemon's
-/// own.
+/// Open files of the writers and uploads (at most 256 stage files open, see
+/// `fd_bound.rs`), connections and the daemon's own.
 const MAX_FDS: usize = 600;
 
 /// The daemon serving `mountpoint` (the process whose command line names it).

@@ -271,3 +271,21 @@ fn a_record_whose_stage_file_is_gone_is_dropped() {
     assert_eq!(inherited.keys().collect::<Vec<_>>(), ["s-1"]);
     assert_eq!(j.live().len(), 1);
 }
+
+#[test]
+fn a_commit_whose_stage_file_cannot_be_opened_syncs_the_file_system_and_succeeds() {
+    let cache = tempfile::tempdir().unwrap();
+    let stages = crate::stage::StageDir::open(cache.path()).unwrap();
+    let stage = stages.create(None).unwrap();
+    assert_eq!(stage.try_write_now(0, b"committed").unwrap().unwrap(), 9);
+    stage.close_file();
+    let (dir, away) = (cache.path().join("stage"), cache.path().join("away"));
+    std::fs::rename(&dir, &away).unwrap();
+    let attrs = crate::stage::RecordAttrs { meta: Vec::new() };
+    let committed = stage.commit("k", attrs);
+    std::fs::rename(&away, &dir).unwrap();
+    committed.expect("the close does not fail for want of a descriptor");
+    let record = stages.journaled().remove(&stage.name).expect("journaled");
+    assert_eq!((record.state, record.size), (State::Committed, 9));
+    assert_eq!(std::fs::read(stage.path()).unwrap(), b"committed");
+}
