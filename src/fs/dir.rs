@@ -308,7 +308,8 @@ impl<S: ObjectStore> DirCursor<S> {
     }
 }
 
-/// Pages of one listing requested ahead of the cursor.
+/// Pages of one listing requested ahead of the cursor: one waiting in the channel, one
+/// waiting to be put there.
 const PAGES_AHEAD: usize = 2;
 
 /// A task listing one directory page after page, each request sent as soon as the page
@@ -321,7 +322,7 @@ struct Pager {
 
 impl Pager {
     fn start<S: ObjectStore>(store: Arc<S>, prefix: String) -> Pager {
-        let (tx, pages) = mpsc::channel(PAGES_AHEAD);
+        let (tx, pages) = mpsc::channel(PAGES_AHEAD - 1);
         let task = tokio::spawn(async move {
             let mut token = None;
             loop {

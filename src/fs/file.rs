@@ -174,6 +174,11 @@ impl<S: ObjectStore> S3Fs<S> {
         let Some(reader) = &file.reader else {
             return Ok(Bytes::new());
         };
+        if self.changed_underneath(file, reader) {
+            // Blocks of the old version may still be cached here; served, they would
+            // enter the kernel's pages of the file, which newer opens share.
+            return Err(FsError::Stale);
+        }
         match reader.read(offset, len).await {
             Err(StoreError::PreconditionFailed | StoreError::NotFound) => {
                 match self.follow_object(fh, file).as_deref() {
@@ -186,6 +191,19 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             result => Ok(result?),
         }
+    }
+
+    /// Another client's version replaced the content this reader's handle opened (this
+    /// mount's own changes go through the file's stage, kept while handles are open).
+    fn changed_underneath(&self, file: &FileHandle<S>, reader: &Reader<S>) -> bool {
+        let table = self.inodes.lock().unwrap();
+        table.get(file.ino).is_some_and(|inode| {
+            inode.content_version != file.content_version
+                && inode
+                    .remote
+                    .as_ref()
+                    .is_some_and(|r| r.etag != *reader.etag())
+        })
     }
 
     /// A reader's object is gone or has another ETag. If this mount moved it (rename) or

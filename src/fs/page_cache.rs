@@ -8,7 +8,9 @@
 //! across the two changes that keep it: a stage that starts from the cached version,
 //! and an uploaded stage let go for the object it became. Any other change (another
 //! client's version, a copy into the file, a failed stage) leaves a record that no
-//! longer matches, so the next open drops the pages.
+//! longer matches, so the next open drops the pages. A handle still open on an older
+//! version adds none of it afterwards: its reads fail once this mount knows the object
+//! changed (`S3Fs::read`), even where blocks of it are still cached.
 //!
 //! Keeping pages is also what makes concurrent appends safe to read: dropping them at a
 //! reader's open while another process's write is still on its way to the daemon lets

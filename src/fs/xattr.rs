@@ -25,6 +25,11 @@ fn is_user_name(name: &str) -> bool {
     name.starts_with("user.") && name.len() > "user.".len()
 }
 
+/// The stored names listxattr shows: the `user.` ones, which getxattr reads.
+fn listed_names<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
+    names.filter(|n| is_user_name(n)).cloned().collect()
+}
+
 /// The answer to a getxattr or listxattr whose caller has a buffer of `size` bytes.
 #[derive(Debug, PartialEq)]
 pub enum XattrAnswer<'a> {
@@ -123,16 +128,18 @@ impl<S: ObjectStore> S3Fs<S> {
         let table = self.inodes.lock().unwrap();
         let inode = table.get(ino)?;
         (inode.meta_known || table.stage(ino).is_some())
-            .then(|| inode.extras.xattrs.keys().cloned().collect())
+            .then(|| listed_names(inode.extras.xattrs.keys()))
     }
 
     /// The names of the stored extended attributes (the virtual `user.s3.*` ones are
-    /// readable by name but not listed, so that copying tools do not copy them).
+    /// readable by name but not listed, so that copying tools do not copy them). Names
+    /// outside `user.` that another client (s3fs) stored are kept, not listed: they
+    /// cannot be read here.
     pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<String>> {
         let attr = self.ensure_meta(ino).await?;
         let table = self.inodes.lock().unwrap();
         let inode = table.get(attr.ino).ok_or(FsError::NotFound)?;
-        Ok(inode.extras.xattrs.keys().cloned().collect())
+        Ok(listed_names(inode.extras.xattrs.keys()))
     }
 
     pub async fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> FsResult<()> {

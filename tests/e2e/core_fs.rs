@@ -1121,3 +1121,59 @@ async fn opens_keep_the_kernel_pages_while_they_are_the_files_content() {
     assert!(!keep, "a truncating open");
     f.fs.release(writer).await.unwrap();
 }
+
+/// A handle opened before another client replaced the object reads nothing more of the
+/// old version, not even blocks still cached here: they would enter the kernel's pages
+/// of the file, which newer opens share (and keep).
+#[tokio::test]
+async fn a_handle_on_a_replaced_object_fails_even_where_blocks_are_cached() {
+    let f = fixture("");
+    let old = pattern(3 * MIB, 1);
+    f.store.insert("v", &old);
+    let attr = f.fs.lookup(ROOT, OsStr::new("v")).await.unwrap();
+    let (old_handle, _) = f.fs.open(attr.ino, OpenMode::default()).await.unwrap();
+    // A sequential read: the blocks of the old version are in the block cache now.
+    for i in 0..3 {
+        let got =
+            f.fs.read(old_handle, (i * MIB) as u64, MIB as u32)
+                .await
+                .unwrap();
+        assert_eq!(&got[..], &old[i * MIB..(i + 1) * MIB]);
+    }
+    f.store.insert("v", &pattern(3 * MIB, 2));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.fs.lookup(ROOT, OsStr::new("v")).await.unwrap();
+    let (new_handle, keep) = f.fs.open(attr.ino, OpenMode::default()).await.unwrap();
+    assert!(!keep, "the kernel drops the old version's pages");
+    let err = f.fs.read(old_handle, 0, 4096).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    assert_eq!(
+        &f.fs.read(new_handle, 0, 4096).await.unwrap()[..],
+        &pattern(3 * MIB, 2)[..4096]
+    );
+    f.fs.release(old_handle).await.unwrap();
+    f.fs.release(new_handle).await.unwrap();
+}
+
+/// Names another client (s3fs) stored outside `user.` are kept but not listed: they
+/// cannot be read here.
+#[tokio::test]
+async fn only_user_xattrs_are_listed() {
+    let f = fixture("");
+    // {"user.foo":"bar","security.selinux":"x"}, s3fs's format.
+    f.store.insert_with_meta(
+        "s",
+        b"1",
+        &[(
+            "xattr",
+            "%7B%22user.foo%22%3A%22YmFy%22%2C%22security.selinux%22%3A%22eA%3D%3D%22%7D",
+        )],
+    );
+    let attr = f.fs.lookup(ROOT, OsStr::new("s")).await.unwrap();
+    assert_eq!(f.fs.listxattr(attr.ino).await.unwrap(), vec!["user.foo"]);
+    assert_eq!(f.fs.known_xattr_names(attr.ino).unwrap(), vec!["user.foo"]);
+    // A change of a user attribute keeps what it cannot show.
+    f.fs.setxattr(attr.ino, "user.new", b"1", 0).await.unwrap();
+    let stored = meta_of(&f.store, "s", "xattr").unwrap();
+    assert!(stored.contains("security.selinux"), "{stored}");
+}
