@@ -1,6 +1,9 @@
 //! The FUSE adapter: a thin translation between fuser's `Filesystem` and the core.
 //! Every request takes its arguments as owned values, runs the core's method on the
-//! tokio runtime, and replies from that task, so no FUSE thread ever waits on S3.
+//! tokio runtime, and replies from that task, so no FUSE thread ever waits on S3. What
+//! needs no S3 answer (a lookup the table knows, create, a close or release with nothing
+//! to upload) is answered in the FUSE thread itself; a `--write-back` close waits there
+//! for its local syncs only.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
