@@ -4,6 +4,7 @@
 //! retry succeeds; a broken stage (a failed local write) is never uploaded.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::handles::Handle;
@@ -77,8 +78,9 @@ impl<S: ObjectStore> S3Fs<S> {
 
     /// The close (flush) of handle `fh` where it needs no wait for S3, done in the
     /// calling thread: a reader's, a writer's whose file S3 has already, and with
-    /// `--write-back` every writer's (the commit's syncs are waited for here). None:
-    /// the close must upload, call [`S3Fs::flush`].
+    /// `--write-back` a writer's while no other close commits here (the commit's syncs
+    /// are waited for in this thread). None: call [`S3Fs::flush`] (an upload, or a
+    /// commit on the blocking pool).
     pub fn flush_now(&self, fh: u64) -> Option<FsResult<()>> {
         let handle = match self.handles.get(fh) {
             Ok(handle) => handle,
@@ -91,10 +93,15 @@ impl<S: ObjectStore> S3Fs<S> {
             return Some(Ok(()));
         }
         if self.cfg.write_back {
-            return Some(
-                self.commit_here(file.ino)
-                    .map(|()| self.queue_if_dirty(file.ino)),
-            );
+            // One closer commits here; concurrent ones go to the blocking pool (and share
+            // its journal sync), so the FUSE threads never all wait for a disk.
+            if self.commits_here.fetch_add(1, Ordering::AcqRel) > 0 {
+                self.commits_here.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+            let committed = self.commit_here(file.ino);
+            self.commits_here.fetch_sub(1, Ordering::AcqRel);
+            return Some(committed.map(|()| self.queue_if_dirty(file.ino)));
         }
         let stage = self.inodes.lock().unwrap().stage(file.ino);
         stage.is_none_or(|s| !s.is_dirty()).then_some(Ok(()))
