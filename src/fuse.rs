@@ -1,6 +1,9 @@
 //! The FUSE adapter: a thin translation between fuser's `Filesystem` and the core.
 //! Every request takes its arguments as owned values, runs the core's method on the
-//! tokio runtime, and replies from that task, so no FUSE thread ever waits on S3.
+//! tokio runtime, and replies from that task, so no FUSE thread ever waits on S3. What
+//! needs no S3 answer (a lookup the table knows, create, a close or release with nothing
+//! to upload) is answered in the FUSE thread itself; a `--write-back` close waits there
+//! for its local syncs only.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -323,8 +326,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         let (fs, name, who) = (self.fs.clone(), name.to_owned(), caller(req));
         let mode = creation_mode(mode, umask);
         let ttl = fs.ttl();
-        let call = async move { fs.create(parent.0, &name, mode, who).await };
-        self.spawn("create", reply, call, move |reply, (attr, fh)| {
+        // A create asks S3 for nothing (the kernel looked the name up before): it runs
+        // here rather than on a worker and back.
+        let created = self.runtime.block_on(fs.create(parent.0, &name, mode, who));
+        answer_now("create", reply, Some(created), move |reply, (attr, fh)| {
             let (attr, fh) = (to_fuse_attr(&attr), FileHandle(fh));
             reply.created(&ttl, &attr, Generation(0), fh, FopenFlags::empty())
         });
@@ -377,6 +382,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let Some(reply) = answer_now("close", reply, self.fs.flush_now(fh.0), done) else {
+            return;
+        };
         let fs = self.fs.clone();
         self.spawn("close", reply, async move { fs.flush(fh.0).await }, done);
     }
@@ -392,6 +400,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
+        if fs.release_is_local(fh.0) {
+            // Nothing to wait for: run it here rather than hand it to a worker and back.
+            let released = self.runtime.block_on(fs.release(fh.0));
+            answer_now("release", reply, Some(released), done);
+            return;
+        }
         self.spawn(
             "release",
             reply,

@@ -163,6 +163,9 @@ pub struct S3Fs<S: ObjectStore> {
     uploader: Uploader<S>,
     /// Set when the mount is going away: no new writers.
     closing: AtomicBool,
+    /// Write-back commits running in a FUSE thread (at most one, so that one FUSE
+    /// thread is always free while closers wait for their syncs).
+    commits_here: std::sync::atomic::AtomicUsize,
     /// Files whose close returned in write-back mode, for the background uploader.
     pending_tx: tokio::sync::mpsc::UnboundedSender<u64>,
     pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
@@ -213,6 +216,7 @@ impl<S: ObjectStore> S3Fs<S> {
             stages,
             cfg,
             closing: AtomicBool::new(false),
+            commits_here: std::sync::atomic::AtomicUsize::new(0),
             pending_tx,
             pending_rx: Mutex::new(Some(pending_rx)),
             listing_gates: Mutex::new(HashMap::new()),

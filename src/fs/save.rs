@@ -4,8 +4,10 @@
 //! retry succeeds; a broken stage (a failed local write) is never uploaded.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::handles::Handle;
 use super::inodes::Remote;
 use super::page_cache;
 use super::{FsError, FsResult, S3Fs};
@@ -17,26 +19,44 @@ impl<S: ObjectStore> S3Fs<S> {
     /// run on a blocking thread, so concurrent closers wait together and share the
     /// journal's sync (group commit) without holding up the async workers.
     pub(super) async fn commit(&self, ino: u64) -> FsResult<()> {
+        let Some((stage, key, attrs)) = self.commit_target(ino)? else {
+            return Ok(());
+        };
+        let committed = tokio::task::spawn_blocking(move || stage.commit(&key, attrs)).await;
+        Ok(committed.map_err(|e| FsError::Io(format!("journal commit: {e}")))??)
+    }
+
+    /// [`S3Fs::commit`] with its syncs in the calling thread (a FUSE thread, which may
+    /// wait): no hand-over to a blocking thread and back. Concurrent callers still
+    /// share the journal's sync.
+    fn commit_here(&self, ino: u64) -> FsResult<()> {
+        match self.commit_target(ino)? {
+            Some((stage, key, attrs)) => Ok(stage.commit(&key, attrs)?),
+            None => Ok(()),
+        }
+    }
+
+    /// What a commit of `ino` writes: its dirty stage, key and metadata (None: nothing
+    /// to commit).
+    fn commit_target(&self, ino: u64) -> FsResult<Option<(Arc<Stage>, String, RecordAttrs)>> {
         let (stage, key, headers) = {
             let table = self.inodes.lock().unwrap();
             let Some(stage) = table.stage(ino) else {
-                return Ok(());
+                return Ok(None);
             };
             let Some(path) = table.path(ino) else {
-                return Ok(()); // unlinked: nothing to keep
+                return Ok(None); // unlinked: nothing to keep
             };
             let headers = Self::headers_for(&table, ino, true).ok_or(FsError::NotFound)?;
             (stage, self.layout.file_key(&path), headers)
         };
         if !stage.is_dirty() {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(e) = stage.broken() {
             return Err(e.into());
         }
-        let attrs = record_attrs(&headers);
-        let committed = tokio::task::spawn_blocking(move || stage.commit(&key, attrs)).await;
-        Ok(committed.map_err(|e| FsError::Io(format!("journal commit: {e}")))??)
+        Ok(Some((stage, key, record_attrs(&headers))))
     }
 
     /// The close of write-back mode: commit, then leave the upload to the background.
@@ -44,13 +64,64 @@ impl<S: ObjectStore> S3Fs<S> {
     /// has (the flush before this release queued it) is not queued again.
     pub(super) async fn commit_and_queue(&self, ino: u64) -> FsResult<()> {
         self.commit(ino).await?;
+        self.queue_if_dirty(ino);
+        Ok(())
+    }
+
+    fn queue_if_dirty(&self, ino: u64) {
         let Some(stage) = self.inodes.lock().unwrap().stage(ino) else {
-            return Ok(());
+            return;
         };
         if stage.is_dirty() {
             let _ = self.pending_tx.send(ino);
         }
-        Ok(())
+    }
+
+    /// The close (flush) of handle `fh` where it needs no wait for S3, done in the
+    /// calling thread: a reader's, a writer's whose file S3 has already, and with
+    /// `--write-back` a writer's while no other close commits here (the commit's syncs
+    /// are waited for in this thread). None: call [`S3Fs::flush`] (an upload, or a
+    /// commit on the blocking pool).
+    pub fn flush_now(&self, fh: u64) -> Option<FsResult<()>> {
+        let handle = match self.handles.get(fh) {
+            Ok(handle) => handle,
+            Err(e) => return Some(Err(e)),
+        };
+        let Handle::File(file) = &*handle else {
+            return Some(Ok(()));
+        };
+        if !file.writable {
+            return Some(Ok(()));
+        }
+        if self.cfg.write_back {
+            // One closer commits here; concurrent ones go to the blocking pool (and share
+            // its journal sync), so the FUSE threads never all wait for a disk.
+            if self.commits_here.fetch_add(1, Ordering::AcqRel) > 0 {
+                self.commits_here.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+            let committed = self.commit_here(file.ino);
+            self.commits_here.fetch_sub(1, Ordering::AcqRel);
+            return Some(committed.map(|()| self.queue_if_dirty(file.ino)));
+        }
+        let stage = self.inodes.lock().unwrap().stage(file.ino);
+        stage.is_none_or(|s| !s.is_dirty()).then_some(Ok(()))
+    }
+
+    /// Whether the release of `fh` needs no wait for S3 (so it may run in the calling
+    /// thread): anything but the last writer of a default-mode file S3 does not have
+    /// yet (written after its close, through mmap).
+    pub fn release_is_local(&self, fh: u64) -> bool {
+        let Ok(handle) = self.handles.get(fh) else {
+            return true;
+        };
+        match &*handle {
+            Handle::File(file) if file.writable && !self.cfg.write_back => {
+                let stage = self.inodes.lock().unwrap().stage(file.ino);
+                stage.is_none_or(|s| !s.is_dirty())
+            }
+            _ => true,
+        }
     }
 
     /// Removes the stage of `ino` once S3 has all of it (or the file is gone) and

@@ -42,6 +42,7 @@ use super::{
 use super::part_copy::{COPY_PARALLEL, MAX_SINGLE_COPY, copy_in_parts, copy_ranges};
 use super::s3_body::byte_stream;
 
+mod endpoint;
 mod probe;
 pub use probe::{CredentialsFound, Grant, StoredOptions};
 
@@ -200,6 +201,7 @@ impl S3Store {
             // the newer trailers; S3's own integrity checks (Content-Length, TLS) remain.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .endpoint_resolver(endpoint::RememberedRules::default())
             .interceptor(LogFailedAttempts::new(
                 &settings.bucket,
                 settings.force_path_style,

@@ -30,6 +30,7 @@ mod mount_e2e;
 mod object_options;
 mod observability;
 mod odd_keys;
+mod quick_closes;
 mod random_ops;
 mod readdir_model;
 mod s3fs_interop;
