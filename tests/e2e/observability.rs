@@ -86,8 +86,19 @@ fn metrics_after_a_workload() {
     );
     let small = random_bytes(100_000, 1);
     let large = random_bytes(12 * MIB, 2);
-    std::fs::write(m.path("small.bin"), &small).unwrap();
-    std::fs::write(m.path("large.bin"), &large).unwrap();
+    // Written by `cp` from local copies: a descriptor of this process would be inherited
+    // by the children other tests fork meanwhile, and each of their closes at exec is a
+    // FLUSH, which in write-back mode uploads the file so far (requests not counted here).
+    let local = tempfile::tempdir().unwrap();
+    for (name, data) in [("small.bin", &small), ("large.bin", &large)] {
+        let from = local.path().join(name);
+        std::fs::write(&from, data).unwrap();
+        let out = run(
+            "cp",
+            &[from.to_str().unwrap(), m.path(name).to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
     let written = (small.len() + large.len()) as f64;
     assert_eq!(std::fs::read(m.path("existing.bin")).unwrap(), existing);
     assert!(
