@@ -682,12 +682,12 @@ impl PartSource for Stage {
     fn read_part(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         // Bytes an upload reads no longer change (an append-only stage, or one whose
         // changes invalidate the upload), so the tail may be read without the lock.
-        let tail = {
+        let (tail, size) = {
             let s = self.state.lock().unwrap();
-            s.tail.as_ref().and_then(|t| t.overlap(offset, len))
+            (s.tail.as_ref().and_then(|t| t.overlap(offset, len)), s.size)
         };
         let fds = self.fds()?;
-        self.direct.read(&fds, offset, len, tail.as_ref())
+        self.direct.read(&fds, (offset, len), size, tail.as_ref())
     }
 
     fn multipart_started(&self, key: &str, upload_id: Option<&str>) {

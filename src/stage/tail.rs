@@ -185,19 +185,21 @@ impl Direct {
         }
     }
 
-    /// Reads `len` bytes at `offset` for an upload: directly where aligned, with the
+    /// Reads `len` bytes at `offset` of a file of `size` bytes for an upload: directly
+    /// where aligned in a file large enough to have taken the direct path (a smaller one
+    /// is in the page cache, and a direct read would first write it to disk), with the
     /// bytes still in `tail` laid over what the disk has.
     pub fn read(
         &self,
         fds: &Fds,
-        offset: u64,
-        len: usize,
+        (offset, len): (u64, usize),
+        size: u64,
         overlay: Option<&Overlay>,
     ) -> io::Result<Bytes> {
         let mut buf = AlignedBuf::new(len.max(1));
         let mut done = 0;
         let direct = match offset % ALIGN as u64 {
-            0 => self.file(),
+            0 if size >= DIRECT_FROM => self.file(),
             _ => None,
         };
         if let Some(file) = direct {
