@@ -12,7 +12,6 @@ pub mod inodes;
 mod lookup;
 mod meta;
 mod namespace;
-mod page_cache;
 mod readdir;
 mod rename;
 mod save;
