@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::handles::{FileHandle, Handle};
-use super::inodes::Found;
+use super::inodes::{Found, InodeTable};
 use super::{Attr, Caller, Extras, FsError, FsResult, Kind, OpenMode, S3Fs, now};
 use crate::layout::check_name;
 use crate::read::Reader;
@@ -154,7 +154,12 @@ impl<S: ObjectStore> S3Fs<S> {
         let Handle::File(file) = &*handle else {
             return Err(FsError::IsDir);
         };
-        let mut stage = self.inodes.lock().unwrap().stage(file.ino);
+        let (mut stage, changed) = {
+            let table = self.inodes.lock().unwrap();
+            let changed = (file.reader.as_ref())
+                .is_some_and(|reader| Self::changed_underneath(&table, file, reader));
+            (table.stage(file.ino), changed)
+        };
         if stage.is_none() && file.writable {
             // The release of the file's last other handle dropped its clean stage while
             // this one was being opened (close, then open again): read through a new one.
@@ -166,7 +171,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let Some(reader) = &file.reader else {
             return Ok(Bytes::new());
         };
-        if self.changed_underneath(file, reader) {
+        if changed {
             // Blocks of the old version may still be cached here; served, they would
             // enter the kernel's pages of the file, which newer opens share.
             return Err(FsError::Stale);
@@ -187,8 +192,7 @@ impl<S: ObjectStore> S3Fs<S> {
 
     /// Another client's version replaced the content this reader's handle opened (this
     /// mount's own changes go through the file's stage, kept while handles are open).
-    fn changed_underneath(&self, file: &FileHandle<S>, reader: &Reader<S>) -> bool {
-        let table = self.inodes.lock().unwrap();
+    fn changed_underneath(table: &InodeTable, file: &FileHandle<S>, reader: &Reader<S>) -> bool {
         table.get(file.ino).is_some_and(|inode| {
             inode.content_version != file.content_version
                 && inode

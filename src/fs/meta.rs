@@ -102,7 +102,9 @@ impl<S: ObjectStore> S3Fs<S> {
     /// [`S3Fs::ensure_meta`]; with `fetch_small`, a small file's content comes along
     /// with its metadata into the block cache (a lookup is usually followed by a read).
     pub(super) async fn complete_attr(&self, ino: u64, fetch_small: bool) -> FsResult<Attr> {
-        let (attr, _) = self.complete_attr_from(ino, fetch_small, None).await?;
+        let (attr, _) = self
+            .complete_attr_from(ino, fetch_small, None, false)
+            .await?;
         Ok(attr)
     }
 
@@ -121,13 +123,15 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     /// [`S3Fs::complete_attr`], answered by `known` instead of a HEAD if it is about the
-    /// version listed (otherwise by the local index, or a HEAD). Also returns, with
-    /// `--shared-metadata-index`, what a HEAD answered for the listed version.
+    /// version listed (otherwise by the local index unless `index_missed` says it was
+    /// just asked, or a HEAD). Also returns, with `--shared-metadata-index`, what a HEAD
+    /// answered for the listed version.
     pub(super) async fn complete_attr_from(
         &self,
         ino: u64,
         fetch_small: bool,
         known: Option<Known>,
+        index_missed: bool,
     ) -> FsResult<(Attr, Option<Learned>)> {
         let (key, dir, size, listed) = {
             let table = self.inodes.lock().unwrap();
@@ -148,6 +152,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let asked_at = Instant::now();
         let known = match known {
             Some(k) if listed.as_ref() == Some(&k.version) => Some(k),
+            _ if index_missed => None,
             _ => listed.as_ref().and_then(|v| {
                 let meta = self.index.get(&key, v)?;
                 Some(Known::local(v, meta))
@@ -338,7 +343,8 @@ impl<S: ObjectStore> S3Fs<S> {
         };
         let fetched = futures::stream::iter(unknown.into_iter().zip(known).map(|(i, known)| {
             let ino = entries[i].attr.ino;
-            async move { (i, self.complete_attr_from(ino, false, known).await) }
+            // (complete_from_local_index asked the local index about each of them.)
+            async move { (i, self.complete_attr_from(ino, false, known, true).await) }
         }))
         .buffer_unordered(META_FETCHES)
         .collect::<Vec<_>>()
