@@ -53,6 +53,9 @@ pub enum FsError {
     /// Not done here, by design: the kernel does it another way when told EOPNOTSUPP.
     #[error("left to the kernel: {0}")]
     LeftToKernel(&'static str),
+    /// A truncating open of a file that is being executed from this mount.
+    #[error("text file busy")]
+    TextBusy,
     #[error("S3: {0}")]
     Store(StoreError),
     /// `--trash`: the copy a deletion must leave in the trash could not be made, so the
@@ -79,6 +82,7 @@ impl FsError {
             FsError::Unsupported(_) => libc::ENOTSUP,
             FsError::LeftToKernel(_) => libc::EOPNOTSUPP,
             FsError::NotPermitted(_) => libc::EPERM,
+            FsError::TextBusy => libc::ETXTBSY,
             FsError::NoSpace => libc::ENOSPC,
             FsError::TooBig => libc::E2BIG,
             FsError::FileTooLarge => libc::EFBIG,

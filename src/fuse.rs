@@ -23,6 +23,10 @@ use crate::fs::{
 };
 use crate::store::ObjectStore;
 
+/// The open flag by which the kernel marks an open for `execve` (its `__FMODE_EXEC`,
+/// passed to FUSE in the open's flags).
+const FMODE_EXEC: i32 = 0o40;
+
 pub struct FuseAdapter<S: ObjectStore> {
     fs: Arc<S3Fs<S>>,
     runtime: Handle,
@@ -301,6 +305,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         let mode = OpenMode {
             write: flags.acc_mode() != OpenAccMode::O_RDONLY,
             truncate: flags.0 & libc::O_TRUNC != 0,
+            exec: flags.0 & FMODE_EXEC != 0,
         };
         let fs = self.fs.clone();
         let call = async move { fs.open(ino.0, mode).await };

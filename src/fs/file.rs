@@ -47,7 +47,17 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<(u64, bool)> {
-        if mode.write {
+        if mode.truncate && self.handles.has_exec(ino) {
+            // The kernel checks this itself before a write-mode open, but an O_RDONLY |
+            // O_TRUNC open reaches us first: truncated here, the running program would
+            // lose the pages it maps (it dies of SIGBUS or SIGSEGV).
+            return Err(FsError::TextBusy);
+        }
+        // O_TRUNC truncates even a read-only open (Linux does so for whoever may write
+        // the file; the kernel checked that): the handle then saves the change as a
+        // writer would, at its close.
+        let writes = mode.write || mode.truncate;
+        if writes {
             self.check_writable()?;
             if self.closing.load(Ordering::Relaxed) {
                 return Err(FsError::ReadOnly);
@@ -70,7 +80,7 @@ impl<S: ObjectStore> S3Fs<S> {
         if inode.attr.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
-        let reader = match (&inode.remote, mode.write, table.stage(ino)) {
+        let reader = match (&inode.remote, writes, table.stage(ino)) {
             (Some(remote), false, None) => {
                 let path = table.path(ino).ok_or(FsError::NotFound)?;
                 Some(Reader::new(
@@ -91,9 +101,10 @@ impl<S: ObjectStore> S3Fs<S> {
         drop(table);
         let fh = self.handles.add(Handle::File(FileHandle {
             ino,
-            writable: mode.write,
+            writable: writes,
             reader,
             content_version,
+            exec: mode.exec,
         }));
         Ok((fh, keep_cache))
     }
@@ -145,6 +156,7 @@ impl<S: ObjectStore> S3Fs<S> {
             writable: true,
             reader: None,
             content_version: 0,
+            exec: false,
         }));
         Ok((attr, fh))
     }
@@ -231,6 +243,7 @@ impl<S: ObjectStore> S3Fs<S> {
             writable: file.writable,
             reader: Some(reader),
             content_version: file.content_version,
+            exec: file.exec,
         }));
         self.handles.replace(fh, handle.clone());
         Some(handle)

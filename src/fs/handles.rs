@@ -19,6 +19,8 @@ pub(super) struct FileHandle<S> {
     /// The inode's content version at open: while it is unchanged, a reader whose object
     /// moved (a rename) or got a new ETag (a metadata copy) may follow it.
     pub content_version: u64,
+    /// Opened by the kernel to execute the file.
+    pub exec: bool,
 }
 
 pub(super) enum Handle<S> {
@@ -68,6 +70,15 @@ impl<S> HandleTable<S> {
         if let Some(slot) = self.handles.lock().unwrap().get_mut(&fh) {
             *slot = handle;
         }
+    }
+
+    /// Is `ino` open to be executed?
+    pub fn has_exec(&self, ino: u64) -> bool {
+        self.handles
+            .lock()
+            .unwrap()
+            .values()
+            .any(|h| matches!(&**h, Handle::File(f) if f.ino == ino && f.exec))
     }
 
     /// Does any handle open on `ino` write?

@@ -130,6 +130,9 @@ pub struct Caller {
 pub struct OpenMode {
     pub write: bool,
     pub truncate: bool,
+    /// The kernel opens the file to execute it (`execve`, or a library `mmap`ped by the
+    /// loader): held until the program exits.
+    pub exec: bool,
 }
 
 /// Attribute changes of setattr.

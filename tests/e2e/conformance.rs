@@ -114,6 +114,7 @@ async fn fallocate_on_an_existing_object_fetches_it_first() {
     let write = OpenMode {
         write: true,
         truncate: false,
+        exec: false,
     };
     let (fh, _) = fs.open(attr.ino, write).await.unwrap();
     let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;

@@ -372,6 +372,7 @@ async fn partial_rewrite_of_an_existing_object_keeps_the_rest() {
             OpenMode {
                 write: true,
                 truncate: false,
+                exec: false,
             },
         )
         .await
@@ -395,6 +396,7 @@ async fn truncating_open_needs_no_download() {
             OpenMode {
                 write: true,
                 truncate: true,
+                exec: false,
             },
         )
         .await
@@ -942,6 +944,7 @@ async fn a_failed_unlink_keeps_the_unsaved_data() {
             OpenMode {
                 write: true,
                 truncate: true,
+                exec: false,
             },
         )
         .await
@@ -1028,6 +1031,7 @@ async fn a_reader_opened_before_an_append_here_reads_the_appended_content() {
     let read_only = OpenMode {
         write: false,
         truncate: false,
+        exec: false,
     };
     let (reader, _) = f.fs.open(ino, read_only).await.unwrap();
     assert_eq!(
@@ -1038,6 +1042,7 @@ async fn a_reader_opened_before_an_append_here_reads_the_appended_content() {
     let append = OpenMode {
         write: true,
         truncate: false,
+        exec: false,
     };
     let (writer, _) = f.fs.open(ino, append).await.unwrap();
     f.fs.write(writer, 11, b"second line\n").await.unwrap();
@@ -1109,4 +1114,44 @@ async fn only_user_xattrs_are_listed() {
     f.fs.setxattr(attr.ino, "user.new", b"1", 0).await.unwrap();
     let stored = meta_of(&f.store, "s", "xattr").unwrap();
     assert!(stored.contains("security.selinux"), "{stored}");
+}
+
+/// A truncating open while the kernel executes the file is ETXTBSY and changes nothing;
+/// afterwards even a read-only O_TRUNC open truncates, and its close saves the change.
+#[tokio::test]
+async fn a_truncating_open_of_a_file_being_executed_is_text_busy() {
+    let f = fixture("");
+    f.store.insert("tool", b"#!/bin/sh\necho hi\n");
+    let attr = f.fs.lookup(ROOT, OsStr::new("tool")).await.unwrap();
+    let exec = OpenMode {
+        exec: true,
+        ..OpenMode::default()
+    };
+    let truncating_read = OpenMode {
+        truncate: true,
+        ..OpenMode::default()
+    };
+    let (running, _) = f.fs.open(attr.ino, exec).await.unwrap();
+    for mode in [
+        truncating_read,
+        OpenMode {
+            write: true,
+            ..truncating_read
+        },
+    ] {
+        let err = f.fs.open(attr.ino, mode).await.unwrap_err();
+        assert_eq!(err.errno(), libc::ETXTBSY, "{mode:?}: {err}");
+    }
+    assert_eq!(f.fs.getattr(attr.ino).await.unwrap().size, 18);
+    assert_eq!(
+        &f.fs.read(running, 0, 100).await.unwrap()[..],
+        b"#!/bin/sh\necho hi\n"
+    );
+    f.fs.release(running).await.unwrap();
+
+    let (fh, _) = f.fs.open(attr.ino, truncating_read).await.unwrap();
+    assert_eq!(f.fs.getattr(attr.ino).await.unwrap().size, 0);
+    f.fs.flush(fh).await.unwrap();
+    assert_eq!(f.store.object("tool").unwrap(), &b""[..]);
+    f.fs.release(fh).await.unwrap();
 }

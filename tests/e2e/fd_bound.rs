@@ -142,6 +142,7 @@ async fn a_write_back_backlog_keeps_at_most_the_bound_of_stage_files_open() {
     let mode = OpenMode {
         write: false,
         truncate: false,
+        exec: false,
     };
     let (fh, _) = fs.open(read_back.ino, mode).await.unwrap();
     let got = fs.read(fh, 0, 128 * 1024).await.unwrap();

@@ -438,3 +438,61 @@ fn acl_and_security_probes_answer_enotsup_and_user_xattrs_persist() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("doc.txt"));
 }
+
+/// `open(O_RDONLY | O_TRUNC)` reaches the daemon before the kernel's ETXTBSY check (which
+/// a write-mode open passes first): a program run from the mount must not lose its file
+/// to it. Once nothing runs it, the same open truncates, and the close saves that.
+#[test]
+fn a_truncating_read_only_open_of_a_running_program_is_text_busy() {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let bucket = Bucket::new();
+    let prefix = unique_prefix("etxtbsy");
+    let m = TestMount::new(&prefix, &[]);
+    let program = m.path("sleep");
+    let original = std::fs::read("/bin/sleep").unwrap();
+    std::fs::copy("/bin/sleep", &program).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new(&program)
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let truncating_read = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_TRUNC)
+            .open(&program)
+    };
+    for _ in 0..3 {
+        let err = truncating_read().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY), "{err}");
+        let err = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&program)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY), "{err}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the program still runs"
+    );
+    assert_eq!(
+        std::fs::metadata(&program).unwrap().len(),
+        original.len() as u64
+    );
+    assert_eq!(std::fs::read(&program).unwrap(), original);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        bucket.get(&format!("{prefix}sleep")).as_deref(),
+        Some(&original[..])
+    );
+
+    close_file(truncating_read().unwrap()).unwrap();
+    assert_eq!(std::fs::metadata(&program).unwrap().len(), 0);
+    assert_eq!(
+        bucket.get(&format!("{prefix}sleep")).as_deref(),
+        Some(&b""[..]),
+        "a default-mode close returns once S3 has the truncated file"
+    );
+}

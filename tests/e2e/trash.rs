@@ -114,6 +114,7 @@ async fn core_a_file_being_written_goes_to_another_bucket_with_its_latest_conten
             OpenMode {
                 write: true,
                 truncate: true,
+                exec: false,
             },
         )
         .await
