@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::handles::{FileHandle, Handle};
 use super::inodes::{Found, InodeTable};
+use super::page_cache::{self, PageCache};
 use super::{Attr, Caller, Extras, FsError, FsResult, Kind, OpenMode, S3Fs, now};
 use crate::layout::check_name;
 use crate::read::Reader;
@@ -38,11 +39,15 @@ impl<S: ObjectStore> S3Fs<S> {
                 size: r.size,
             })
         };
+        let base_etag = base.as_ref().map(|b| b.etag.clone());
         let stage = Arc::new(self.stages.create(base)?);
         if let Some(path) = table.path(ino) {
             stage.note_open(&self.layout.file_key(&path));
         }
         table.set_stage(ino, Some(stage.clone()));
+        if let Some(inode) = table.get_mut(ino) {
+            page_cache::stage_started(inode.page_cache(), &stage, base_etag.as_ref());
+        }
         Ok(stage)
     }
 
@@ -93,10 +98,11 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             _ => None,
         };
+        let stage = table.stage(ino);
+        let current = PageCache::current(stage.as_ref(), reader.as_ref().map(|r| r.etag()));
         let inode = table.get_mut(ino).expect("present");
         inode.open_handles += 1;
-        let seen = reader.as_ref().map(|r| r.etag().clone());
-        let keep_cache = inode.note_page_cache(seen);
+        let keep_cache = inode.note_page_cache(current);
         let content_version = inode.content_version;
         drop(table);
         let fh = self.handles.add(Handle::File(FileHandle {
@@ -146,9 +152,11 @@ impl<S: ObjectStore> S3Fs<S> {
             old.mark_deleted();
             old.discard();
         }
-        table.set_stage(ino, Some(stage));
+        table.set_stage(ino, Some(stage.clone()));
         table.add_lookup(ino);
-        table.get_mut(ino).expect("present").open_handles += 1;
+        let inode = table.get_mut(ino).expect("present");
+        inode.open_handles += 1;
+        page_cache::created(inode.page_cache(), &stage);
         let attr = Self::current_attr(&table, ino).expect("present");
         drop(table);
         let fh = self.handles.add(Handle::File(FileHandle {

@@ -10,6 +10,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use super::page_cache::{self, PageCache};
 use crate::stage::Stage;
 use crate::store::{ETag, ObjectMeta};
 
@@ -178,8 +179,8 @@ struct Rare {
     /// Directories: the range of names the last window listing of a lookup held
     /// (`window.rs`), until when: every child in it is in the table until then.
     window: Option<Box<Window>>,
-    /// Files: the version whose pages the kernel may still cache from the last open.
-    page_cache_etag: Option<ETag>,
+    /// Files: the content whose pages the kernel may hold (`page_cache.rs`).
+    page_cache: Option<PageCache>,
     /// When this mount last changed the inode's object or attributes.
     changed_at: Option<Instant>,
 }
@@ -305,15 +306,19 @@ impl Inode {
         self.rare.as_ref().and_then(|r| r.listed_until)
     }
 
-    /// Records the version whose pages the kernel may cache from this open; true if it
-    /// is the one it may still cache from the last open.
-    pub fn note_page_cache(&mut self, seen: Option<ETag>) -> bool {
-        let keep = seen.is_some()
-            && self.rare.as_ref().and_then(|r| r.page_cache_etag.as_ref()) == seen.as_ref();
-        if seen.is_some() || self.rare.is_some() {
-            self.rare_mut().page_cache_etag = seen;
+    /// An open that may cache `current` (see [`page_cache::note_open`]): true if the
+    /// kernel may keep the pages it holds.
+    pub fn note_page_cache(&mut self, current: Option<PageCache>) -> bool {
+        if current.is_none() && self.rare.is_none() {
+            return false;
         }
-        keep
+        page_cache::note_open(&mut self.rare_mut().page_cache, current)
+    }
+
+    /// The record of what the kernel's pages of this file hold, to follow a change of
+    /// the file's content with (`page_cache.rs`).
+    pub fn page_cache(&mut self) -> &mut Option<PageCache> {
+        &mut self.rare_mut().page_cache
     }
 
     /// A new inode nobody has looked up yet, known from a listing only.

@@ -12,6 +12,7 @@ pub mod inodes;
 mod lookup;
 mod meta;
 mod namespace;
+mod page_cache;
 mod readdir;
 mod rename;
 mod save;

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::handles::Handle;
 use super::inodes::Remote;
+use super::page_cache;
 use super::{FsError, FsResult, S3Fs};
 use crate::stage::{RecordAttrs, Stage};
 use crate::store::{ObjectHeaders, ObjectStore};
@@ -152,6 +153,9 @@ impl<S: ObjectStore> S3Fs<S> {
                 }
                 _ => table.detach(ino),
             }
+        } else if let Some(inode) = table.get_mut(ino) {
+            let remote = inode.remote.as_ref().map(|r| r.etag.clone());
+            page_cache::stage_released(inode.page_cache(), &stage, remote.as_ref());
         }
         table.set_stage(ino, None);
         drop(table);
@@ -199,6 +203,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 let until = self.valid_until();
                 let mut table = self.inodes.lock().unwrap();
                 if let Some(inode) = table.get_mut(ino) {
+                    page_cache::uploaded(inode.page_cache(), &stage, &etag);
                     inode.remote = Some(Remote {
                         etag,
                         size: snapshot.size,

@@ -1060,6 +1060,76 @@ async fn a_reader_opened_before_an_append_here_reads_the_appended_content() {
     f.fs.release(reader).await.unwrap();
 }
 
+/// FOPEN_KEEP_CACHE: an open keeps the kernel's pages exactly while they are the file's
+/// content. Dropping them at a reader's open while an append is on its way lets the
+/// reader cache the old last page and read zeros past the old end.
+#[tokio::test]
+async fn opens_keep_the_kernel_pages_while_they_are_the_files_content() {
+    let f = fixture("");
+    let read_only = OpenMode {
+        write: false,
+        truncate: false,
+        exec: false,
+    };
+    let append = OpenMode {
+        write: true,
+        truncate: false,
+        exec: false,
+    };
+    let (attr, fh) =
+        f.fs.create(ROOT, OsStr::new("log"), 0o644, ME)
+            .await
+            .unwrap();
+    let ino = attr.ino;
+    f.fs.write(fh, 0, b"one\n").await.unwrap();
+    // Staged: what the kernel holds was written through it.
+    let (reader, keep) = f.fs.open(ino, read_only).await.unwrap();
+    assert!(keep, "a reader of a file created here");
+    f.fs.flush(fh).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    f.fs.release(reader).await.unwrap();
+    // Uploaded and let go: the object is the content the pages hold.
+    let (reader, keep) = f.fs.open(ino, read_only).await.unwrap();
+    assert!(keep, "a reader after the upload");
+    f.fs.release(reader).await.unwrap();
+    // An appender's stage starts from that object: the pages stay valid for it, and for
+    // a reader that opens while it appends.
+    let (writer, keep) = f.fs.open(ino, append).await.unwrap();
+    assert!(keep, "an appender");
+    let (reader, keep) = f.fs.open(ino, read_only).await.unwrap();
+    assert!(keep, "a reader while an append is on its way");
+    f.fs.write(writer, 4, b"two\n").await.unwrap();
+    f.fs.flush(writer).await.unwrap();
+    f.fs.release(writer).await.unwrap();
+    f.fs.release(reader).await.unwrap();
+    let (reader, keep) = f.fs.open(ino, read_only).await.unwrap();
+    assert!(keep, "a reader after the appender's upload");
+    f.fs.release(reader).await.unwrap();
+    // Another client's version: the pages are dropped once.
+    f.store.insert("log", b"another client\n");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.fs.lookup(ROOT, OsStr::new("log")).await.unwrap();
+    let (reader, keep) = f.fs.open(ino, read_only).await.unwrap();
+    assert!(!keep, "another client's version");
+    f.fs.release(reader).await.unwrap();
+    let (reader, keep) = f.fs.open(ino, read_only).await.unwrap();
+    assert!(keep, "the same version again");
+    assert_eq!(
+        &f.fs.read(reader, 0, 100).await.unwrap()[..],
+        b"another client\n"
+    );
+    f.fs.release(reader).await.unwrap();
+    // A truncating open starts from nothing: the pages are dropped.
+    let truncate = OpenMode {
+        write: true,
+        truncate: true,
+        exec: false,
+    };
+    let (writer, keep) = f.fs.open(ino, truncate).await.unwrap();
+    assert!(!keep, "a truncating open");
+    f.fs.release(writer).await.unwrap();
+}
+
 /// A handle opened before another client replaced the object reads nothing more of the
 /// old version, not even blocks still cached here: they would enter the kernel's pages
 /// of the file, which newer opens share (and keep).
