@@ -3,10 +3,11 @@
 //! name once, sizes right), a lookup of one name in it costing at most two requests, and
 //! 16 writers × 400 files plus appenders and readers of log files, in the default and the
 //! `--write-back` mode, checked through the S3 API; the daemon's peak RSS stays under
-//! 64 MiB and its open file descriptors bounded.
+//! 64 MiB and its open file descriptors bounded. Readers that reopen a log while two
+//! processes append to it see only whole appends.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -436,4 +437,108 @@ fn many_writers_default_mode() {
 #[test]
 fn many_writers_write_back() {
     many_writers(&["--write-back"]);
+}
+
+/// Two processes append to one log through descriptors they keep open while four others
+/// open it again and again and read it: no reader ever sees a byte that was not
+/// appended (session 5 saw zeros: a reader's open dropped the kernel's pages while an
+/// append was on its way, and the old last page came back zero-filled past the old end).
+fn readers_reopening_during_appends(mode: &[&str]) {
+    const APPENDERS: usize = 2;
+    const READERS: usize = 4;
+    const MAX_APPENDS: usize = 40_000;
+    let limit = Duration::from_secs(8);
+    let bucket = Bucket::new();
+    let prefix = unique_prefix("reopen");
+    let m = TestMount::new(&prefix, mode);
+    let path = m.path("log");
+    std::fs::File::create(&path).unwrap();
+    let appended = AtomicU64::new(0);
+    let running = AtomicU64::new(APPENDERS as u64);
+    let reads = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..APPENDERS {
+            let (path, appended, running) = (&path, &appended, &running);
+            s.spawn(move || {
+                let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+                let mut seq = 0;
+                while seq < MAX_APPENDS && started.elapsed() < limit {
+                    f.write_all(log_line(w, seq).as_bytes()).unwrap();
+                    seq += 1;
+                }
+                close_file(f).unwrap();
+                appended.fetch_add(seq as u64, Ordering::SeqCst);
+                running.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        for _ in 0..READERS {
+            let (path, running, reads) = (&path, &running, &reads);
+            s.spawn(move || {
+                // Mostly the end (from a little before what the last read saw), as
+                // `tail -f` would; every 64th read the whole log.
+                let mut seen = 0u64;
+                let mut n = 0u64;
+                while running.load(Ordering::SeqCst) > 0 {
+                    let from = if n % 64 == 0 {
+                        0
+                    } else {
+                        seen.saturating_sub(4096)
+                    };
+                    let mut f = std::fs::File::open(path).unwrap();
+                    f.seek(SeekFrom::Start(from)).unwrap();
+                    let mut data = Vec::new();
+                    f.read_to_end(&mut data).unwrap();
+                    if let Some(at) = data.iter().position(|b| *b == 0) {
+                        panic!("a zero byte at {} of {} read", from + at as u64, data.len());
+                    }
+                    if from == 0 {
+                        check_interleaved_log(&data);
+                    }
+                    seen = from + data.len() as u64;
+                    n += 1;
+                }
+                reads.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+    });
+    eprintln!(
+        "reopening readers {mode:?}: {} appends, {} opens and reads",
+        appended.load(Ordering::SeqCst),
+        reads.load(Ordering::SeqCst)
+    );
+    assert!(reads.load(Ordering::SeqCst) > 0);
+    m.unmount();
+    let got = bucket.get(&format!("{prefix}log")).unwrap();
+    assert_eq!(
+        check_interleaved_log(&got),
+        appended.load(Ordering::SeqCst) as usize,
+        "every append in S3"
+    );
+}
+
+/// Checks every complete line of a log several appenders share: each line whole, each
+/// appender's lines in order. The lines checked.
+fn check_interleaved_log(data: &[u8]) -> usize {
+    let end = data.iter().rposition(|b| *b == b'\n').map_or(0, |e| e + 1);
+    let text = std::str::from_utf8(&data[..end]).expect("log is UTF-8");
+    let mut next = std::collections::HashMap::new();
+    for line in text.lines() {
+        let mut fields = line.split(' ');
+        let w: usize = fields.next().unwrap().parse().expect(line);
+        let seq = next.entry(w).or_insert(0);
+        assert_eq!(format!("{line}\n"), log_line(w, *seq), "appender {w}");
+        *seq += 1;
+    }
+    text.lines().count()
+}
+
+#[test]
+fn readers_reopening_during_appends_default_mode() {
+    readers_reopening_during_appends(&[]);
+}
+
+#[test]
+fn readers_reopening_during_appends_write_back() {
+    readers_reopening_during_appends(&["--write-back"]);
 }
