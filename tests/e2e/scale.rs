@@ -480,7 +480,7 @@ fn readers_reopening_during_appends(mode: &[&str]) {
                 let mut seen = 0u64;
                 let mut n = 0u64;
                 while running.load(Ordering::SeqCst) > 0 {
-                    let from = if n % 64 == 0 {
+                    let from = if n.is_multiple_of(64) {
                         0
                     } else {
                         seen.saturating_sub(4096)
