@@ -3,6 +3,9 @@
 # one local Garage started here (with the TCP_NODELAY shim). The objects are put with the plain
 # client (examples/rawbench.rs), each side gets a fresh prefix of its own and a fresh mount, and
 # the script prints both times, the ratio s3mount/s3fs and the S3 requests s3mount made by op.
+# The floor, measured in the same run: the plain client deleting the same number of objects one
+# DELETE at a time, as `rm` unlinks one name at a time and each unlink returns only once its
+# object is gone.
 #
 #   scripts/rmrf-bench.sh
 #
@@ -103,6 +106,12 @@ echo "== $N objects of $SIZE under rmrf-s3mount/d/ and rmrf-s3fs/d/"
 "$RAW" put-many rmrf-s3mount/d/f "$N" "$SIZE" | sed 's/^/  raw: /'
 [ "$WITH_S3FS" = 1 ] && "$RAW" put-many rmrf-s3fs/d/f "$N" "$SIZE" | sed 's/^/  raw: /'
 if [ -n "$BEFORE" ]; then "$RAW" put-many rmrf-before/d/f "$N" "$SIZE" | sed 's/^/  raw: /'; fi
+"$RAW" put-many rmrf-raw/d/f "$N" "$SIZE" | sed 's/^/  raw: /'
+
+echo "== the plain client: one DELETE at a time"
+out=$("$RAW" --jobs 1 delete-many rmrf-raw/d/f "$N")
+echo "  raw: $out"
+T_RAW=$(sed -n 's/.* secs=\([0-9.]*\).*/\1/p' <<<"$out")
 
 # Mounts prefix $2 with s3mount binary $1 and prints the time of `rm -rf` and its requests.
 rmrf_s3mount() {
@@ -144,9 +153,12 @@ fi
 echo
 printf '%-32s %10s\n' "rm -rf of $N objects" "seconds"
 printf '%-32s %10s\n' "s3mount" "$T_MOUNT"
+printf '%-32s %10s\n' "raw, one DELETE at a time" "$T_RAW"
+printf '%-32s %10s\n' "ratio s3mount / raw" "$(calc "$T_MOUNT / $T_RAW")"
 if [ -n "$BEFORE" ]; then printf '%-32s %10s\n' "s3mount, RMRF_BIN_BEFORE" "$T_BEFORE"; fi
 if [ "$WITH_S3FS" = 1 ]; then
     printf '%-32s %10s\n' "s3fs (same run)" "$T_S3FS"
     printf '%-32s %10s   (target <= 0.80)\n' "ratio s3mount / s3fs" "$(calc "$T_MOUNT / $T_S3FS")"
+    printf '%-32s %10s\n' "ratio s3fs / raw" "$(calc "$T_S3FS / $T_RAW")"
     if [ -n "$BEFORE" ]; then printf '%-32s %10s\n' "ratio RMRF_BIN_BEFORE / s3fs" "$(calc "$T_BEFORE / $T_S3FS")"; fi
 fi
