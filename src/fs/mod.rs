@@ -131,8 +131,8 @@ pub struct Caller {
 pub struct OpenMode {
     pub write: bool,
     pub truncate: bool,
-    /// The kernel opens the file to execute it (`execve`, or a library `mmap`ped by the
-    /// loader): held until the program exits.
+    /// The kernel opens the file to execute it (`execve` of a program or of its ELF
+    /// interpreter): held until the program exits.
     pub exec: bool,
 }
 
