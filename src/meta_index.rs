@@ -35,7 +35,7 @@ pub const SETTLED: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_ENTRIES: u64 = 500_000;
 
 /// Read cache of the database (its pages are in the OS page cache anyway).
-const DB_CACHE_BYTES: usize = 4 << 20;
+const DB_CACHE_BYTES: usize = 1 << 20;
 
 /// Entries buffered before they are written in one transaction.
 const FLUSH_AT: usize = 512;
