@@ -74,7 +74,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 modified: None,
             });
             inode.attr.size = size;
-            inode.content_version += 1;
+            inode.content_version = inode.content_version.wrapping_add(1);
             inode.valid_until = self.valid_until();
         }
         table.mark_changed(plan.to_ino);

@@ -101,7 +101,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let stage = table.stage(ino);
         let current = PageCache::current(stage.as_ref(), reader.as_ref().map(|r| r.etag()));
         let inode = table.get_mut(ino).expect("present");
-        inode.open_handles += 1;
+        inode.add_open_handle();
         let keep_cache = inode.note_page_cache(current);
         let content_version = inode.content_version;
         drop(table);
@@ -155,7 +155,7 @@ impl<S: ObjectStore> S3Fs<S> {
         table.set_stage(ino, Some(stage.clone()));
         table.add_lookup(ino);
         let inode = table.get_mut(ino).expect("present");
-        inode.open_handles += 1;
+        inode.add_open_handle();
         page_cache::created(inode.page_cache(), &stage);
         let attr = Self::current_attr(&table, ino).expect("present");
         drop(table);
@@ -363,8 +363,7 @@ impl<S: ObjectStore> S3Fs<S> {
             let Some(inode) = table.get_mut(ino) else {
                 return Ok(());
             };
-            inode.open_handles = inode.open_handles.saturating_sub(1);
-            inode.open_handles == 0
+            inode.remove_open_handle() == 0
         };
         let mut result = Ok(());
         if file.writable && last {

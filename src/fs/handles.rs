@@ -18,7 +18,7 @@ pub(super) struct FileHandle<S> {
     pub reader: Option<Reader<S>>,
     /// The inode's content version at open: while it is unchanged, a reader whose object
     /// moved (a rename) or got a new ETag (a metadata copy) may follow it.
-    pub content_version: u64,
+    pub content_version: u32,
     /// Opened by the kernel to execute the file.
     pub exec: bool,
 }

@@ -6,7 +6,6 @@
 //! kernel may hold 100,000 of them after an `ls -l` of a big folder.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -89,35 +88,11 @@ pub struct Extras {
     pub link: Option<String>,
 }
 
-/// [`Extras`] in 8 bytes: most inodes (every listed one) have none, and a table of
-/// 100,000 inodes should not pay 48 bytes each for that. Reads see empty extras;
-/// a write makes room.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SlimExtras(Option<Box<Extras>>);
-
+/// What an inode without [`Rare`] parts has: no xattrs, no link target.
 static NO_EXTRAS: Extras = Extras {
     xattrs: BTreeMap::new(),
     link: None,
 };
-
-impl Deref for SlimExtras {
-    type Target = Extras;
-    fn deref(&self) -> &Extras {
-        self.0.as_deref().unwrap_or(&NO_EXTRAS)
-    }
-}
-
-impl DerefMut for SlimExtras {
-    fn deref_mut(&mut self) -> &mut Extras {
-        self.0.get_or_insert_default()
-    }
-}
-
-impl From<Extras> for SlimExtras {
-    fn from(extras: Extras) -> SlimExtras {
-        SlimExtras((extras != Extras::default()).then(|| Box::new(extras)))
-    }
-}
 
 /// The object in S3 that a file inode stands for.
 #[derive(Clone, Debug)]
@@ -183,6 +158,13 @@ struct Rare {
     page_cache: Option<PageCache>,
     /// When this mount last changed the inode's object or attributes.
     changed_at: Option<Instant>,
+    /// Xattrs and a symlink's target: known once the object was HEAD (or created
+    /// here); most inodes (every listed one) have none.
+    extras: Extras,
+    /// Files: the staged content, while there is one.
+    stage: Option<Arc<Stage>>,
+    /// Files: handles open on it.
+    open_handles: u32,
 }
 
 /// The names a window listing held: those after `after` up to `through` (inclusive;
@@ -214,20 +196,19 @@ pub struct Inode {
     /// The object's metadata was read (or written here): `attr` and `extras` are whole.
     /// Entries known from a listing only have defaults until a HEAD.
     pub meta_known: bool,
-    pub extras: SlimExtras,
-    /// Counts the content changes of the object (uploads here, other versions seen).
-    pub content_version: u64,
+    /// Counts the content changes of the object (uploads here, other versions seen;
+    /// compared for equality only, so it may wrap).
+    pub content_version: u32,
     /// Until when `attr` may be served without asking S3.
     pub valid_until: Instant,
-    pub lookups: u64,
-    pub open_handles: u32,
+    lookups: u32,
     /// Entries of a directory batch a cursor may still hand out (see `DirCursor`): the
     /// kernel has not counted a lookup for them yet, but must find them when it does.
     pins: u32,
-    stage: Option<Arc<Stage>>,
     /// Unlinked or replaced: no longer reachable by name.
     pub detached: bool,
-    /// What few inodes need (see [`Rare`]).
+    /// What few inodes need (see [`Rare`]): with it an inode is 200 bytes, which a
+    /// table of 100,000 listed entries pays 100,000 times.
     rare: Option<Box<Rare>>,
 }
 
@@ -273,6 +254,43 @@ impl Inode {
 
     fn rare_mut(&mut self) -> &mut Rare {
         self.rare.get_or_insert_default()
+    }
+
+    /// What only the object's metadata tells beyond `attr` (empty for most inodes).
+    pub fn extras(&self) -> &Extras {
+        self.rare.as_ref().map_or(&NO_EXTRAS, |r| &r.extras)
+    }
+
+    pub fn extras_mut(&mut self) -> &mut Extras {
+        &mut self.rare_mut().extras
+    }
+
+    pub fn set_extras(&mut self, extras: Extras) {
+        if self.rare.is_some() || extras != Extras::default() {
+            self.rare_mut().extras = extras;
+        }
+    }
+
+    fn stage(&self) -> Option<&Arc<Stage>> {
+        self.rare.as_ref().and_then(|r| r.stage.as_ref())
+    }
+
+    /// Handles open on the file.
+    pub fn open_handles(&self) -> u32 {
+        self.rare.as_ref().map_or(0, |r| r.open_handles)
+    }
+
+    pub fn add_open_handle(&mut self) {
+        self.rare_mut().open_handles += 1;
+    }
+
+    /// One handle fewer; how many are still open.
+    pub fn remove_open_handle(&mut self) -> u32 {
+        let Some(rare) = self.rare.as_mut() else {
+            return 0;
+        };
+        rare.open_handles = rare.open_handles.saturating_sub(1);
+        rare.open_handles
     }
 
     /// This mount changed the inode's object or attributes just now.
@@ -335,13 +353,10 @@ impl Inode {
             attr,
             remote,
             meta_known: false,
-            extras: SlimExtras::default(),
             content_version: 0,
             valid_until,
             lookups: 0,
-            open_handles: 0,
             pins: 0,
-            stage: None,
             detached: false,
             rare: None,
         }
@@ -452,25 +467,25 @@ impl InodeTable {
                     (None, None) => extras.is_some() || inode.valid_until > Instant::now(),
                     _ => false,
                 };
-                if inode.stage.is_none()
+                if inode.stage().is_none()
                     && extras.is_none()
                     && !same_object
                     && attr.kind == Kind::Dir
                 {
                     // A listing knows nothing of a directory but its name: ask again.
                     inode.meta_known = false;
-                } else if inode.stage.is_none() && (extras.is_some() || !same_object) {
+                } else if inode.stage().is_none() && (extras.is_some() || !same_object) {
                     if extras.is_none() && inode.attr.kind != Kind::Dir {
                         attr.kind = inode.attr.kind; // a listing cannot tell; HEAD will
                     }
                     attr.ino = ino;
                     inode.attr = attr;
                     if inode.remote != remote {
-                        inode.content_version += 1;
+                        inode.content_version = inode.content_version.wrapping_add(1);
                     }
                     inode.remote = remote;
                     inode.meta_known = extras.is_some();
-                    inode.extras = extras.unwrap_or_default().into();
+                    inode.set_extras(extras.unwrap_or_default());
                 }
                 inode.valid_until = valid_until;
                 return ino;
@@ -482,7 +497,7 @@ impl InodeTable {
         attr.ino = ino;
         let mut inode = Inode::new(parent, name, attr, remote, valid_until);
         inode.meta_known = extras.is_some();
-        inode.extras = extras.unwrap_or_default().into();
+        inode.set_extras(extras.unwrap_or_default());
         let is_dir = inode.attr.kind == Kind::Dir;
         let key = (parent, inode.name.clone());
         self.inodes.insert(ino, Box::new(inode));
@@ -504,7 +519,7 @@ impl InodeTable {
     }
 
     pub fn stage(&self, ino: u64) -> Option<Arc<Stage>> {
-        self.inodes.get(&ino).and_then(|i| i.stage.clone())
+        self.inodes.get(&ino).and_then(|i| i.stage().cloned())
     }
 
     pub fn set_stage(&mut self, ino: u64, stage: Option<Arc<Stage>>) {
@@ -516,7 +531,9 @@ impl InodeTable {
         } else {
             self.staged.remove(&ino);
         }
-        inode.stage = stage;
+        if stage.is_some() || inode.rare.is_some() {
+            inode.rare_mut().stage = stage;
+        }
         self.remove_if_unused(ino);
     }
 
@@ -629,9 +646,9 @@ impl InodeTable {
             .filter(|(ino, i)| {
                 **ino != ROOT
                     && i.lookups == 0
-                    && i.open_handles == 0
+                    && i.open_handles() == 0
                     && i.pins == 0
-                    && i.stage.is_none()
+                    && i.stage().is_none()
                     && i.valid_until < now
             })
             .map(|(ino, _)| *ino)
@@ -643,7 +660,7 @@ impl InodeTable {
 
     pub fn add_lookup(&mut self, ino: u64) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.lookups += 1;
+            inode.lookups = inode.lookups.saturating_add(1);
         }
     }
 
@@ -668,7 +685,11 @@ impl InodeTable {
 
     pub fn forget(&mut self, ino: u64, n: u64) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.lookups = inode.lookups.saturating_sub(n);
+            // (u32: the kernel counts one lookup per reply naming the inode, and sends
+            // them back in FORGETs; four billion outstanding ones cannot happen.)
+            inode.lookups = inode
+                .lookups
+                .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
         }
         self.remove_if_unused(ino);
     }
@@ -681,9 +702,9 @@ impl InodeTable {
         }
         let unused = self.inodes.get(&ino).is_some_and(|i| {
             i.lookups == 0
-                && i.open_handles == 0
+                && i.open_handles() == 0
                 && i.pins == 0
-                && i.stage.is_none()
+                && i.stage().is_none()
                 && !self.has_children(ino)
         });
         if unused {
@@ -719,9 +740,7 @@ impl InodeTable {
             .iter()
             .filter_map(|ino| self.inodes.get(ino).map(|i| (ino, i)))
             .filter(|(_, i)| {
-                i.parent == parent
-                    && !i.detached
-                    && i.stage.as_ref().is_some_and(|s| s.is_local_only())
+                i.parent == parent && !i.detached && i.stage().is_some_and(|s| s.is_local_only())
             })
             .map(|(ino, i)| (i.name.to_string(), *ino))
             .collect()
@@ -731,7 +750,7 @@ impl InodeTable {
     pub fn staged(&self) -> Vec<(u64, Arc<Stage>)> {
         self.staged
             .iter()
-            .filter_map(|ino| Some((*ino, self.inodes.get(ino)?.stage.clone()?)))
+            .filter_map(|ino| Some((*ino, self.inodes.get(ino)?.stage()?.clone())))
             .collect()
     }
 
@@ -742,7 +761,7 @@ impl InodeTable {
             .filter_map(|ino| {
                 self.inodes
                     .get(ino)
-                    .and_then(|i| i.stage.as_ref())
+                    .and_then(|i| i.stage())
                     .filter(|s| s.is_dirty() && s.broken().is_none())
                     .map(|s| (*ino, s.clone()))
             })

@@ -193,3 +193,14 @@ fn subdirectories_are_counted_across_create_rename_replace_and_detach() {
     t.rename(a, b, "a2");
     assert_eq!((t.subdir_count(ROOT), t.subdir_count(b)), (1, 1));
 }
+
+/// An inode of a listed entry fits glibc's 208-byte chunk (a request of at most 200
+/// bytes): a folder of 100,000 listed entries costs 3 MiB less than at 232 bytes.
+#[test]
+fn an_inode_is_at_most_200_bytes() {
+    assert!(
+        std::mem::size_of::<Inode>() <= 200,
+        "{}",
+        std::mem::size_of::<Inode>()
+    );
+}

@@ -70,7 +70,7 @@ impl<S: ObjectStore> S3Fs<S> {
     /// The metadata headers of the object of `ino` as the table knows it now.
     pub(super) fn headers_for(table: &InodeTable, ino: u64, times: bool) -> Option<ObjectHeaders> {
         let attr = Self::current_attr(table, ino)?;
-        Some(Self::headers_of(&attr, &table.get(ino)?.extras, times))
+        Some(Self::headers_of(&attr, table.get(ino)?.extras(), times))
     }
 
     /// The metadata headers of an object with these attributes.
@@ -459,7 +459,7 @@ impl<S: ObjectStore> S3Fs<S> {
             (
                 path,
                 inode.attr.clone(),
-                Extras::clone(&inode.extras),
+                Extras::clone(inode.extras()),
                 inode.remote.clone(),
             )
         };

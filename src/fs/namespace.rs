@@ -130,7 +130,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let (key, remote) = {
             let table = self.inodes.lock().unwrap();
             let inode = table.get(attr.ino).ok_or(FsError::NotFound)?;
-            if let Some(link) = &inode.extras.link {
+            if let Some(link) = &inode.extras().link {
                 return Ok(link.clone());
             }
             let path = table.path(attr.ino).ok_or(FsError::NotFound)?;
@@ -143,7 +143,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let link = String::from_utf8_lossy(&body).trim().to_string();
         let mut table = self.inodes.lock().unwrap();
         if let Some(inode) = table.get_mut(attr.ino) {
-            inode.extras.link = Some(link.clone());
+            inode.extras_mut().link = Some(link.clone());
         }
         Ok(link)
     }

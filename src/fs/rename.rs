@@ -154,7 +154,7 @@ impl<S: ObjectStore> S3Fs<S> {
             inode.attr.ctime = now();
             let headers = inode
                 .meta_known
-                .then(|| Self::headers_of(&inode.attr, &inode.extras, true));
+                .then(|| Self::headers_of(&inode.attr, inode.extras(), true));
             (stage, inode.remote.clone(), headers)
         };
         let turn = match &stage {

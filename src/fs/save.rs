@@ -131,7 +131,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let Some(stage) = table.stage(ino) else {
             return;
         };
-        if table.get(ino).is_some_and(|i| i.open_handles > 0) {
+        if table.get(ino).is_some_and(|i| i.open_handles() > 0) {
             return;
         }
         if stage.is_dirty() && stage.broken().is_none() {
@@ -209,7 +209,7 @@ impl<S: ObjectStore> S3Fs<S> {
                         size: snapshot.size,
                         modified: None,
                     });
-                    inode.content_version += 1;
+                    inode.content_version = inode.content_version.wrapping_add(1);
                     inode.attr.size = snapshot.size;
                     inode.valid_until = until;
                     inode.mark_changed_now();

@@ -203,7 +203,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 .lock()
                 .unwrap()
                 .get(ino)
-                .is_some_and(|i| i.open_handles == 0);
+                .is_some_and(|i| i.open_handles() == 0);
             if !idle {
                 continue;
             }
@@ -222,7 +222,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let stage = {
             let table = self.inodes.lock().unwrap();
             match table.get(ino) {
-                Some(inode) if inode.open_handles == 0 => table.stage(ino),
+                Some(inode) if inode.open_handles() == 0 => table.stage(ino),
                 _ => None,
             }
         };

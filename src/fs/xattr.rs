@@ -101,7 +101,7 @@ impl<S: ObjectStore> S3Fs<S> {
             (
                 key,
                 inode.remote.clone(),
-                inode.extras.xattrs.get(name).cloned(),
+                inode.extras().xattrs.get(name).cloned(),
             )
         };
         match name {
@@ -128,7 +128,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let table = self.inodes.lock().unwrap();
         let inode = table.get(ino)?;
         (inode.meta_known || table.stage(ino).is_some())
-            .then(|| listed_names(inode.extras.xattrs.keys()))
+            .then(|| listed_names(inode.extras().xattrs.keys()))
     }
 
     /// The names of the stored extended attributes (the virtual `user.s3.*` ones are
@@ -139,7 +139,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let attr = self.ensure_meta(ino).await?;
         let table = self.inodes.lock().unwrap();
         let inode = table.get(attr.ino).ok_or(FsError::NotFound)?;
-        Ok(listed_names(inode.extras.xattrs.keys()))
+        Ok(listed_names(inode.extras().xattrs.keys()))
     }
 
     pub async fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> FsResult<()> {
@@ -184,8 +184,8 @@ impl<S: ObjectStore> S3Fs<S> {
         {
             let mut table = self.inodes.lock().unwrap();
             let inode = table.get_mut(ino).ok_or(FsError::NotFound)?;
-            let exists = inode.extras.xattrs.contains_key(name);
-            let mut xattrs = inode.extras.xattrs.clone();
+            let exists = inode.extras().xattrs.contains_key(name);
+            let mut xattrs = inode.extras().xattrs.clone();
             match value {
                 Some(_) if flags & libc::XATTR_CREATE != 0 && exists => {
                     return Err(FsError::Exists);
@@ -203,13 +203,13 @@ impl<S: ObjectStore> S3Fs<S> {
             }
             let extras = Extras {
                 xattrs,
-                link: inode.extras.link.clone(),
+                link: inode.extras().link.clone(),
             };
             let headers = Self::headers_of(&inode.attr, &extras, true);
             if layout::user_meta_len(&headers) > layout::MAX_USER_META {
                 return Err(FsError::TooBig);
             }
-            inode.extras = extras.into();
+            inode.set_extras(extras);
             inode.attr.ctime = now();
             inode.mark_changed_now();
         }
