@@ -15,8 +15,12 @@
 //! - Bounded: at most `max_entries` entries; the oldest are dropped first.
 //! - Nothing here fails a file system operation: an index that cannot be used is
 //!   disabled with one warning and every lookup misses.
+//! - Nothing here delays one either: entries are written in batches behind the
+//!   listing that offered them; `close` (unmount) writes the rest durably and waits
+//!   for the writes under way.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -121,8 +125,10 @@ struct Inner {
     db: Database,
     max_entries: u64,
     pending: Mutex<Vec<(String, Vec<u8>)>>,
-    /// Commits since the last durable one.
+    /// Commits since the last durable one; held by the write under way.
     loose_commits: Mutex<u32>,
+    /// Writes started by [`MetaIndex::flush_behind`] and not finished.
+    behind: Arc<AtomicUsize>,
 }
 
 /// See the module docs. Cheap to clone.
@@ -166,6 +172,7 @@ impl MetaIndex {
                     max_entries,
                     pending: Mutex::new(Vec::new()),
                     loose_commits: Mutex::new(0),
+                    behind: Arc::new(AtomicUsize::new(0)),
                 })),
             },
             Err(e) => {
@@ -228,28 +235,57 @@ impl MetaIndex {
         pending.len() >= FLUSH_AT
     }
 
-    /// Writes the offered entries (off the async threads).
+    /// Writes the offered entries (off the async threads). The entries leave the
+    /// pending list only inside the write, so a [`MetaIndex::close`] either writes
+    /// them itself or waits for the write that took them.
     pub async fn flush(&self) {
         let Some(inner) = self.inner.clone() else {
             return;
         };
-        let batch = std::mem::take(&mut *inner.pending.lock().unwrap());
-        if batch.is_empty() {
+        if inner.pending.lock().unwrap().is_empty() {
             return;
         }
-        let written = tokio::task::spawn_blocking(move || inner.write(batch, false)).await;
+        let written = tokio::task::spawn_blocking(move || inner.write_pending(false)).await;
         if let Ok(Err(e)) = written {
             log::warn!("metadata index: could not record entries: {e}");
         }
     }
 
-    /// Writes what is pending durably (at unmount).
-    pub fn close(&self) {
-        if let Some(inner) = &self.inner {
-            let batch = std::mem::take(&mut *inner.pending.lock().unwrap());
-            if let Err(e) = inner.write(batch, true) {
+    /// [`MetaIndex::flush`] without waiting for it: the caller (a listing) goes on
+    /// while its entries are written. The write holds the database only weakly until
+    /// it runs, and [`MetaIndex::close`] waits for the writes under way.
+    pub fn flush_behind(&self) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        if inner.pending.lock().unwrap().is_empty() {
+            return;
+        }
+        let weak = Arc::downgrade(inner);
+        let behind = inner.behind.clone();
+        behind.fetch_add(1, Ordering::AcqRel);
+        tokio::task::spawn_blocking(move || {
+            if let Some(inner) = weak.upgrade()
+                && let Err(e) = inner.write_pending(false)
+            {
                 log::warn!("metadata index: could not record entries: {e}");
             }
+            behind.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Writes what is pending durably (at unmount), after any write under way, and
+    /// returns once no background write holds the database (bounded: 5 s).
+    pub fn close(&self) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        if let Err(e) = inner.write_pending(true) {
+            log::warn!("metadata index: could not record entries: {e}");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while inner.behind.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -296,8 +332,23 @@ fn open_db(path: &PathBuf) -> Result<Database, redb::Error> {
 }
 
 impl Inner {
-    fn write(&self, batch: Vec<(String, Vec<u8>)>, durable: bool) -> Result<(), redb::Error> {
+    /// Writes the pending entries (a durable write even if there are none). Writes
+    /// take turns on `loose_commits`.
+    fn write_pending(&self, durable: bool) -> Result<(), redb::Error> {
         let mut loose = self.loose_commits.lock().unwrap();
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+        if batch.is_empty() && !durable {
+            return Ok(());
+        }
+        self.write(&mut loose, batch, durable)
+    }
+
+    fn write(
+        &self,
+        loose: &mut u32,
+        batch: Vec<(String, Vec<u8>)>,
+        durable: bool,
+    ) -> Result<(), redb::Error> {
         let durable = durable || *loose + 1 >= DURABLE_EVERY;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(if durable {

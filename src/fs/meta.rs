@@ -187,7 +187,9 @@ impl<S: ObjectStore> S3Fs<S> {
             && !from_local_index
             && self.index.offer(&key, listed, meta, checked_at)
         {
-            self.index.flush().await;
+            // A listing answers the kernel while its batch is written (a crash loses at
+            // most those entries, which cost a HEAD again).
+            self.index.flush_behind();
         }
         // (An index's answer is in the local index or the shared object already.)
         let learned = match (&listed, &head) {
@@ -362,7 +364,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 Err(e) => return Err(e),
             }
         }
-        self.index.flush().await;
+        self.index.flush_behind();
         gone.sort_unstable();
         for i in gone.into_iter().rev() {
             entries.remove(i);
