@@ -20,7 +20,7 @@
 //!   for the writes under way.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -129,6 +129,8 @@ struct Inner {
     loose_commits: Mutex<u32>,
     /// Writes started by [`MetaIndex::flush_behind`] and not finished.
     behind: Arc<AtomicUsize>,
+    /// One of them has not taken the pending entries yet.
+    queued: AtomicBool,
 }
 
 /// See the module docs. Cheap to clone.
@@ -173,6 +175,7 @@ impl MetaIndex {
                     pending: Mutex::new(Vec::new()),
                     loose_commits: Mutex::new(0),
                     behind: Arc::new(AtomicUsize::new(0)),
+                    queued: AtomicBool::new(false),
                 })),
             },
             Err(e) => {
@@ -258,7 +261,9 @@ impl MetaIndex {
         let Some(inner) = &self.inner else {
             return;
         };
-        if inner.pending.lock().unwrap().is_empty() {
+        // One write waiting for its turn takes whatever is pending when it starts:
+        // offers made meanwhile need no write of their own.
+        if inner.pending.lock().unwrap().is_empty() || inner.queued.swap(true, Ordering::AcqRel) {
             return;
         }
         let weak = Arc::downgrade(inner);
@@ -337,6 +342,7 @@ impl Inner {
     fn write_pending(&self, durable: bool) -> Result<(), redb::Error> {
         let mut loose = self.loose_commits.lock().unwrap();
         let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+        self.queued.store(false, Ordering::Release);
         if batch.is_empty() && !durable {
             return Ok(());
         }
