@@ -206,6 +206,26 @@ impl MetaIndex {
             .collect()
     }
 
+    /// Whether the index holds any key under `prefix` (one B-tree lookup): a directory
+    /// this host listed before, whose listing the local index will answer.
+    pub fn knows_prefix(&self, prefix: &str) -> bool {
+        let Some(inner) = &self.inner else {
+            return false;
+        };
+        let Ok(read) = inner.db.begin_read() else {
+            return false;
+        };
+        let Ok(table) = read.open_table(ENTRIES) else {
+            return false;
+        };
+        table
+            .range(prefix..)
+            .ok()
+            .and_then(|mut range| range.next())
+            .and_then(Result::ok)
+            .is_some_and(|(key, _)| key.value().starts_with(prefix))
+    }
+
     /// Offers what HEAD (sent at `asked_at`) answered for `key`, which a listing showed
     /// at `listed`. Kept only if the HEAD saw that very version and it had settled;
     /// returns whether enough entries wait for a [`MetaIndex::flush`].

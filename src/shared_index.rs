@@ -18,7 +18,7 @@
 //!   listed files, at most once per [`WRITE_EVERY`] per directory by one mount.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -251,6 +251,30 @@ pub async fn fetch<S: ObjectStore>(store: &S, key: &str, dir: &str) -> Option<Di
     }
 }
 
+/// A [`fetch`] started before a listing needs its answer (when the directory is
+/// opened), so that the GET overlaps the listing's first LIST. Dropped unused, it is
+/// cancelled.
+pub struct Prefetch(tokio::task::JoinHandle<Option<DirIndex>>);
+
+impl Prefetch {
+    pub fn start<S: ObjectStore>(store: Arc<S>, key: String, dir: String) -> Prefetch {
+        Prefetch(tokio::spawn(
+            async move { fetch(&*store, &key, &dir).await },
+        ))
+    }
+
+    /// The fetch's answer (None also if the task failed).
+    pub async fn answer(mut self) -> Option<DirIndex> {
+        (&mut self.0).await.ok().flatten()
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Writes the index object `key` of directory `dir`; a failure is logged only.
 pub async fn publish<S: ObjectStore>(store: &S, key: &str, dir: &str, entries: Vec<Entry>) {
     let count = entries.len();
@@ -275,6 +299,8 @@ pub struct Pass {
     overflow: bool,
     /// Indexable HEAD answers of this pass, by name.
     learned: HashMap<String, Entry>,
+    /// The directory's object, asked for ahead (see [`Prefetch`]).
+    prefetch: Option<Prefetch>,
 }
 
 impl Pass {
@@ -299,6 +325,19 @@ impl Pass {
 
     pub fn set_loaded(&mut self, index: Option<DirIndex>) {
         self.loaded = Some(index);
+        self.prefetch = None;
+    }
+
+    /// The directory's object is being fetched ahead of the listing.
+    pub fn set_prefetch(&mut self, prefetch: Prefetch) {
+        if self.loaded.is_none() {
+            self.prefetch = Some(prefetch);
+        }
+    }
+
+    /// The fetch started ahead, if any (its answer is then the pass's object).
+    pub fn take_prefetch(&mut self) -> Option<Prefetch> {
+        self.prefetch.take()
     }
 
     /// The answer of the directory's object for `name` at exactly `listed`.
@@ -310,7 +349,7 @@ impl Pass {
     /// none.
     pub fn note_finished(&mut self) {
         if self.loaded.is_none() && self.listed.len() < MIN_ENTRIES {
-            self.loaded = Some(None);
+            self.set_loaded(None);
         }
     }
 

@@ -320,6 +320,11 @@ impl Inode {
         self.rare_mut().touched = true;
     }
 
+    /// Directories: a whole listing was recorded in this mount (it may be stale now).
+    pub fn listed_before(&self) -> bool {
+        self.listed_until().is_some()
+    }
+
     fn listed_until(&self) -> Option<Instant> {
         self.rare.as_ref().and_then(|r| r.listed_until)
     }

@@ -102,9 +102,7 @@ impl<S: ObjectStore> S3Fs<S> {
     /// [`S3Fs::ensure_meta`]; with `fetch_small`, a small file's content comes along
     /// with its metadata into the block cache (a lookup is usually followed by a read).
     pub(super) async fn complete_attr(&self, ino: u64, fetch_small: bool) -> FsResult<Attr> {
-        let (attr, _) = self
-            .complete_attr_from(ino, fetch_small, None, false)
-            .await?;
+        let (attr, _) = self.complete_attr_from(ino, fetch_small, false).await?;
         Ok(attr)
     }
 
@@ -122,15 +120,13 @@ impl<S: ObjectStore> S3Fs<S> {
         })
     }
 
-    /// [`S3Fs::complete_attr`], answered by `known` instead of a HEAD if it is about the
-    /// version listed (otherwise by the local index unless `index_missed` says it was
-    /// just asked, or a HEAD). Also returns, with `--shared-metadata-index`, what a HEAD
-    /// answered for the listed version.
+    /// [`S3Fs::complete_attr`], answered by the local index for the version listed
+    /// (unless `index_missed` says it was just asked) or else by a HEAD. Also returns,
+    /// with `--shared-metadata-index`, what a HEAD answered for the listed version.
     pub(super) async fn complete_attr_from(
         &self,
         ino: u64,
         fetch_small: bool,
-        known: Option<Known>,
         index_missed: bool,
     ) -> FsResult<(Attr, Option<Learned>)> {
         let (key, dir, size, listed) = {
@@ -150,16 +146,12 @@ impl<S: ObjectStore> S3Fs<S> {
             }
         };
         let asked_at = Instant::now();
-        let known = match known {
-            Some(k) if listed.as_ref() == Some(&k.version) => Some(k),
-            _ if index_missed => None,
-            _ => listed.as_ref().and_then(|v| {
-                let meta = self.index.get(&key, v)?;
-                Some(Known::local(v, meta))
-            }),
+        let known = match &listed {
+            Some(v) if !index_missed => self.index.get(&key, v),
+            _ => None,
         };
         let head = if let Some(known) = &known {
-            Ok(known.meta.clone())
+            Ok(known.clone())
         } else if fetch_small && !dir && (1..=SMALL_FILE).contains(&size) {
             match self.store.head_and_start(&key, SMALL_FILE).await {
                 Ok((meta, start)) => {
@@ -175,23 +167,18 @@ impl<S: ObjectStore> S3Fs<S> {
         } else {
             self.store.head(&key).await
         };
-        // A shared index answer is offered as of its writer's HEAD (the settled rule).
-        let checked_at = match &known {
-            Some(k) if k.shared => k.settled_at,
-            _ => now() - asked_at.elapsed(),
-        };
+        let checked_at = now() - asked_at.elapsed();
         // A local index answer is in the local index already: writing it back would
         // cost a database write per entry of every listing.
-        let from_local_index = known.as_ref().is_some_and(|k| !k.shared);
         if let (Some(listed), Ok(meta)) = (&listed, &head)
-            && !from_local_index
+            && known.is_none()
             && self.index.offer(&key, listed, meta, checked_at)
         {
             // A listing answers the kernel while its batch is written (a crash loses at
             // most those entries, which cost a HEAD again).
             self.index.flush_behind();
         }
-        // (An index's answer is in the local index or the shared object already.)
+        // (The local index's answer is in the shared object already, or will be.)
         let learned = match (&listed, &head) {
             (Some(listed), Ok(meta)) if self.cfg.shared_metadata_index && known.is_none() => {
                 Some(Learned {
@@ -308,6 +295,56 @@ impl<S: ObjectStore> S3Fs<S> {
         unknown.into_iter().filter(|&i| !answered[i]).collect()
     }
 
+    /// Completes the entries `unknown` of `entries` that `known` (the shared index's
+    /// answers, one per entry) answers for their listed version, in one hold of the
+    /// table; the answers go to the local index too. Returns the others.
+    fn complete_from_known(
+        &self,
+        entries: &mut [DirEntry],
+        unknown: Vec<usize>,
+        known: Vec<Option<Known>>,
+    ) -> Vec<usize> {
+        if known.iter().all(Option::is_none) {
+            return unknown;
+        }
+        let asked_at = Instant::now();
+        let mut rest = Vec::new();
+        let mut answers = Vec::new();
+        {
+            let table = self.inodes.lock().unwrap();
+            for (i, known) in unknown.into_iter().zip(known) {
+                let ino = entries[i].attr.ino;
+                match (known, table.path(ino)) {
+                    (Some(k), Some(path))
+                        if Self::listed_version(&table, ino).as_ref() == Some(&k.version) =>
+                    {
+                        answers.push((i, self.layout.file_key(&path), k));
+                    }
+                    _ => rest.push(i),
+                }
+            }
+        }
+        for (_, key, k) in &answers {
+            // Offered as of its writer's HEAD (the settled rule).
+            self.index.offer(key, &k.version, &k.meta, k.settled_at);
+        }
+        let mut table = self.inodes.lock().unwrap();
+        for (i, _, k) in answers {
+            let ino = entries[i].attr.ino;
+            let answer = if table.stage(ino).is_some() {
+                // Written here meanwhile: the stage is the content.
+                Self::current_attr(&table, ino).ok_or(FsError::NotFound)
+            } else {
+                self.apply_answer(&mut table, ino, false, Ok(k.meta), asked_at)
+            };
+            match answer {
+                Ok(attr) => entries[i].attr = attr,
+                Err(_) => rest.push(i),
+            }
+        }
+        rest
+    }
+
     /// Completes the attributes of directory entries known from a listing only, with
     /// HEADs in parallel. Entries whose object vanished meanwhile are left out. With
     /// `shared` (the directory's key prefix and its listing pass, under
@@ -343,10 +380,11 @@ impl<S: ObjectStore> S3Fs<S> {
             Some((prefix, pass)) => self.shared_hints(prefix, entries, &unknown, pass).await,
             None => unknown.iter().map(|_| None).collect(),
         };
-        let fetched = futures::stream::iter(unknown.into_iter().zip(known).map(|(i, known)| {
+        let unknown = self.complete_from_known(entries, unknown, known);
+        let fetched = futures::stream::iter(unknown.into_iter().map(|i| {
             let ino = entries[i].attr.ino;
             // (complete_from_local_index asked the local index about each of them.)
-            async move { (i, self.complete_attr_from(ino, false, known, true).await) }
+            async move { (i, self.complete_attr_from(ino, false, true).await) }
         }))
         .buffer_unordered(META_FETCHES)
         .collect::<Vec<_>>()

@@ -13,19 +13,21 @@ const BATCH: usize = 256;
 
 impl<S: ObjectStore> S3Fs<S> {
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let (path, parent, local) = {
+        let (path, parent, local, listed_here) = {
             let table = self.inodes.lock().unwrap();
             let path = self.dir_path(&table, ino)?;
             let parent = table.get(ino).map_or(ROOT, |i| i.parent);
-            (path, parent, table.local_only_children(ino))
+            let listed_here = table.get(ino).is_some_and(|i| i.listed_before());
+            (path, parent, table.local_only_children(ino), listed_here)
         };
-        let cursor = DirCursor::new(
+        let mut cursor = DirCursor::new(
             self.store.clone(),
             self.layout.clone(),
             (ino, parent),
             self.layout.dir_prefix(&path),
             local,
         );
+        self.prefetch_shared(&mut cursor, listed_here);
         Ok(self
             .handles
             .add(Handle::Dir(Box::new(tokio::sync::Mutex::new(cursor)))))

@@ -9,29 +9,15 @@ use std::time::SystemTime;
 use super::dir::DirCursor;
 use super::{DirEntry, S3Fs, now};
 use crate::meta_index::{SETTLED, Version};
-use crate::shared_index::{self, Entry, FORMAT, Pass};
+use crate::shared_index::{self, Entry, FORMAT, Pass, Prefetch};
 use crate::store::{ObjectMeta, ObjectStore};
 
-/// An answer for one listed version that costs no HEAD.
+/// The shared index's answer for one listed version (it costs no HEAD).
 pub(super) struct Known {
     pub version: Version,
     pub meta: ObjectMeta,
-    /// When the answer was known settled (for the settled rule).
+    /// When its writer knew it settled (for the settled rule).
     pub settled_at: SystemTime,
-    /// From the shared index (else from the local one).
-    pub shared: bool,
-}
-
-impl Known {
-    /// A local index answer: the index holds only settled versions.
-    pub fn local(version: &Version, meta: ObjectMeta) -> Known {
-        Known {
-            version: version.clone(),
-            meta,
-            settled_at: version.modified + SETTLED,
-            shared: false,
-        }
-    }
 }
 
 /// What a HEAD answered for an entry's listed version.
@@ -85,9 +71,15 @@ impl<S: ObjectStore> S3Fs<S> {
             return known;
         }
         if pass.needs_fetch() {
-            let dir = self.relative_dir(prefix);
-            let key = self.layout.shared_index_key(dir, FORMAT);
-            pass.set_loaded(shared_index::fetch(&*self.store, &key, dir).await);
+            let index = match pass.take_prefetch() {
+                Some(prefetch) => prefetch.answer().await,
+                None => {
+                    let dir = self.relative_dir(prefix);
+                    let key = self.layout.shared_index_key(dir, FORMAT);
+                    shared_index::fetch(&*self.store, &key, dir).await
+                }
+            };
+            pass.set_loaded(index);
         }
         for ((&i, version), known) in unknown.iter().zip(&versions).zip(&mut known) {
             if let (None, Some(version)) = (&known, version)
@@ -97,11 +89,28 @@ impl<S: ObjectStore> S3Fs<S> {
                     version: version.clone(),
                     meta,
                     settled_at,
-                    shared: true,
                 });
             }
         }
         known
+    }
+
+    /// At opendir: starts fetching the directory's shared object if its first listing
+    /// will probably want it — the directory is not listed in this mount yet and the
+    /// local index knows nothing under it (else the local index answers, and the
+    /// object is fetched only if a listed entry turns out to need it).
+    pub(super) fn prefetch_shared(&self, cursor: &mut DirCursor<S>, listed_here: bool) {
+        if !self.cfg.shared_metadata_index
+            || self.cfg.fast_listing
+            || listed_here
+            || self.index.knows_prefix(cursor.prefix())
+        {
+            return;
+        }
+        let dir = self.relative_dir(cursor.prefix()).to_string();
+        let key = self.layout.shared_index_key(&dir, FORMAT);
+        let prefetch = Prefetch::start(self.store.clone(), key, dir);
+        cursor.shared.set_prefetch(prefetch);
     }
 
     /// A whole pass over the cursor's directory ends with the batch being completed: a

@@ -302,6 +302,62 @@ async fn a_second_host_lists_from_the_shared_index_without_heads() {
     assert_eq!(store.count(Op::Put), 1);
 }
 
+/// The index object is asked for when the directory is opened, so its GET runs while
+/// the first LIST does; the listing then uses that answer (still one GET, no HEAD).
+#[tokio::test]
+async fn a_second_hosts_opendir_fetches_the_index_ahead_of_the_listing() {
+    let store = Arc::new(MemoryStore::new());
+    for i in 0..40 {
+        put_old(&store, &format!("p/f{i:03}"), b"doc", 0o640);
+    }
+    let (cache_a, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    list(&shared_fs(&store, cache_a.path()), 1).await;
+    written(&store, &root_index_key(), None).await;
+
+    let host_b = shared_fs(&store, cache_b.path());
+    let (heads, gets, lists) = (
+        store.count(Op::Head),
+        store.count(Op::Get),
+        store.count(Op::List),
+    );
+    let dh = host_b.opendir(1).await.unwrap();
+    for _ in 0..100 {
+        if store.count(Op::Get) > gets {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.count(Op::Get) - gets, 1, "the GET starts at opendir");
+    assert_eq!(store.count(Op::List), lists, "before any LIST");
+    let (mut listed, mut offset) = (Vec::new(), 0);
+    loop {
+        let batch = host_b.readdir(dh, offset).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        offset = last.offset;
+        listed.extend(batch);
+    }
+    host_b.releasedir(dh);
+    listed.retain(|e| e.name != "." && e.name != "..");
+    assert_eq!(listed.len(), 40);
+    assert!(
+        listed
+            .iter()
+            .all(|e| e.attr.perm == 0o640 && e.attr.uid == 7)
+    );
+    assert_eq!(
+        store.count(Op::Head) - heads,
+        0,
+        "answered by the prefetched object"
+    );
+    assert_eq!(store.count(Op::Get) - gets, 1);
+    // Listed once here, and known to its local index: no fetch ahead any more.
+    let gets = store.count(Op::Get);
+    let dh = host_b.opendir(1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    host_b.releasedir(dh);
+    assert_eq!(store.count(Op::Get), gets);
+}
+
 #[tokio::test]
 async fn the_shared_index_name_is_reserved() {
     let store = Arc::new(MemoryStore::new());
