@@ -400,13 +400,31 @@ impl Pass {
 }
 
 /// When this mount last wrote each directory's object, to write each at most once per
-/// [`WRITE_EVERY`].
+/// [`WRITE_EVERY`]; and the writes under way, which an unmount lets finish.
 #[derive(Default)]
 pub struct WriteLimiter {
     written: Mutex<HashMap<String, Instant>>,
+    under_way: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl WriteLimiter {
+    /// A write started (a task that ends once the object is written or given up).
+    pub fn track(&self, write: tokio::task::JoinHandle<()>) {
+        let mut under_way = self.under_way.lock().unwrap();
+        under_way.retain(|w| !w.is_finished());
+        under_way.push(write);
+    }
+
+    /// Waits for the writes under way, at most `bound` in all (then they are left to
+    /// the runtime's end: an object not written only costs another host HEADs).
+    pub async fn finish(&self, bound: Duration) {
+        let writes = std::mem::take(&mut *self.under_way.lock().unwrap());
+        let all = futures::future::join_all(writes);
+        if tokio::time::timeout(bound, all).await.is_err() {
+            log::info!("shared metadata index writes still under way at unmount; left unfinished");
+        }
+    }
+
     /// Whether `key` may be written now; if so, it is recorded as written.
     pub fn claim(&self, key: &str) -> bool {
         let mut written = self.written.lock().unwrap();

@@ -137,7 +137,7 @@ impl<S: ObjectStore> S3Fs<S> {
             return;
         }
         let (store, index) = (self.store.clone(), self.index.clone());
-        tokio::spawn(async move {
+        let write = tokio::spawn(async move {
             // Entries this pass did not HEAD (known before it, or answered by the local
             // index) from the local index.
             let entries = tokio::task::spawn_blocking(move || {
@@ -151,5 +151,6 @@ impl<S: ObjectStore> S3Fs<S> {
                 shared_index::publish(&*store, &key, &dir, entries).await;
             }
         });
+        self.shared_writes.track(write);
     }
 }

@@ -18,6 +18,8 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 /// How often listed entries the kernel never looked up are dropped once stale: often
 /// enough that listing a huge directory never holds much more than a few seconds of it.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// How long an unmount waits for shared metadata index objects being written.
+const SHARED_WRITES_AT_UNMOUNT: Duration = Duration::from_secs(10);
 /// Longest wait between two tries of a background upload.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -36,7 +38,8 @@ pub struct Recovery {
 }
 
 impl<S: ObjectStore> S3Fs<S> {
-    /// Stops new writers and uploads every stage that S3 does not have yet. Returns the
+    /// Stops new writers, uploads every stage that S3 does not have yet and lets shared
+    /// index objects being written finish (bounded). Returns the
     /// number of files that could not be uploaded (they stay staged).
     pub async fn shutdown(&self) -> usize {
         self.closing.store(true, Ordering::Relaxed);
@@ -56,6 +59,8 @@ impl<S: ObjectStore> S3Fs<S> {
                 stage.discard();
             }
         }
+        // Index objects being written read the local index.
+        self.shared_writes.finish(SHARED_WRITES_AT_UNMOUNT).await;
         self.index.close();
         failed
     }

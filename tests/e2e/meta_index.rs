@@ -302,6 +302,26 @@ async fn a_second_host_lists_from_the_shared_index_without_heads() {
     assert_eq!(store.count(Op::Put), 1);
 }
 
+/// An unmount right after a listing lets the index object's write finish: the next
+/// host finds it.
+#[tokio::test]
+async fn unmount_waits_for_the_shared_index_write() {
+    let store = Arc::new(MemoryStore::new());
+    for i in 0..40 {
+        put_old(&store, &format!("p/f{i:03}"), b"doc", 0o640);
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let host_a = shared_fs(&store, cache.path());
+    list(&host_a, 1).await;
+    store.delay(Op::Put, Duration::from_millis(500));
+    host_a.shutdown().await;
+    drop(host_a);
+    assert!(
+        store.object(&root_index_key()).is_some(),
+        "written before the unmount returned"
+    );
+}
+
 /// The index object is asked for when the directory is opened, so its GET runs while
 /// the first LIST does; the listing then uses that answer (still one GET, no HEAD).
 #[tokio::test]
