@@ -10,8 +10,9 @@
 //! - An object is indexed only once its Last-Modified lies [`SETTLED`] in the past when
 //!   its HEAD returned: a later change of it then cannot share its Last-Modified second
 //!   (listings of some servers have second precision), whatever clock skew up to that.
-//! - Every value carries a checksum over key and value: a damaged entry is a miss,
-//!   never trusted. A file that cannot be opened as an index is deleted and rebuilt.
+//! - Every value carries a checksum over key and value and starts with its encoding
+//!   ([`ENCODING`]): a damaged entry, or one of another encoding, is a miss, never
+//!   trusted. A file that cannot be opened as an index is deleted and rebuilt.
 //! - Bounded: at most `max_entries` entries; the oldest are dropped first.
 //! - Nothing here fails a file system operation: an index that cannot be used is
 //!   disabled with one warning and every lookup misses.
@@ -61,6 +62,10 @@ pub struct Version {
     pub modified: SystemTime,
 }
 
+/// The first byte of every value's body: postcard's encoding of [`Stored`]. (Bodies of
+/// earlier builds were JSON, starting with `{`: they miss and are written anew.)
+const ENCODING: u8 = 1;
+
 #[derive(Serialize, Deserialize)]
 struct Stored {
     etag: String,
@@ -108,7 +113,8 @@ fn lookup(
 ) -> Option<ObjectMeta> {
     let guard = table.get(key).ok()??;
     let (_, value) = guard.value();
-    let stored: Stored = serde_json::from_slice(unseal(key, value)?).ok()?;
+    let body = unseal(key, value)?.strip_prefix(&[ENCODING])?;
+    let stored: Stored = postcard::from_bytes(body).ok()?;
     let same = stored.etag == version.etag.0
         && stored.size == version.size
         && stored.modified == nanos(version.modified);
@@ -250,7 +256,7 @@ impl MetaIndex {
             user_meta: head.user_meta.clone(),
             content_type: head.content_type.clone(),
         };
-        let Ok(body) = serde_json::to_vec(&stored) else {
+        let Ok(body) = postcard::to_extend(&stored, vec![ENCODING]) else {
             return false;
         };
         let mut pending = inner.pending.lock().unwrap();
@@ -551,5 +557,39 @@ mod tests {
         bad[5] ^= 1;
         assert_eq!(unseal("k", &bad), None);
         assert_eq!(unseal("k", b"ab"), None);
+    }
+
+    /// A value an earlier build wrote (JSON, checksum intact) is a miss, not misread.
+    #[tokio::test]
+    async fn values_of_another_encoding_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = old();
+        let index = MetaIndex::open(dir.path(), 100);
+        index.offer(
+            "a",
+            &version("\"1\"", 3, t),
+            &meta("\"1\"", 3, t, "33188"),
+            SystemTime::now(),
+        );
+        index.flush().await;
+        assert!(index.get("a", &version("\"1\"", 3, t)).is_some());
+        let json = serde_json::to_vec(&Stored {
+            etag: "\"1\"".into(),
+            size: 3,
+            modified: nanos(t),
+            head_modified: nanos(t),
+            user_meta: vec![("mode".into(), "33188".into())],
+            content_type: None,
+        })
+        .unwrap();
+        let inner = index.inner.as_ref().unwrap();
+        inner
+            .pending
+            .lock()
+            .unwrap()
+            .push(("a".into(), seal("a", &json)));
+        index.flush().await;
+        assert!(index.get("a", &version("\"1\"", 3, t)).is_none());
+        index.close();
     }
 }
