@@ -3,12 +3,14 @@
 //! chunk with O_DIRECT, and its parts are read back the same way: on a disk file
 //! system the buffered copy through the page cache costs more CPU than the upload
 //! itself. Where O_DIRECT is unsupported, everything falls back to buffered I/O.
+//! Uploads read parts into buffers reused while uploads run ([`ReadBuffers`]).
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
@@ -28,19 +30,34 @@ pub struct AlignedBuf {
     at: usize,
     len: usize,
     cap: usize,
+    /// From [`READ_BUFFERS`] (and going back there).
+    pooled: bool,
 }
 
 impl AlignedBuf {
     pub fn new(cap: usize) -> AlignedBuf {
         let cap = cap.div_ceil(ALIGN) * ALIGN;
-        let storage = vec![0u8; cap + ALIGN];
+        AlignedBuf::over(vec![0u8; cap + ALIGN], cap, false)
+    }
+
+    fn over(storage: Vec<u8>, cap: usize, pooled: bool) -> AlignedBuf {
         let at = storage.as_ptr().align_offset(ALIGN);
         AlignedBuf {
             storage,
             at,
             len: 0,
             cap,
+            pooled,
         }
+    }
+
+    /// Room for reading `len` bytes of a part: a reused buffer up to [`CHUNK`] (what
+    /// upload bodies ask for at a time). Its bytes are not zeroed.
+    fn for_read(len: usize) -> AlignedBuf {
+        if len > CHUNK {
+            return AlignedBuf::new(len);
+        }
+        AlignedBuf::over(READ_BUFFERS.take(), CHUNK, true)
     }
 
     pub fn data(&self) -> &[u8] {
@@ -57,9 +74,72 @@ impl AlignedBuf {
     }
 
     /// The first `len` bytes as shared bytes, without copying.
-    pub fn into_bytes(self, len: usize) -> Bytes {
-        let at = self.at;
-        Bytes::from(self.storage).slice(at..at + len)
+    pub fn into_bytes(mut self, len: usize) -> Bytes {
+        let (storage, at) = (std::mem::take(&mut self.storage), self.at);
+        if std::mem::take(&mut self.pooled) {
+            return Bytes::from_owner(PooledRead { storage, at, len });
+        }
+        Bytes::from(storage).slice(at..at + len)
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.pooled {
+            READ_BUFFERS.give_back(std::mem::take(&mut self.storage));
+        }
+    }
+}
+
+/// Bytes of a part read into a pooled buffer; the buffer goes back when they are sent.
+struct PooledRead {
+    storage: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for PooledRead {
+    fn as_ref(&self) -> &[u8] {
+        &self.storage[self.at..self.at + self.len]
+    }
+}
+
+impl Drop for PooledRead {
+    fn drop(&mut self) {
+        READ_BUFFERS.give_back(std::mem::take(&mut self.storage));
+    }
+}
+
+/// Buffers for the chunks uploads read from stage files, reused from one chunk to the
+/// next: a fresh 1 MiB allocation comes from the kernel and goes back on free, so each
+/// chunk was faulted in and zeroed page by page (a sixth of the daemon's CPU while a
+/// large file uploads). Invariant: never more spares than buffers in use, so the spares
+/// are gone once the last upload has sent its last chunk (no memory kept at rest, and
+/// the in-use buffers are within the upload memory budget already).
+struct ReadBuffers {
+    spare: Mutex<Vec<Vec<u8>>>,
+    in_use: AtomicUsize,
+}
+
+static READ_BUFFERS: ReadBuffers = ReadBuffers {
+    spare: Mutex::new(Vec::new()),
+    in_use: AtomicUsize::new(0),
+};
+
+impl ReadBuffers {
+    fn take(&self) -> Vec<u8> {
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        let spare = self.spare.lock().unwrap().pop();
+        spare.unwrap_or_else(|| vec![0u8; CHUNK + ALIGN])
+    }
+
+    fn give_back(&self, buffer: Vec<u8>) {
+        let in_use = self.in_use.fetch_sub(1, Ordering::Relaxed) - 1;
+        let mut spare = self.spare.lock().unwrap();
+        if spare.len() < in_use && buffer.len() == CHUNK + ALIGN {
+            spare.push(buffer);
+        }
+        spare.truncate(in_use);
     }
 }
 
@@ -196,14 +276,15 @@ impl Direct {
         size: u64,
         overlay: Option<&Overlay>,
     ) -> io::Result<Bytes> {
-        let mut buf = AlignedBuf::new(len.max(1));
+        let mut buf = AlignedBuf::for_read(len.max(1));
         let mut done = 0;
         let direct = match offset % ALIGN as u64 {
             0 if size >= DIRECT_FROM => self.file(),
             _ => None,
         };
         if let Some(file) = direct {
-            let target = buf.all_mut();
+            // (Whole aligned blocks, but no more of the file than the part wants.)
+            let target = &mut buf.all_mut()[..len.div_ceil(ALIGN) * ALIGN];
             while done < len {
                 match file.read_at(&mut target[done..], offset + done as u64) {
                     Ok(0) => break,
@@ -223,7 +304,9 @@ impl Direct {
                 .file
                 .read_at(&mut target[done..len], offset + done as u64)?;
             if n == 0 {
-                break; // beyond the end of a sparse file: zeros
+                // Beyond the end of a sparse file: zeros (the buffer may be reused).
+                target[done..len].fill(0);
+                break;
             }
             done += n;
         }
@@ -232,5 +315,72 @@ impl Direct {
             target[at..at + o.data.len()].copy_from_slice(&o.data);
         }
         Ok(buf.into_bytes(len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fds_of(path: &Path) -> Fds {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        Fds { file }
+    }
+
+    /// Parts read into reused buffers hold the file's bytes only: a read past the end
+    /// of a sparse file is zeros even in a buffer that held other data before.
+    #[test]
+    fn reused_read_buffers_hold_only_the_parts_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stage");
+        let size = DIRECT_FROM + CHUNK as u64;
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 + 1).collect();
+        std::fs::write(&path, &data).unwrap();
+        let (direct, fds) = (Direct::open(&path), fds_of(&path));
+        let mut held = Vec::new();
+        for round in 0..3 {
+            for (offset, len) in [(0, CHUNK), (CHUNK as u64, 1000), (4096 * 3 + 7, 5000)] {
+                let part = direct.read(&fds, (offset, len), size, None).unwrap();
+                let at = offset as usize;
+                assert_eq!(&part[..], &data[at..at + len], "round {round}");
+                held.push(part);
+            }
+            held.clear(); // back to the spares
+        }
+        // The file ends early (a truncate up leaves a hole the read sees as zeros).
+        let short = &data[..CHUNK / 2];
+        std::fs::write(&path, short).unwrap();
+        let fds = fds_of(&path);
+        let part = direct.read(&fds, (0, CHUNK), size, None).unwrap();
+        assert_eq!(&part[..CHUNK / 2], short);
+        assert!(part[CHUNK / 2..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn spares_never_outnumber_the_buffers_in_use() {
+        let pool = ReadBuffers {
+            spare: Mutex::new(Vec::new()),
+            in_use: AtomicUsize::new(0),
+        };
+        let taken: Vec<Vec<u8>> = (0..4).map(|_| pool.take()).collect();
+        let first = taken[0].as_ptr();
+        let mut taken = taken.into_iter();
+        pool.give_back(taken.next().unwrap());
+        assert_eq!(pool.spare.lock().unwrap().len(), 1, "3 in use: kept");
+        let again = pool.take();
+        assert_eq!(again.as_ptr(), first, "reused, not allocated");
+        pool.give_back(again);
+        for buffer in taken {
+            pool.give_back(buffer);
+        }
+        assert_eq!(pool.in_use.load(Ordering::Relaxed), 0);
+        assert!(
+            pool.spare.lock().unwrap().is_empty(),
+            "no spare kept at rest"
+        );
     }
 }
