@@ -22,6 +22,11 @@ fn core_fs(store: &Arc<MemoryStore>, cache: &Path) -> S3Fs<MemoryStore> {
 
 async fn list(fs: &S3Fs<MemoryStore>, ino: u64) -> Vec<DirEntry> {
     let dh = fs.opendir(ino).await.unwrap();
+    read_dir_handle(fs, dh).await
+}
+
+/// Every entry of the open directory `dh` but `.` and `..`, sorted; releases it.
+async fn read_dir_handle(fs: &S3Fs<MemoryStore>, dh: u64) -> Vec<DirEntry> {
     let (mut all, mut offset) = (Vec::new(), 0);
     loop {
         let batch = fs.readdir(dh, offset).await.unwrap();
@@ -349,15 +354,7 @@ async fn a_second_hosts_opendir_fetches_the_index_ahead_of_the_listing() {
     }
     assert_eq!(store.count(Op::Get) - gets, 1, "the GET starts at opendir");
     assert_eq!(store.count(Op::List), lists, "before any LIST");
-    let (mut listed, mut offset) = (Vec::new(), 0);
-    loop {
-        let batch = host_b.readdir(dh, offset).await.unwrap();
-        let Some(last) = batch.last() else { break };
-        offset = last.offset;
-        listed.extend(batch);
-    }
-    host_b.releasedir(dh);
-    listed.retain(|e| e.name != "." && e.name != "..");
+    let listed = read_dir_handle(&host_b, dh).await;
     assert_eq!(listed.len(), 40);
     assert!(
         listed
