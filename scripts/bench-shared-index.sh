@@ -26,18 +26,7 @@ RAW=$(pwd)/target/release/examples/rawbench
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/s3mount-bench-shared.XXXXXX")
 MNT=$WORK/mnt
 DPID=""
-unmount_daemon() {
-    [ -n "$DPID" ] || return 0
-    mountpoint -q "$MNT" && fusermount3 -u "$MNT"
-    local i
-    for ((i = 0; i < 600; i++)); do
-        kill -0 "$DPID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$DPID" 2>/dev/null && kill -KILL "$DPID" 2>/dev/null
-    wait "$DPID" 2>/dev/null || true
-    DPID=""
-}
+unmount_daemon() { stop_daemon 60 || true; }
 cleanup() {
     set +e
     [ -z "${BENCH_KEEP_LOGS:-}" ] || cp "$WORK"/mount-*.log "$BENCH_KEEP_LOGS"/
@@ -69,13 +58,7 @@ mount_fg() {
         --force-path-style --region "$AWS_REGION" --cache-dir "$WORK/cache-$host" --foreground \
         "${LOG_OPT[@]}" "$@" >"$WORK/mount-$host.log" 2>&1 &
     DPID=$!
-    local i
-    for ((i = 0; i < 300; i++)); do
-        mountpoint -q "$MNT" && return 0
-        kill -0 "$DPID" 2>/dev/null || { cat "$WORK/mount-$host.log" >&2; return 1; }
-        sleep 0.1
-    done
-    return 1
+    wait_mounted "s3mount (host $host)" "$WORK/mount-$host.log"
 }
 # Seconds of one `ls -l` of the mount; checks it printed every object.
 time_ls() {

@@ -86,25 +86,12 @@ PROXY_PID=""
 # Unmounts the current mount and waits (bounded) for its process to finish uploads and exit.
 unmount_daemon() {
     [ -n "$DPID" ] || return 0
-    if mountpoint -q "$MNT"; then
-        fusermount3 -u "$MNT" || { sleep 1; fusermount3 -u "$MNT"; }
-    fi
-    local i
-    for ((i = 0; i < 3000; i++)); do
-        kill -0 "$DPID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$DPID" 2>/dev/null; then
-        echo "$DTOOL $DPID still running 300 s after unmount; killing it" >&2
-        kill -KILL "$DPID" 2>/dev/null || true
-    fi
-    local st=0
-    wait "$DPID" 2>/dev/null || st=$?
+    local pid=$DPID st=0
+    stop_daemon 300 || st=$?
     # rclone ends with status 1 and "failed to umount FUSE fs" once fusermount took its mount
     if [ "$st" != 0 ] && ! { [ "$DTOOL" = rclone ] && grep -q 'failed to umount FUSE fs' "$DLOG"; }; then
-        echo "$DTOOL $DPID exited with status $st (log: $DLOG)" >&2
+        echo "$DTOOL $pid exited with status $st (log: $DLOG)" >&2
     fi
-    DPID=""
 }
 cleanup() {
     set +e
@@ -177,19 +164,7 @@ mount_tool() {
     esac
     DPID=$! DTOOL=$tool DLOG=$WORK/$tool-$name.log
     [ "$tool" != s3mount ] || DLOG=$WORK/mount-$name.log
-    local i
-    for ((i = 0; i < 300; i++)); do
-        mountpoint -q "$MNT" && return 0
-        if ! kill -0 "$DPID" 2>/dev/null; then
-            cat "$DLOG" >&2
-            DPID=""
-            echo "bench: $tool exited before its mount was live" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "bench: $tool mount not live after 30 s" >&2
-    return 1
+    wait_mounted "bench: $tool" "$DLOG"
 }
 declare -A RSS # peak RSS (VmHWM) in MiB of each tool's processes, over all steps
 note_rss() {

@@ -32,18 +32,7 @@ GARAGE=${BIGDIR_GARAGE:-$WORK/garage}
 MNT=$WORK/mnt
 DPID=""
 
-unmount_daemon() {
-    [ -n "$DPID" ] || return 0
-    mountpoint -q "$MNT" && fusermount3 -u "$MNT"
-    local i
-    for ((i = 0; i < 600; i++)); do
-        kill -0 "$DPID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$DPID" 2>/dev/null && kill -KILL "$DPID" 2>/dev/null
-    wait "$DPID" 2>/dev/null || true
-    DPID=""
-}
+unmount_daemon() { stop_daemon 60 || true; }
 cleanup() {
     set +e
     unmount_daemon
@@ -88,14 +77,7 @@ mount_fg() {
         --force-path-style --region "$AWS_REGION" --cache-dir "$WORK/cache" --foreground \
         --log-level warn ${MOUNT_OPTS[@]+"${MOUNT_OPTS[@]}"} >>"$WORK/mount.log" 2>&1 &
     DPID=$!
-    local i
-    for ((i = 0; i < 300; i++)); do
-        mountpoint -q "$MNT" && return 0
-        kill -0 "$DPID" 2>/dev/null || { cat "$WORK/mount.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "bigdir: mount not live after 30 s" >&2
-    exit 1
+    wait_mounted "bigdir: s3mount" "$WORK/mount.log" || exit 1
 }
 peak_rss_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$DPID/status"; }
 

@@ -30,19 +30,8 @@ DPID=""
 
 # Unmounts and waits (bounded) for the daemon to finish its uploads and exit.
 unmount_daemon() {
-    [ -n "$DPID" ] || return 0
-    mountpoint -q "$MNT" && fusermount3 -u "$MNT"
-    local i
-    for ((i = 0; i < 6000; i++)); do
-        kill -0 "$DPID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$DPID" 2>/dev/null; then
-        echo "daemon $DPID still running 600 s after unmount; killing it" >&2
-        kill -KILL "$DPID" 2>/dev/null || true
-    fi
-    wait "$DPID" 2>/dev/null || echo "daemon $DPID exited with status $?" >&2
-    DPID=""
+    local pid=$DPID
+    stop_daemon 600 || echo "daemon $pid exited with status $?" >&2
 }
 cleanup() {
     set +e
@@ -67,19 +56,7 @@ mount_fg() {
         --force-path-style --region "$AWS_REGION" --cache-dir "$WORK/cache-$1" --foreground \
         --log-level warn ${MOUNT_OPTS[@]+"${MOUNT_OPTS[@]}"} >"$WORK/mount-$1.log" 2>&1 &
     DPID=$!
-    local i
-    for ((i = 0; i < 300; i++)); do
-        mountpoint -q "$MNT" && return 0
-        if ! kill -0 "$DPID" 2>/dev/null; then
-            cat "$WORK/mount-$1.log" >&2
-            DPID=""
-            echo "bigfile: the mount exited before it was live" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "bigfile: mount not live after 30 s" >&2
-    return 1
+    wait_mounted "bigfile: s3mount" "$WORK/mount-$1.log"
 }
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.${2:-1}f\", $1 }"; }

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by setup.sh, test.sh and bench.sh: package installs and a free local port base.
+# Sourced by setup.sh, test.sh and the benchmark scripts: package installs, a free local port
+# base, moto, and starting and stopping a daemon in the background.
 
 # Debian packages the project needs: fusermount3 (fuse3), a C compiler for crates and the
 # TCP_NODELAY shim, curl for health checks; attr, rsync, git, tar and s3fs (the real s3fs-fuse,
@@ -66,4 +67,47 @@ wait_moto() {
     done
     echo "moto did not answer on 127.0.0.1:$1 within 60 s" >&2
     return 1
+}
+
+# ---- A file system daemon run in the background of a benchmark script ------------------------
+# The script starts it (`... --foreground &`), sets DPID=$! and MNT to its mount point.
+
+# wait_mounted WHAT LOG: waits up to 30 s until $MNT is mounted. If the daemon exits first
+# (its LOG is printed, DPID cleared) or time runs out, says so naming WHAT and returns 1.
+wait_mounted() {
+    local what=$1 log=$2 i
+    for ((i = 0; i < 300; i++)); do
+        mountpoint -q "$MNT" && return 0
+        if ! kill -0 "$DPID" 2>/dev/null; then
+            cat "$log" >&2
+            DPID=""
+            echo "$what exited before its mount was live" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "$what: mount not live after 30 s" >&2
+    return 1
+}
+
+# stop_daemon [SECONDS]: unmounts $MNT, waits up to SECONDS (default 60) for the daemon to
+# exit (it uploads what it still has first), kills it after that, clears DPID; returns its
+# exit status. Nothing to do without DPID.
+stop_daemon() {
+    [ -n "${DPID:-}" ] || return 0
+    local secs=${1:-60} i st=0
+    if mountpoint -q "$MNT"; then
+        fusermount3 -u "$MNT" || { sleep 1; fusermount3 -u "$MNT"; }
+    fi
+    for ((i = 0; i < secs * 10; i++)); do
+        kill -0 "$DPID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$DPID" 2>/dev/null; then
+        echo "daemon $DPID still running $secs s after unmount; killing it" >&2
+        kill -KILL "$DPID" 2>/dev/null || true
+    fi
+    wait "$DPID" 2>/dev/null || st=$?
+    DPID=""
+    return "$st"
 }

@@ -35,18 +35,7 @@ MNT=$WORK/mnt
 DPID=""
 SAMPLER=""
 
-unmount_daemon() {
-    [ -n "$DPID" ] || return 0
-    mountpoint -q "$MNT" && fusermount3 -u "$MNT"
-    local i
-    for ((i = 0; i < 6000; i++)); do
-        kill -0 "$DPID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$DPID" 2>/dev/null && kill -KILL "$DPID" 2>/dev/null
-    wait "$DPID" 2>/dev/null || true
-    DPID=""
-}
+unmount_daemon() { stop_daemon 600 || true; }
 cleanup() {
     set +e
     [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
@@ -76,11 +65,7 @@ for mode in $MODES; do
         --force-path-style --region "$AWS_REGION" --cache-dir "$WORK/cache-$mode" --foreground \
         --log-level warn "${opts[@]}" >"$WORK/mount-$mode.log" 2>&1 &
     DPID=$!
-    for ((i = 0; i < 300; i++)); do
-        mountpoint -q "$MNT" && break
-        kill -0 "$DPID" 2>/dev/null || { cat "$WORK/mount-$mode.log" >&2; exit 1; }
-        sleep 0.1
-    done
+    wait_mounted "many-writers: s3mount" "$WORK/mount-$mode.log" || exit 1
     # Peak open fds of the daemon, and of those on stage files (not the journal), sampled
     # while the writers run.
     (

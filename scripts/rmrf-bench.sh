@@ -39,21 +39,7 @@ MNT=$WORK/mnt
 DPID=""
 
 # Unmounts the current mount and waits (bounded) for its process to exit.
-unmount_daemon() {
-    [ -n "$DPID" ] || return 0
-    mountpoint -q "$MNT" && fusermount3 -u "$MNT"
-    local i
-    for ((i = 0; i < 600; i++)); do
-        kill -0 "$DPID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$DPID" 2>/dev/null; then
-        echo "mount process $DPID still running 60 s after unmount; killing it" >&2
-        kill -KILL "$DPID" 2>/dev/null || true
-    fi
-    wait "$DPID" 2>/dev/null || true
-    DPID=""
-}
+unmount_daemon() { stop_daemon 60 || true; }
 cleanup() {
     set +e
     unmount_daemon
@@ -72,21 +58,6 @@ now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
 
 # Waits (bounded) until $MNT is a mount point served by process $DPID; $1 names its log.
-wait_mounted() {
-    local i
-    for ((i = 0; i < 300; i++)); do
-        mountpoint -q "$MNT" && return 0
-        if ! kill -0 "$DPID" 2>/dev/null; then
-            cat "$1" >&2
-            DPID=""
-            echo "rmrf-bench: the mount exited before it was live" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "rmrf-bench: mount not live after 30 s" >&2
-    return 1
-}
 
 # Puts N objects under $1/d/ and times `rm -rf $MNT/d`; prints the seconds. Checks that nothing
 # is left under the prefix afterwards.
@@ -120,7 +91,7 @@ rmrf_s3mount() {
         --force-path-style --region "$AWS_REGION" --cache-dir "$WORK/cache-$2" --foreground \
         --log-level warn ${MOUNT_OPTS[@]+"${MOUNT_OPTS[@]}"} >"$WORK/$2.log" 2>&1 &
     DPID=$!
-    wait_mounted "$WORK/$2.log"
+    wait_mounted "rmrf-bench: $1" "$WORK/$2.log"
     T_RM=$(time_rmrf "$2")
     echo "  $1: $T_RM s"
     "$1" status "$MNT" | sed -n '/S3 requests/,/^bytes:/p' | sed 's/^/  /'
@@ -144,7 +115,7 @@ if [ "$WITH_S3FS" = 1 ]; then
         -o use_path_request_style -o "passwd_file=$WORK/passwd" -o "endpoint=$AWS_REGION" \
         -o dbglevel=warn >"$WORK/s3fs.log" 2>&1 </dev/null &
     DPID=$!
-    wait_mounted "$WORK/s3fs.log"
+    wait_mounted "rmrf-bench: s3fs" "$WORK/s3fs.log"
     T_S3FS=$(time_rmrf rmrf-s3fs)
     echo "  s3fs: $T_S3FS s"
     unmount_daemon
