@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
@@ -325,32 +326,52 @@ async fn get_many(a: &Args, c: &Client, bucket: &str, prefix: &str, n: usize) ->
     Ok(())
 }
 
-async fn list(c: &Client, bucket: &str, prefix: &str) -> Result<()> {
-    let start = Instant::now();
-    let (mut entries, mut pages) = (0usize, 0usize);
+/// Every page of a LIST of PREFIX, in order (`/` as the delimiter if `delimited`).
+async fn list_pages(
+    c: &Client,
+    bucket: &str,
+    prefix: &str,
+    delimited: bool,
+) -> Result<Vec<ListObjectsV2Output>> {
+    let mut pages = Vec::new();
     let mut token = None;
     loop {
         let page = c
             .list_objects_v2()
             .bucket(bucket)
             .prefix(prefix)
-            .delimiter("/")
+            .set_delimiter(delimited.then(|| "/".to_string()))
             .set_continuation_token(token)
             .send()
             .await
             .map_err(sdk(format!("LIST {prefix}")))?;
-        pages += 1;
-        // the directory's own marker object (key == prefix) is not an entry of it
-        let objects = page.contents().iter().filter(|o| o.key() != Some(prefix));
-        entries += objects.count() + page.common_prefixes().len();
         token = page.next_continuation_token().map(str::to_string);
+        pages.push(page);
         if token.is_none() {
-            break;
+            return Ok(pages);
         }
     }
+}
+
+/// The keys of a page's objects, without the folder's own marker (key == PREFIX).
+fn page_keys<'p>(page: &'p ListObjectsV2Output, prefix: &'p str) -> impl Iterator<Item = &'p str> {
+    page.contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .filter(move |k| *k != prefix)
+}
+
+async fn list(c: &Client, bucket: &str, prefix: &str) -> Result<()> {
+    let start = Instant::now();
+    let pages = list_pages(c, bucket, prefix, true).await?;
+    let entries: usize = pages
+        .iter()
+        .map(|p| page_keys(p, prefix).count() + p.common_prefixes().len())
+        .sum();
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "list prefix={prefix} entries={entries} pages={pages} secs={secs:.3} entries/s={:.0}",
+        "list prefix={prefix} entries={entries} pages={} secs={secs:.3} entries/s={:.0}",
+        pages.len(),
         entries as f64 / secs
     );
     Ok(())
@@ -358,56 +379,26 @@ async fn list(c: &Client, bucket: &str, prefix: &str) -> Result<()> {
 
 /// Every object whose key starts with PREFIX (no delimiter): (key, size) pairs.
 async fn list_all(c: &Client, bucket: &str, prefix: &str) -> Result<Vec<(String, u64)>> {
-    let mut all = Vec::new();
-    let mut token = None;
-    loop {
-        let page = c
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_continuation_token(token)
-            .send()
-            .await
-            .map_err(sdk(format!("LIST {prefix}")))?;
-        all.extend(page.contents().iter().filter_map(|o| {
+    let pages = list_pages(c, bucket, prefix, false).await?;
+    let objects = pages.iter().flat_map(|p| p.contents());
+    Ok(objects
+        .filter_map(|o| {
             let key = o.key()?;
             // a folder's own marker (key == PREFIX ending in `/`) is not one of its objects
             let marker = prefix.ends_with('/') && key == prefix;
             (!marker).then(|| (key.to_string(), o.size().unwrap_or(0).max(0) as u64))
-        }));
-        token = page.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            return Ok(all);
-        }
-    }
+        })
+        .collect())
 }
 
 async fn list_head(a: &Args, c: &Client, bucket: &str, prefix: &str) -> Result<()> {
     let start = Instant::now();
-    let mut keys = Vec::new();
-    let mut token = None;
-    loop {
-        let page = c
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .delimiter("/")
-            .set_continuation_token(token)
-            .send()
-            .await
-            .map_err(sdk(format!("LIST {prefix}")))?;
-        keys.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key())
-                .filter(|k| *k != prefix)
-                .map(str::to_string),
-        );
-        token = page.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
+    let pages = list_pages(c, bucket, prefix, true).await?;
+    let keys: Vec<String> = pages
+        .iter()
+        .flat_map(|p| page_keys(p, prefix))
+        .map(str::to_string)
+        .collect();
     let list_secs = start.elapsed().as_secs_f64();
     stream::iter(&keys)
         .map(|key| async move {
