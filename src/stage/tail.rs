@@ -51,10 +51,12 @@ impl AlignedBuf {
         }
     }
 
-    /// Room for reading `len` bytes of a part: a reused buffer up to [`CHUNK`] (what
-    /// upload bodies ask for at a time). Its bytes are not zeroed.
+    /// Room for reading `len` bytes of a part: a reused buffer if `len` fills more than
+    /// half of one (reads of large files ask for [`CHUNK`] at a time), so a buffer never
+    /// holds more than twice the bytes the upload memory budget counts for it. A reused
+    /// buffer's bytes are not zeroed.
     fn for_read(len: usize) -> AlignedBuf {
-        if len > CHUNK {
+        if len <= CHUNK / 2 || len > CHUNK {
             return AlignedBuf::new(len);
         }
         AlignedBuf::over(READ_BUFFERS.take(), CHUNK, true)
@@ -113,13 +115,16 @@ impl Drop for PooledRead {
 /// Buffers for the chunks uploads read from stage files, reused from one chunk to the
 /// next: a fresh 1 MiB allocation comes from the kernel and goes back on free, so each
 /// chunk was faulted in and zeroed page by page (a sixth of the daemon's CPU while a
-/// large file uploads). Invariant: never more spares than buffers in use, so the spares
-/// are gone once the last upload has sent its last chunk (no memory kept at rest, and
-/// the in-use buffers are within the upload memory budget already).
+/// large file uploads). Invariant: at most [`SPARES_BEYOND_USE`] more spares than
+/// buffers in use (a part's chunks are read one after the other, so its stream often
+/// has none in use between two), so at most that many MiB stay at rest after the last
+/// upload; the buffers in use hold at most twice what the upload memory budget allows.
 struct ReadBuffers {
     spare: Mutex<Vec<Vec<u8>>>,
     in_use: AtomicUsize,
 }
+
+const SPARES_BEYOND_USE: usize = 2;
 
 static READ_BUFFERS: ReadBuffers = ReadBuffers {
     spare: Mutex::new(Vec::new()),
@@ -134,12 +139,12 @@ impl ReadBuffers {
     }
 
     fn give_back(&self, buffer: Vec<u8>) {
-        let in_use = self.in_use.fetch_sub(1, Ordering::Relaxed) - 1;
+        let keep = self.in_use.fetch_sub(1, Ordering::Relaxed) - 1 + SPARES_BEYOND_USE;
         let mut spare = self.spare.lock().unwrap();
-        if spare.len() < in_use && buffer.len() == CHUNK + ALIGN {
+        if spare.len() < keep && buffer.len() == CHUNK + ALIGN {
             spare.push(buffer);
         }
-        spare.truncate(in_use);
+        spare.truncate(keep);
     }
 }
 
@@ -343,7 +348,7 @@ mod tests {
         let (direct, fds) = (Direct::open(&path), fds_of(&path));
         let mut held = Vec::new();
         for round in 0..3 {
-            for (offset, len) in [(0, CHUNK), (CHUNK as u64, 1000), (4096 * 3 + 7, 5000)] {
+            for (offset, len) in [(0, CHUNK), (CHUNK as u64, 1000), (12295, CHUNK / 2 + 5000)] {
                 let part = direct.read(&fds, (offset, len), size, None).unwrap();
                 let at = offset as usize;
                 assert_eq!(&part[..], &data[at..at + len], "round {round}");
@@ -361,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn spares_never_outnumber_the_buffers_in_use() {
+    fn spares_are_bounded_by_the_buffers_in_use() {
         let pool = ReadBuffers {
             spare: Mutex::new(Vec::new()),
             in_use: AtomicUsize::new(0),
@@ -378,9 +383,15 @@ mod tests {
             pool.give_back(buffer);
         }
         assert_eq!(pool.in_use.load(Ordering::Relaxed), 0);
+        let at_rest = pool.spare.lock().unwrap().len();
+        assert_eq!(at_rest, SPARES_BEYOND_USE, "only a few spares kept at rest");
+        // A read of one chunk at a time (none in use between two) reuses them.
+        let one = pool.take();
         assert!(
-            pool.spare.lock().unwrap().is_empty(),
-            "no spare kept at rest"
+            pool.spare.lock().unwrap().len() < at_rest,
+            "taken from the spares"
         );
+        pool.give_back(one);
+        assert_eq!(pool.spare.lock().unwrap().len(), at_rest);
     }
 }
