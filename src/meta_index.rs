@@ -440,18 +440,25 @@ mod tests {
         SystemTime::now() - Duration::from_secs(3600)
     }
 
+    /// Offers a HEAD answer (mode `mode`) for `key` at the version the listing showed:
+    /// ETag "1", `size` bytes, modified at `t`.
+    fn offer_settled(index: &MetaIndex, key: &str, size: u64, t: SystemTime, mode: &str) {
+        let listed = version("\"1\"", size, t);
+        index.offer(
+            key,
+            &listed,
+            &meta("\"1\"", size, t, mode),
+            SystemTime::now(),
+        );
+    }
+
     #[tokio::test]
     async fn remembers_exact_versions_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let t = old();
         {
             let index = MetaIndex::open(dir.path(), 100);
-            index.offer(
-                "a",
-                &version("\"1\"", 3, t),
-                &meta("\"1\"", 3, t, "33188"),
-                SystemTime::now(),
-            );
+            offer_settled(&index, "a", 3, t, "33188");
             index.flush().await;
             assert!(index.get("a", &version("\"1\"", 3, t)).is_some());
             index.close();
@@ -506,12 +513,7 @@ mod tests {
         let t = old();
         for i in 0..5 {
             let key = format!("k{i}");
-            index.offer(
-                &key,
-                &version("\"1\"", 1, t),
-                &meta("\"1\"", 1, t, "1"),
-                SystemTime::now(),
-            );
+            offer_settled(&index, &key, 1, t, "1");
             index.flush().await;
         }
         assert_eq!(index.len(), 3);
@@ -525,12 +527,7 @@ mod tests {
         let t = old();
         {
             let index = MetaIndex::open(dir.path(), 100);
-            index.offer(
-                "a",
-                &version("\"1\"", 3, t),
-                &meta("\"1\"", 3, t, "1"),
-                SystemTime::now(),
-            );
+            offer_settled(&index, "a", 3, t, "1");
             index.close();
         }
         let path = dir.path().join("meta-index.redb");
@@ -538,12 +535,7 @@ mod tests {
         std::fs::write(&path, vec![0x5a; len as usize / 2]).unwrap();
         let index = MetaIndex::open(dir.path(), 100);
         assert!(index.get("a", &version("\"1\"", 3, t)).is_none());
-        index.offer(
-            "b",
-            &version("\"1\"", 3, t),
-            &meta("\"1\"", 3, t, "1"),
-            SystemTime::now(),
-        );
+        offer_settled(&index, "b", 3, t, "1");
         index.flush().await;
         assert!(index.get("b", &version("\"1\"", 3, t)).is_some());
     }
@@ -565,12 +557,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = old();
         let index = MetaIndex::open(dir.path(), 100);
-        index.offer(
-            "a",
-            &version("\"1\"", 3, t),
-            &meta("\"1\"", 3, t, "33188"),
-            SystemTime::now(),
-        );
+        offer_settled(&index, "a", 3, t, "33188");
         index.flush().await;
         assert!(index.get("a", &version("\"1\"", 3, t)).is_some());
         let json = serde_json::to_vec(&Stored {
