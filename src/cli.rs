@@ -160,6 +160,11 @@ pub struct MountArgs {
     /// the background (default: close() returns once S3 has the object).
     #[arg(long)]
     pub write_back: bool,
+    /// With --write-back, seconds a closed file waits before its upload starts (0 to
+    /// 3600, default 1): a file renamed, rewritten or deleted within them is uploaded
+    /// once under its last name, or not at all.
+    #[arg(long, value_name = "SECS")]
+    pub write_back_delay: Option<f64>,
     /// Owner of files without stored ownership (default: the mounting user).
     #[arg(long)]
     pub uid: Option<u32>,
@@ -335,6 +340,7 @@ struct Limits {
     cache_size: u64,
     metadata_ttl: f64,
     url_expiry: u64,
+    write_back_delay: f64,
 }
 
 impl MountArgs {
@@ -369,6 +375,7 @@ impl MountArgs {
                 cache_dir,
                 cache_size: limits.cache_size as usize,
                 write_back: self.write_back,
+                write_back_delay: Duration::from_secs_f64(limits.write_back_delay),
                 url_expiry: Duration::from_secs(limits.url_expiry),
                 fast_listing: self.fast_listing,
                 metadata_index_entries: self
@@ -432,6 +439,12 @@ impl MountArgs {
                 "invalid value for --url-expiry: {url_expiry}; use 1 to 604800 seconds (7 days)"
             ));
         }
+        let write_back_delay = self.write_back_delay.unwrap_or(1.0);
+        if !(0.0..=3600.0).contains(&write_back_delay) {
+            return Err(format!(
+                "invalid value for --write-back-delay: {write_back_delay}; use 0 to 3600 seconds"
+            ));
+        }
         if let Some(level) = &self.log_level
             && level.parse::<log::LevelFilter>().is_err()
         {
@@ -447,6 +460,7 @@ impl MountArgs {
             cache_size,
             metadata_ttl: ttl,
             url_expiry,
+            write_back_delay,
         })
     }
 }

@@ -259,6 +259,7 @@ mod tests {
             cache_dir: dir.path().to_path_buf(),
             cache_size: 8 << 20,
             write_back: false,
+            write_back_delay: Duration::ZERO,
             url_expiry: Duration::from_secs(60),
             fast_listing: false,
             metadata_index_entries: 0,

@@ -95,6 +95,10 @@ pub struct FsConfig {
     /// close() returns once the data is durable in the cache dir; uploads run in the
     /// background.
     pub write_back: bool,
+    /// With write-back, how long a committed file waits in the upload queue before its
+    /// upload starts, so that a quick rename, rewrite or delete costs no upload of its
+    /// own (an unmount uploads at once).
+    pub write_back_delay: Duration,
     /// How long the URL of `user.s3.url` is valid.
     pub url_expiry: Duration,
     /// Directory listings show what LIST says (defaults for mode and owner) without a
@@ -169,9 +173,10 @@ pub struct S3Fs<S: ObjectStore> {
     /// Write-back commits running in a FUSE thread (at most one, so that one FUSE
     /// thread is always free while closers wait for their syncs).
     commits_here: std::sync::atomic::AtomicUsize,
-    /// Files whose close returned in write-back mode, for the background uploader.
-    pending_tx: tokio::sync::mpsc::UnboundedSender<u64>,
-    pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
+    /// Files whose close returned in write-back mode, with when it did, for the
+    /// background uploader.
+    pending_tx: tokio::sync::mpsc::UnboundedSender<(u64, tokio::time::Instant)>,
+    pending_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(u64, tokio::time::Instant)>>>,
     /// Directories being listed for lookups.
     listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Where lookups last listed a window of each directory.

@@ -98,7 +98,10 @@ impl<S: ObjectStore> S3Fs<S> {
             Self::touch_dir(&mut table, new_parent, now());
         }
         self.rekey_journal(&new_path)?;
-        if upload_now {
+        if upload_now && self.cfg.write_back {
+            // Committed (its close returned): the queue uploads it under the new name.
+            self.queue_if_dirty(source.ino);
+        } else if upload_now {
             self.sync(source.ino).await?;
             self.drop_clean_stage(source.ino);
         }

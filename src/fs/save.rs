@@ -68,12 +68,12 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok(())
     }
 
-    fn queue_if_dirty(&self, ino: u64) {
+    pub(super) fn queue_if_dirty(&self, ino: u64) {
         let Some(stage) = self.inodes.lock().unwrap().stage(ino) else {
             return;
         };
         if stage.is_dirty() {
-            let _ = self.pending_tx.send(ino);
+            let _ = self.pending_tx.send((ino, tokio::time::Instant::now()));
         }
     }
 

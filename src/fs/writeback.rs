@@ -1,7 +1,9 @@
 //! Background work: the write-back upload queue with retries and backoff, the retry of
 //! uploads that failed at close, shutdown's drain, and recovery of an earlier run's
-//! committed files before a mount serves. A stage nobody has open waits for its upload
-//! (or its next try) with its stage file closed: a backlog holds no descriptors.
+//! committed files before a mount serves. A queued file's upload starts once
+//! `--write-back-delay` has passed since its close, so a rename, rewrite or delete soon
+//! after costs no upload of its own. A stage nobody has open waits for its upload (or
+//! its next try) with its stage file closed: a backlog holds no descriptors.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -84,9 +86,16 @@ impl<S: ObjectStore> S3Fs<S> {
             .take()
             .expect("background work starts once");
         let fs = self.clone();
+        let delay = self.cfg.write_back_delay;
         tokio::spawn(async move {
             let permits = Arc::new(tokio::sync::Semaphore::new(BACKGROUND_UPLOADS));
-            while let Some(ino) = rx.recv().await {
+            while let Some((ino, queued_at)) = rx.recv().await {
+                // Files come in the order they were queued, so each waits out at most
+                // its own delay. Nothing waits once the mount is going away (shutdown
+                // uploads every pending file itself).
+                if !fs.closing.load(Ordering::Relaxed) {
+                    tokio::time::sleep_until(queued_at + delay).await;
+                }
                 let permit = permits.clone().acquire_owned().await.expect("never closed");
                 let fs = fs.clone();
                 tokio::spawn(async move {

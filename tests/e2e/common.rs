@@ -982,6 +982,7 @@ pub fn core_config(prefix: &str, cache: &Path) -> s3mount::fs::FsConfig {
         cache_dir: cache.to_path_buf(),
         cache_size: 16 * MIB,
         write_back: false,
+        write_back_delay: Duration::ZERO,
         url_expiry: Duration::from_secs(3600),
         fast_listing: false,
         metadata_index_entries: s3mount::meta_index::DEFAULT_MAX_ENTRIES,

@@ -468,6 +468,80 @@ async fn write_back_close_returns_once_durable_and_uploads_in_the_background() {
     );
 }
 
+/// The safe-save pattern of editors and document systems (write a temporary file, close
+/// it, rename it over the name) within `--write-back-delay`: one PUT under the final
+/// name, no server-side copy, no DELETE; a file deleted within the delay is never
+/// uploaded. The delay holds no close up, and every pending file is in S3 once it ends.
+#[tokio::test]
+async fn write_back_delay_uploads_a_quick_rename_once_and_a_quick_delete_never() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let mut cfg = core_config("", cache.path());
+    cfg.write_back = true;
+    cfg.write_back_delay = Duration::from_millis(700);
+    let fs = Arc::new(S3Fs::new(store.clone(), cfg).unwrap());
+    fs.start_background();
+    let closed = std::time::Instant::now();
+    for (name, body) in [("report.tmp", &b"final text"[..]), ("lock.tmp", b"pid")] {
+        let (_, fh) = fs.create(ROOT, OsStr::new(name), 0o644, ME).await.unwrap();
+        fs.write(fh, 0, body).await.unwrap();
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await.unwrap();
+    }
+    let (new_name, tmp) = (OsStr::new("report.pdf"), OsStr::new("report.tmp"));
+    fs.rename(ROOT, tmp, ROOT, new_name, false).await.unwrap();
+    fs.unlink(ROOT, OsStr::new("lock.tmp")).await.unwrap();
+    assert!(
+        closed.elapsed() < Duration::from_millis(700),
+        "the test ran its steps within the delay"
+    );
+    assert_eq!(
+        store.count(Op::Put),
+        0,
+        "nothing is uploaded within the delay"
+    );
+    assert!(
+        eventually(|| store.object("report.pdf").is_some() && fs.dirty_count() == 0).await,
+        "the renamed file is uploaded once the delay has passed"
+    );
+    assert!(closed.elapsed() >= Duration::from_millis(700));
+    assert_eq!(store.object("report.pdf").unwrap(), &b"final text"[..]);
+    assert!(store.object("report.tmp").is_none());
+    assert!(store.object("lock.tmp").is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.count(Op::Put), 1, "one PUT: the final name's");
+    assert_eq!(
+        store.count(Op::Copy),
+        0,
+        "no server-side copy for the rename"
+    );
+    assert!(records(&fs).is_empty(), "no journal record is left");
+}
+
+/// An unmount does not wait out `--write-back-delay`: it uploads every pending file.
+#[tokio::test]
+async fn shutdown_uploads_files_still_inside_the_write_back_delay() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let mut cfg = core_config("", cache.path());
+    cfg.write_back = true;
+    cfg.write_back_delay = Duration::from_secs(3600);
+    let fs = Arc::new(S3Fs::new(store.clone(), cfg).unwrap());
+    fs.start_background();
+    let (_, fh) = fs
+        .create(ROOT, OsStr::new("late.txt"), 0o644, ME)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"kept").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert!(store.object("late.txt").is_none());
+    let started = std::time::Instant::now();
+    assert_eq!(fs.shutdown().await, 0, "no file failed to upload");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(store.object("late.txt").unwrap(), &b"kept"[..]);
+}
+
 #[tokio::test]
 async fn recovery_uploads_committed_files_and_sets_unfinished_ones_aside() {
     let store = Arc::new(MemoryStore::new());
