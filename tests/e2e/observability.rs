@@ -204,7 +204,10 @@ fn upload_state_and_status_while_pending_failing_and_uploaded() {
     let proxy = Proxy::start(&bucket.env.endpoint);
     let cache_root = tempfile::tempdir().unwrap();
     let cache = cache_root.path().join("cache");
-    let m = TestMount::with_cache(&prefix, &cache, &["--write-back"], Some(&proxy.url()));
+    // A long TTL: new names are looked up in this mount's listing, not in S3 (it is held
+    // or down in the steps below).
+    let opts = ["--write-back", "--metadata-ttl", "600"];
+    let m = TestMount::with_cache(&prefix, &cache, &opts, Some(&proxy.url()));
 
     // Open for writing: staged, not in S3 yet. A child process (this test's `s3mount
     // status`, or one another test thread forks) inherits the descriptor and flushes it
