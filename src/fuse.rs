@@ -404,19 +404,24 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // The kernel sends a release in the background and never reads its answer, and
+        // an unmount ends the requests still unanswered: answer first, so that a slow
+        // release (a large stage file removed, an upload after writes through mmap) is
+        // not answered into a mount that is gone (fuser logs that as an error).
+        reply.ok();
         let fs = self.fs.clone();
         if fs.release_is_local(fh.0) {
             // Nothing to wait for: run it here rather than hand it to a worker and back.
-            let released = self.runtime.block_on(fs.release(fh.0));
-            answer_now("release", reply, Some(released), done);
+            if let Err(e) = self.runtime.block_on(fs.release(fh.0)) {
+                errno("release", &e);
+            }
             return;
         }
-        self.spawn(
-            "release",
-            reply,
-            async move { fs.release(fh.0).await },
-            done,
-        );
+        self.runtime.spawn(async move {
+            if let Err(e) = fs.release(fh.0).await {
+                errno("release", &e);
+            }
+        });
     }
 
     fn fsync(
