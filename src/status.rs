@@ -194,10 +194,10 @@ pub fn describe(mount: &MountEntry, report: &StatusReport, now: SystemTime) -> S
         .source
         .strip_prefix("s3mount:")
         .unwrap_or(&mount.source);
-    let mode = if report.write_back {
-        "write-back"
-    } else {
-        "close waits for S3"
+    let mode = match (report.write_back, report.write_back_delay_ms) {
+        (false, _) => "close waits for S3".to_string(),
+        (true, 0) => "write-back".to_string(),
+        (true, ms) => format!("write-back, uploads {} s after close", ms as f64 / 1000.0),
     };
     let _ = writeln!(
         out,
@@ -322,6 +322,7 @@ mod tests {
         let report = StatusReport {
             prefix: "docs/".into(),
             write_back: true,
+            write_back_delay_ms: 0,
             cache_dir: "/var/cache/s3mount/x".into(),
             pending_uploads: 3,
             pending_bytes: 1536,
@@ -343,6 +344,18 @@ mod tests {
             more: 1,
             counters,
         };
+        let delayed = StatusReport {
+            write_back_delay_ms: 1500,
+            ..report.clone()
+        };
+        assert!(
+            describe(&mount, &delayed, now).starts_with(
+                "s3mount on /mnt/docs: s3://bucket/docs/ \
+                 (write-back, uploads 1.5 s after close; cache /var/cache/s3mount/x)\n"
+            ),
+            "{}",
+            describe(&mount, &delayed, now)
+        );
         let text = describe(&mount, &report, now);
         for expected in [
             "s3mount on /mnt/docs: s3://bucket/docs/ (write-back; cache /var/cache/s3mount/x)",

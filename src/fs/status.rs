@@ -77,6 +77,9 @@ pub struct PendingUpload {
 pub struct StatusReport {
     pub prefix: String,
     pub write_back: bool,
+    /// `--write-back-delay`, in milliseconds (absent from older daemons' documents).
+    #[serde(default)]
+    pub write_back_delay_ms: u64,
     pub cache_dir: String,
     /// Staged files S3 does not have yet, failed ones included.
     pub pending_uploads: u64,
@@ -237,6 +240,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let mut report = StatusReport {
             prefix: self.cfg.prefix.clone(),
             write_back: self.cfg.write_back,
+            write_back_delay_ms: self.cfg.write_back_delay.as_millis() as u64,
             cache_dir: self.cfg.cache_dir.display().to_string(),
             pending_uploads: all.len() as u64,
             pending_bytes: all.iter().map(|u| u.size).sum(),
