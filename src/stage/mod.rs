@@ -661,8 +661,11 @@ impl Stage {
         self.state.lock().unwrap().streaming.take()
     }
 
-    /// Removes the staged file; only once S3 has its content or the file is gone.
+    /// Removes the staged file; only once S3 has its content or the file is gone. Its
+    /// descriptor is closed first, so that the space is free when the name is gone
+    /// (a full cache disk serves again as soon as the failed file's stage is removed).
     pub fn discard(&self) {
+        self.close_file();
         self.forget_record();
         if let Err(e) = std::fs::remove_file(&self.path)
             && e.kind() != io::ErrorKind::NotFound
