@@ -10,7 +10,7 @@
 //!   Last-Modified. Anything else is HEAD'd, so a stale index costs HEADs, never shows
 //!   another version's metadata.
 //! - An object is used whole or not at all: a magic line with the format version, the
-//!   length and a CRC-32 of the body, and the directory it describes. A truncated,
+//!   length and a CRC-32 of the body (postcard), and the directory it describes. A truncated,
 //!   corrupt, foreign-format or misplaced object is ignored.
 //! - Nothing here fails a file system operation: reads and writes that fail are logged
 //!   and count as "no index".
@@ -28,8 +28,9 @@ use crate::meta_index::{SETTLED, Version, indexable};
 use crate::store::{ETag, ObjectHeaders, ObjectMeta, ObjectStore, StoreError};
 
 /// The format written and the only one read (it is part of the object's key too, so
-/// mounts of two formats never overwrite each other's objects).
-pub const FORMAT: u32 = 1;
+/// mounts of two formats never overwrite each other's objects). Format 1 had a JSON
+/// body; 2 has postcard, about a third smaller and several times faster to read.
+pub const FORMAT: u32 = 2;
 
 const MAGIC: &str = "s3mount-shared-index";
 
@@ -162,20 +163,20 @@ impl DirIndex {
     }
 }
 
-/// The object for directory `dir`: `MAGIC FORMAT LEN CRC\n` then the JSON body.
+/// The object for directory `dir`: `MAGIC FORMAT LEN CRC\n` then the postcard body.
 pub fn encode(dir: &str, entries: Vec<Entry>) -> Vec<u8> {
     let body = Body {
         dir: dir.to_string(),
         entries,
     };
-    let json = serde_json::to_vec(&body).expect("entries serialize");
+    let body = postcard::to_allocvec(&body).expect("entries serialize");
     let mut out = format!(
         "{MAGIC} {FORMAT} {} {:08x}\n",
-        json.len(),
-        crc32fast::hash(&json)
+        body.len(),
+        crc32fast::hash(&body)
     )
     .into_bytes();
-    out.extend_from_slice(&json);
+    out.extend_from_slice(&body);
     out
 }
 
@@ -186,7 +187,7 @@ pub fn decode(dir: &str, object: &[u8]) -> Result<DirIndex, &'static str> {
         .position(|&b| b == b'\n')
         .ok_or("no header line")?;
     let header = std::str::from_utf8(&object[..newline]).map_err(|_| "a damaged header")?;
-    let json = &object[newline + 1..];
+    let body = &object[newline + 1..];
     let fields: Vec<&str> = header.split(' ').collect();
     let [magic, format, len, crc] = fields[..] else {
         return Err("a damaged header");
@@ -197,13 +198,13 @@ pub fn decode(dir: &str, object: &[u8]) -> Result<DirIndex, &'static str> {
     if format != FORMAT.to_string() {
         return Err("another format version");
     }
-    if len.parse::<usize>().ok() != Some(json.len()) {
+    if len.parse::<usize>().ok() != Some(body.len()) {
         return Err("truncated or extended");
     }
-    if u32::from_str_radix(crc, 16).ok() != Some(crc32fast::hash(json)) {
+    if u32::from_str_radix(crc, 16).ok() != Some(crc32fast::hash(body)) {
         return Err("a checksum mismatch");
     }
-    let body: Body = serde_json::from_slice(json).map_err(|_| "an unreadable body")?;
+    let body: Body = postcard::from_bytes(body).map_err(|_| "an unreadable body")?;
     if body.dir != dir {
         return Err("it describes another directory");
     }
@@ -533,12 +534,16 @@ mod tests {
         let last = flipped.len() - 5;
         flipped[last] ^= 0x20;
         assert!(decode("d", &flipped).is_err(), "a flipped bit");
-        let text = String::from_utf8(object.clone()).unwrap();
-        let v2 = text.replacen(&format!("{MAGIC} 1 "), &format!("{MAGIC} 2 "), 1);
-        assert_eq!(
-            decode("d", v2.as_bytes()).unwrap_err(),
-            "another format version"
-        );
+        let header = format!("{MAGIC} {FORMAT} ");
+        assert!(object.starts_with(header.as_bytes()));
+        for other in [FORMAT - 1, FORMAT + 1] {
+            let mut renumbered = format!("{MAGIC} {other} ").into_bytes();
+            renumbered.extend_from_slice(&object[header.len()..]);
+            assert_eq!(
+                decode("d", &renumbered).unwrap_err(),
+                "another format version"
+            );
+        }
         assert!(decode("d", b"{\"dir\":\"d\",\"entries\":[]}").is_err());
     }
 
