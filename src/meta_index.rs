@@ -280,6 +280,13 @@ impl MetaIndex {
         }
     }
 
+    /// Entries offered and not written yet.
+    pub fn pending(&self) -> usize {
+        self.inner
+            .as_ref()
+            .map_or(0, |inner| inner.pending.lock().unwrap().len())
+    }
+
     /// [`MetaIndex::flush`] without waiting for it: the caller (a listing) goes on
     /// while its entries are written. The write holds the database only weakly until
     /// it runs, and [`MetaIndex::close`] waits for the writes under way.

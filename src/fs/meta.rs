@@ -22,6 +22,10 @@ const SMALL_FILE: u64 = 64 * 1024;
 
 /// HEADs in flight to complete the attributes of one batch of directory entries.
 const META_FETCHES: usize = 64;
+/// Answers of the shared index offered to the local index wait (up to this many) for
+/// the end of the listing pass, or for a batch that HEADs, to be written: the database
+/// writes then do not compete with the listing for the CPU.
+const DEFERRED_OFFERS: usize = 10_000;
 
 impl<S: ObjectStore> S3Fs<S> {
     /// Attributes of an object from HEAD: s3fs metadata where present, defaults
@@ -381,6 +385,7 @@ impl<S: ObjectStore> S3Fs<S> {
             None => unknown.iter().map(|_| None).collect(),
         };
         let unknown = self.complete_from_known(entries, unknown, known);
+        let heads = !unknown.is_empty();
         let fetched = futures::stream::iter(unknown.into_iter().map(|i| {
             let ino = entries[i].attr.ino;
             // (complete_from_local_index asked the local index about each of them.)
@@ -402,7 +407,9 @@ impl<S: ObjectStore> S3Fs<S> {
                 Err(e) => return Err(e),
             }
         }
-        self.index.flush_behind();
+        if heads || self.index.pending() >= DEFERRED_OFFERS {
+            self.index.flush_behind();
+        }
         gone.sort_unstable();
         for i in gone.into_iter().rev() {
             entries.remove(i);

@@ -94,6 +94,10 @@ impl<S: ObjectStore> S3Fs<S> {
         let completed = self
             .complete_meta(&mut batch, Some((&prefix, &mut cursor.shared)))
             .await;
+        if finished {
+            // What the pass offered to the local index and did not write yet.
+            self.index.flush_behind();
+        }
         if completed.is_ok() && finished {
             self.publish_shared(&mut cursor);
         }

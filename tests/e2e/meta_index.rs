@@ -375,6 +375,40 @@ async fn a_second_hosts_opendir_fetches_the_index_ahead_of_the_listing() {
     assert_eq!(store.count(Op::Get), gets);
 }
 
+/// A second host keeps what the shared object answered in its local index (written at
+/// the end of the listing pass, not batch by batch): restarted, it lists with neither
+/// HEADs nor the object.
+#[tokio::test]
+async fn a_second_hosts_shared_answers_serve_its_next_mount() {
+    let store = Arc::new(MemoryStore::new());
+    for i in 0..600 {
+        put_old(&store, &format!("p/f{i:03}"), b"doc", 0o640);
+    }
+    let (cache_a, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    list(&shared_fs(&store, cache_a.path()), 1).await;
+    written(&store, &root_index_key(), None).await;
+    let heads = store.count(Op::Head);
+    let host_b = shared_fs(&store, cache_b.path());
+    assert_eq!(list(&host_b, 1).await.len(), 600);
+    assert_eq!(
+        store.count(Op::Head),
+        heads,
+        "answered by the shared object"
+    );
+    host_b.shutdown().await;
+    drop(host_b);
+    store.insert(&root_index_key(), b"damaged");
+    let host_b = shared_fs(&store, cache_b.path());
+    let listed = list(&host_b, 1).await;
+    assert_eq!(listed.len(), 600);
+    assert!(
+        listed
+            .iter()
+            .all(|e| e.attr.perm == 0o640 && e.attr.uid == 7)
+    );
+    assert_eq!(store.count(Op::Head), heads, "answered by its local index");
+}
+
 #[tokio::test]
 async fn the_shared_index_name_is_reserved() {
     let store = Arc::new(MemoryStore::new());
