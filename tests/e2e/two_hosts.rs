@@ -217,8 +217,12 @@ fn a_reader_never_gets_mixed_bytes_while_the_other_mount_replaces_the_file() {
             "{size} bytes: {whole} whole reads of {} versions, {failed} reads failed with EIO",
             versions.len()
         );
+        // How many reads meet a replacement (EIO) depends on how fast each read is
+        // against the writer's pace, so on the machine's load: a CI run on 2 busy cores
+        // saw 646 of 1,217 reads of the 3 MiB file fail, against none on a quiet one.
+        // What holds regardless: no read mixes versions (above), whole reads see the
+        // versions change, and the last version is read once the writer stops (below).
         assert!(versions.len() >= 2, "the reader saw only one version");
-        assert!(whole > failed, "most reads return a whole version");
         // Once quiet, the reader gets the last version.
         assert!(eventually(SEEN_WITHIN, || {
             std::fs::read(&path).is_ok_and(|d| whole_version(&d, size) == Some(40))
