@@ -10,8 +10,8 @@
 //!   Last-Modified. Anything else is HEAD'd, so a stale index costs HEADs, never shows
 //!   another version's metadata.
 //! - An object is used whole or not at all: a magic line with the format version, the
-//!   length and a CRC-32 of the body (postcard), and the directory it describes. A truncated,
-//!   corrupt, foreign-format or misplaced object is ignored.
+//!   length and a CRC-32 of the body (postcard), and the directory it describes. A
+//!   truncated, corrupt, foreign-format or misplaced object is ignored.
 //! - Nothing here fails a file system operation: reads and writes that fail are logged
 //!   and count as "no index".
 //! - Bounded: a directory's object is written only for [`MIN_ENTRIES`]..=[`MAX_ENTRIES`]

@@ -423,8 +423,18 @@ async fn read_only_mount_refuses_writes() {
 }
 
 fn write_back_fixture(store: Arc<MemoryStore>, cache: &std::path::Path) -> Arc<S3Fs<MemoryStore>> {
+    delayed_write_back_fixture(store, cache, Duration::ZERO)
+}
+
+/// A write-back mount whose uploads start `delay` after each close.
+fn delayed_write_back_fixture(
+    store: Arc<MemoryStore>,
+    cache: &std::path::Path,
+    delay: Duration,
+) -> Arc<S3Fs<MemoryStore>> {
     let mut cfg = core_config("", cache);
     cfg.write_back = true;
+    cfg.write_back_delay = delay;
     Arc::new(S3Fs::new(store, cfg).unwrap())
 }
 
@@ -476,10 +486,7 @@ async fn write_back_close_returns_once_durable_and_uploads_in_the_background() {
 async fn write_back_delay_uploads_a_quick_rename_once_and_a_quick_delete_never() {
     let store = Arc::new(MemoryStore::new());
     let cache = tempfile::tempdir().unwrap();
-    let mut cfg = core_config("", cache.path());
-    cfg.write_back = true;
-    cfg.write_back_delay = Duration::from_millis(700);
-    let fs = Arc::new(S3Fs::new(store.clone(), cfg).unwrap());
+    let fs = delayed_write_back_fixture(store.clone(), cache.path(), Duration::from_millis(700));
     fs.start_background();
     let closed = std::time::Instant::now();
     for (name, body) in [("report.tmp", &b"final text"[..]), ("lock.tmp", b"pid")] {
@@ -523,10 +530,7 @@ async fn write_back_delay_uploads_a_quick_rename_once_and_a_quick_delete_never()
 async fn shutdown_uploads_files_still_inside_the_write_back_delay() {
     let store = Arc::new(MemoryStore::new());
     let cache = tempfile::tempdir().unwrap();
-    let mut cfg = core_config("", cache.path());
-    cfg.write_back = true;
-    cfg.write_back_delay = Duration::from_secs(3600);
-    let fs = Arc::new(S3Fs::new(store.clone(), cfg).unwrap());
+    let fs = delayed_write_back_fixture(store.clone(), cache.path(), Duration::from_secs(3600));
     fs.start_background();
     let (_, fh) = fs
         .create(ROOT, OsStr::new("late.txt"), 0o644, ME)
