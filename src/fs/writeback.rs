@@ -209,9 +209,14 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     /// Retries the uploads of stages nobody has open (their close already got EIO).
+    /// With write-back, a committed file that has not failed is the queue's: it may be
+    /// waiting out `--write-back-delay`, and uploading it here would defeat that.
     pub async fn retry_failed_uploads(&self) {
         let dirty = self.inodes.lock().unwrap().dirty_stages();
-        for (ino, _) in dirty {
+        for (ino, stage) in dirty {
+            if self.cfg.write_back && stage.upload_failure().is_none() {
+                continue;
+            }
             let idle = self
                 .inodes
                 .lock()
