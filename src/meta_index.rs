@@ -14,6 +14,9 @@
 //!   ([`ENCODING`]): a damaged entry, or one of another encoding, is a miss, never
 //!   trusted. A file that cannot be opened as an index is deleted and rebuilt.
 //! - Bounded: at most `max_entries` entries; the oldest are dropped first.
+//! - It also keeps, per large directory, where its last whole listing can be cut into
+//!   spans listed in parallel (`fs/pager.rs`): checksummed as entries are, and only
+//!   ever a hint on where to start requests, never on what a listing holds.
 //! - Nothing here fails a file system operation: an index that cannot be used is
 //!   disabled with one warning and every lookup misses.
 //! - Nothing here delays one either: entries are written in batches behind the
@@ -53,6 +56,10 @@ const DURABLE_EVERY: u32 = 16;
 const ENTRIES: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("entries");
 /// sequence number → key, oldest first (for the bound).
 const ORDER: TableDefinition<u64, &str> = TableDefinition::new("order");
+/// directory prefix → checksummed boundaries of its spans (`fs/pager.rs`).
+const SPANS: TableDefinition<&str, &[u8]> = TableDefinition::new("spans");
+/// Directories whose spans are kept; beyond, those first in key order are dropped.
+const MAX_SPAN_DIRS: u64 = 10_000;
 
 /// One version of an object as a listing shows it.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,6 +138,9 @@ struct Inner {
     db: Database,
     max_entries: u64,
     pending: Mutex<Vec<(String, Vec<u8>)>>,
+    /// Spans offered and not written yet: a directory prefix and its sealed boundaries
+    /// (None: forget the directory's).
+    pending_spans: Mutex<Vec<(String, Option<Vec<u8>>)>>,
     /// Commits since the last durable one; held by the write under way.
     loose_commits: Mutex<u32>,
     /// Writes started by [`MetaIndex::flush_behind`] and not finished.
@@ -179,6 +189,7 @@ impl MetaIndex {
                     db,
                     max_entries,
                     pending: Mutex::new(Vec::new()),
+                    pending_spans: Mutex::new(Vec::new()),
                     loose_commits: Mutex::new(0),
                     behind: Arc::new(AtomicUsize::new(0)),
                     queued: AtomicBool::new(false),
@@ -232,6 +243,33 @@ impl MetaIndex {
             .is_some_and(|(key, _)| key.value().starts_with(prefix))
     }
 
+    /// The boundaries recorded for the directory `prefix`, if any (and undamaged).
+    pub fn spans(&self, prefix: &str) -> Option<Vec<String>> {
+        let read = self.inner.as_ref()?.db.begin_read().ok()?;
+        let table = read.open_table(SPANS).ok()?;
+        let guard = table.get(prefix).ok()??;
+        let body = unseal(prefix, guard.value())?.strip_prefix(&[ENCODING])?;
+        postcard::from_bytes(body).ok()
+    }
+
+    /// Records the boundaries of a whole listing of `prefix` (empty: it has none), to
+    /// be written with the next batch of entries.
+    pub fn offer_spans(&self, prefix: &str, bounds: &[String]) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let sealed = match bounds.is_empty() {
+            true => None,
+            false => match postcard::to_extend(bounds, vec![ENCODING]) {
+                Ok(body) => Some(seal(prefix, &body)),
+                Err(_) => return,
+            },
+        };
+        let mut pending = inner.pending_spans.lock().unwrap();
+        pending.retain(|(p, _)| p != prefix);
+        pending.push((prefix.to_string(), sealed));
+    }
+
     /// Offers what HEAD (sent at `asked_at`) answered for `key`, which a listing showed
     /// at `listed`. Kept only if the HEAD saw that very version and it had settled;
     /// returns whether enough entries wait for a [`MetaIndex::flush`].
@@ -271,7 +309,7 @@ impl MetaIndex {
         let Some(inner) = self.inner.clone() else {
             return;
         };
-        if inner.pending.lock().unwrap().is_empty() {
+        if !inner.has_pending() {
             return;
         }
         let written = tokio::task::spawn_blocking(move || inner.write_pending(false)).await;
@@ -296,7 +334,7 @@ impl MetaIndex {
         };
         // One write waiting for its turn takes whatever is pending when it starts:
         // offers made meanwhile need no write of their own.
-        if inner.pending.lock().unwrap().is_empty() || inner.queued.swap(true, Ordering::AcqRel) {
+        if !inner.has_pending() || inner.queued.swap(true, Ordering::AcqRel) {
             return;
         }
         let weak = Arc::downgrade(inner);
@@ -365,27 +403,34 @@ fn open_db(path: &PathBuf) -> Result<Database, redb::Error> {
     let txn = db.begin_write()?;
     txn.open_table(ENTRIES)?;
     txn.open_table(ORDER)?;
+    txn.open_table(SPANS)?;
     txn.commit()?;
     Ok(db)
 }
 
 impl Inner {
+    fn has_pending(&self) -> bool {
+        !self.pending.lock().unwrap().is_empty() || !self.pending_spans.lock().unwrap().is_empty()
+    }
+
     /// Writes the pending entries (a durable write even if there are none). Writes
     /// take turns on `loose_commits`.
     fn write_pending(&self, durable: bool) -> Result<(), redb::Error> {
         let mut loose = self.loose_commits.lock().unwrap();
         let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+        let spans = std::mem::take(&mut *self.pending_spans.lock().unwrap());
         self.queued.store(false, Ordering::Release);
-        if batch.is_empty() && !durable {
+        if batch.is_empty() && spans.is_empty() && !durable {
             return Ok(());
         }
-        self.write(&mut loose, batch, durable)
+        self.write(&mut loose, batch, spans, durable)
     }
 
     fn write(
         &self,
         loose: &mut u32,
         batch: Vec<(String, Vec<u8>)>,
+        spans: Vec<(String, Option<Vec<u8>>)>,
         durable: bool,
     ) -> Result<(), redb::Error> {
         let durable = durable || *loose + 1 >= DURABLE_EVERY;
@@ -413,6 +458,16 @@ impl Inner {
                 };
                 let key = key.value().to_string();
                 entries.remove(key.as_str())?;
+            }
+            let mut table = txn.open_table(SPANS)?;
+            for (prefix, sealed) in &spans {
+                match sealed {
+                    Some(value) => table.insert(prefix.as_str(), value.as_slice())?,
+                    None => table.remove(prefix.as_str())?,
+                };
+            }
+            while table.len()? > MAX_SPAN_DIRS {
+                table.pop_first()?;
             }
         }
         txn.commit()?;

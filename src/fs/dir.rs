@@ -1,7 +1,7 @@
 //! A cursor over one open directory: `.`, `..`, files staged here but not uploaded yet,
-//! then the keys and common prefixes of ListObjectsV2 pages, requested back to back by a
-//! task of the cursor's own while the kernel takes them, at most [`PAGES_AHEAD`] pages
-//! ahead, so a directory of any size streams through bounded memory as fast as S3 lists. Entry `i` carries cookie `i + 1`. The cursor knows names, not
+//! then the keys and common prefixes of ListObjectsV2 pages, requested ahead by a
+//! [`Pager`] while the kernel takes them, so a directory of any size streams through
+//! bounded memory as fast as S3 lists. Entry `i` carries cookie `i + 1`. The cursor knows names, not
 //! attributes: the core turns what it yields into entries and hands the batch back with
 //! [`DirCursor::remember`], so the kernel can resume inside the last batch.
 
@@ -9,16 +9,14 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-
 use super::DirEntry;
 use super::hidden::warn_hidden;
 use super::inodes::Remote;
+use super::pager::{Paged, Pager, Spans};
 use crate::error::{FsError, FsResult};
 use crate::layout::Layout;
 use crate::shared_index::Pass;
-use crate::store::{ListPage, ObjectStore, StoreResult};
+use crate::store::{ListPage, ObjectStore};
 
 /// What a listing says about one name.
 pub(super) enum Listed {
@@ -102,9 +100,9 @@ pub(super) struct DirCursor<S> {
     exhausted: bool,
     /// Names of the pages fetched, not yet yielded, with when their page was asked for.
     pending: VecDeque<(String, Listed, Instant)>,
-    /// File names of the previous and current page: a `name/` prefix that sorts after
-    /// them on the same or the next page must not list `name` twice.
-    recent_files: [HashSet<String>; 2],
+    /// Names of the previous and current page: a `name/` prefix that sorts after them on
+    /// the same or the next page must not list `name` twice.
+    recent_names: [HashSet<String>; 2],
     next_index: u64,
     last_batch: Vec<DirEntry>,
     last_batch_start: u64,
@@ -116,6 +114,10 @@ pub(super) struct DirCursor<S> {
     /// The pages of this pass, requested ahead (None before the first page and after
     /// the last).
     pager: Option<Pager>,
+    /// Where the directory's last whole listing was cut into spans, and the book that
+    /// keeps what this pass finds.
+    bounds: Arc<[String]>,
+    spans: Arc<Spans>,
     /// What this pass learned for the shared metadata index (kept by the core).
     pub(super) shared: Pass,
 }
@@ -127,7 +129,9 @@ impl<S: ObjectStore> DirCursor<S> {
         (ino, parent): (u64, u64),
         prefix: String,
         local: Vec<(String, u64)>,
+        spans: Arc<Spans>,
     ) -> DirCursor<S> {
+        let bounds = spans.get(&prefix);
         let local_names = local.iter().map(|(n, _)| n.clone()).collect();
         DirCursor {
             store,
@@ -139,7 +143,7 @@ impl<S: ObjectStore> DirCursor<S> {
             local_names,
             exhausted: false,
             pending: VecDeque::new(),
-            recent_files: [HashSet::new(), HashSet::new()],
+            recent_names: [HashSet::new(), HashSet::new()],
             next_index: 0,
             last_batch: Vec::new(),
             last_batch_start: 0,
@@ -147,6 +151,8 @@ impl<S: ObjectStore> DirCursor<S> {
             started: Instant::now(),
             pages: 0,
             pager: None,
+            bounds,
+            spans,
             shared: Pass::default(),
         }
     }
@@ -184,7 +190,7 @@ impl<S: ObjectStore> DirCursor<S> {
     fn restart(&mut self) {
         self.exhausted = false;
         self.pending.clear();
-        self.recent_files = [HashSet::new(), HashSet::new()];
+        self.recent_names = [HashSet::new(), HashSet::new()];
         self.next_index = 0;
         self.last_batch.clear();
         self.last_batch_start = 0;
@@ -262,13 +268,18 @@ impl<S: ObjectStore> DirCursor<S> {
             Some(pager) => pager,
             None => {
                 self.started = Instant::now();
-                let pager = Pager::start(self.store.clone(), self.prefix.clone());
+                let (store, prefix) = (self.store.clone(), self.prefix.clone());
+                let pager = Pager::start(store, prefix, self.bounds.clone(), self.spans.clone());
                 self.pager.insert(pager)
             }
         };
         let received = pager.pages.recv().await;
-        let (page, asked_at) = match received {
-            Some(Ok(page)) => page,
+        let Paged {
+            page,
+            asked_at,
+            last,
+        } = match received {
+            Some(Ok(paged)) => paged,
             Some(Err(e)) => {
                 self.pager = None;
                 return Err(e.into());
@@ -279,7 +290,7 @@ impl<S: ObjectStore> DirCursor<S> {
             }
         };
         self.pages += 1;
-        self.exhausted = page.next_token.is_none();
+        self.exhausted = last;
         if self.exhausted {
             self.pager = None;
         }
@@ -288,59 +299,22 @@ impl<S: ObjectStore> DirCursor<S> {
     }
 
     /// Queues a page's entries, skipping names staged locally, and directories whose
-    /// name the previous page listed as a file.
+    /// name the previous page listed (as a file, or as a directory: a span of a parallel
+    /// listing may repeat the last directory of the span before).
     fn take_page(&mut self, page: ListPage, asked_at: Instant) {
-        self.recent_files.swap(0, 1);
-        self.recent_files[1].clear();
+        self.recent_names.swap(0, 1);
+        self.recent_names[1].clear();
         for (name, listed) in page_entries(&self.layout, &self.prefix, &page) {
             if self.local_names.contains(&name) {
                 continue;
             }
             match listed {
-                Listed::Dir if self.recent_files[0].contains(&name) => continue,
-                Listed::File { .. } => {
-                    self.recent_files[1].insert(name.clone());
+                Listed::Dir if self.recent_names[0].contains(&name) => continue,
+                _ => {
+                    self.recent_names[1].insert(name.clone());
                 }
-                Listed::Dir => {}
             }
             self.pending.push_back((name, listed, asked_at));
         }
-    }
-}
-
-/// Pages of one listing requested ahead of the cursor: one waiting in the channel, one
-/// waiting to be put there.
-const PAGES_AHEAD: usize = 2;
-
-/// A task listing one directory page after page, each request sent as soon as the page
-/// before it names its continuation; it stops at the end, at the first error (handed
-/// on), or when the cursor drops it.
-struct Pager {
-    pages: mpsc::Receiver<StoreResult<(ListPage, Instant)>>,
-    task: JoinHandle<()>,
-}
-
-impl Pager {
-    fn start<S: ObjectStore>(store: Arc<S>, prefix: String) -> Pager {
-        let (tx, pages) = mpsc::channel(PAGES_AHEAD - 1);
-        let task = tokio::spawn(async move {
-            let mut token = None;
-            loop {
-                let asked_at = Instant::now();
-                let page = store.list_page(&prefix, true, token, None).await;
-                token = page.as_ref().ok().and_then(|p| p.next_token.clone());
-                let last = token.is_none();
-                if tx.send(page.map(|p| (p, asked_at))).await.is_err() || last {
-                    return;
-                }
-            }
-        });
-        Pager { pages, task }
-    }
-}
-
-impl Drop for Pager {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }

@@ -13,6 +13,7 @@ mod lookup;
 mod meta;
 mod namespace;
 mod page_cache;
+mod pager;
 mod readdir;
 mod rename;
 mod save;
@@ -181,6 +182,9 @@ pub struct S3Fs<S: ObjectStore> {
     listing_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Where lookups last listed a window of each directory.
     walks: window::Walks,
+    /// Where the last whole listing of each large directory can be cut, to list it in
+    /// parallel spans next time.
+    spans: Arc<pager::Spans>,
     /// Counters from outside the core, for the status document.
     counter_report: OnceLock<status::CounterReport>,
     /// HEAD answers of earlier listings, by exact object version.
@@ -229,6 +233,7 @@ impl<S: ObjectStore> S3Fs<S> {
             pending_rx: Mutex::new(Some(pending_rx)),
             listing_gates: Mutex::new(HashMap::new()),
             walks: window::Walks::default(),
+            spans: Arc::new(pager::Spans::new(index.clone())),
             counter_report: OnceLock::new(),
             index,
             shared_writes: WriteLimiter::default(),

@@ -26,6 +26,7 @@ impl<S: ObjectStore> S3Fs<S> {
             (ino, parent),
             self.layout.dir_prefix(&path),
             local,
+            self.spans.clone(),
         );
         self.prefetch_shared(&mut cursor, listed_here);
         Ok(self

@@ -338,3 +338,83 @@ async fn a_failed_listing_page_fails_one_read_and_the_next_goes_on_from_its_cook
     assert_eq!(unique.len(), 603);
     d.fs.releasedir(fh);
 }
+
+/// A whole pass over a directory of thousands of names records where its listing can
+/// be cut; the next pass, and the first of the next mount of the same cache dir, list
+/// those spans in parallel. Whatever changed in between (names added inside a span,
+/// names deleted around a cut, a directory whose keys straddle a cut), every pass shows
+/// each name once, exactly what the store holds.
+#[tokio::test]
+async fn a_large_directory_listed_before_is_listed_in_parallel_spans() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let mut want: BTreeSet<String> = BTreeSet::new();
+    let mut put = |name: String, key: String| {
+        store.insert(&format!("m/{key}"), b"x");
+        want.insert(name);
+    };
+    for i in 0..899 {
+        put(format!("f{i:04}"), format!("f{i:04}"));
+    }
+    // The 900th entry is a directory: its cut lies past its keys, but one key sorts
+    // after the cut (the highest character), so the next span lists it again.
+    put("g".into(), "g/a".into());
+    put("g".into(), "g/\u{10FFFF}z".into());
+    for i in 0..2500 {
+        put(format!("h{i:04}"), format!("h{i:04}"));
+    }
+    for i in 0..30 {
+        put(format!("k{i:02}"), format!("k{i:02}/x"));
+    }
+    async fn listed(fs: &S3Fs<MemoryStore>) -> BTreeSet<String> {
+        let fh = fs.opendir(ROOT).await.unwrap();
+        let all = whole_pass(fs, fh).await;
+        fs.releasedir(fh);
+        let names: BTreeSet<String> = all[2..].iter().map(|e| e.name.clone()).collect();
+        assert_eq!(names.len(), all.len() - 2, "a name twice");
+        names
+    }
+
+    let fs = S3Fs::new(store.clone(), core_config("m/", cache.path())).unwrap();
+    assert_eq!(listed(&fs).await, want, "first pass");
+    let pages = (899 + 1 + 2500 + 30u64).div_ceil(1000);
+    assert_eq!(store.count(Op::List), pages);
+
+    // Unchanged: one request per span (3,430 entries: 3 cuts), several at once.
+    store.delay(Op::List, std::time::Duration::from_millis(50));
+    let before = store.count(Op::List);
+    assert_eq!(listed(&fs).await, want, "second pass");
+    assert_eq!(store.count(Op::List) - before, 4);
+    assert!(store.peak_in_flight(Op::List) > 1, "spans listed at once");
+
+    // 400 names inside the first span (it now needs two pages), 60 deleted around the
+    // second cut, and the directory `g` gone.
+    for i in 0..400 {
+        let name = format!("f0100x{i:03}");
+        store.insert(&format!("m/{name}"), b"x");
+        want.insert(name);
+    }
+    for i in 760..820 {
+        let name = format!("h{i:04}");
+        store.delete(&format!("m/{name}")).await.unwrap();
+        want.remove(&name);
+    }
+    store.delete("m/g/a").await.unwrap();
+    store.delete("m/g/\u{10FFFF}z").await.unwrap();
+    want.remove("g");
+    assert_eq!(listed(&fs).await, want, "after changes");
+    fs.shutdown().await;
+    drop(fs);
+
+    // The next mount of the cache dir knows the cuts of the last pass.
+    let fs = S3Fs::new(store.clone(), core_config("m/", cache.path())).unwrap();
+    let before = store.count(Op::List);
+    assert_eq!(listed(&fs).await, want, "after a remount");
+    let spans = (want.len() as u64).div_ceil(900);
+    assert_eq!(
+        store.count(Op::List) - before,
+        spans,
+        "one request per span"
+    );
+    fs.shutdown().await;
+}
