@@ -158,6 +158,19 @@ impl DirIndex {
         self.entries.len()
     }
 
+    /// The keys (under `prefix`) of every `every`th file in key order: where a listing
+    /// of the directory can be cut into spans listed in parallel.
+    pub fn cuts(&self, prefix: &str, every: usize) -> Vec<String> {
+        let mut names: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+            .iter()
+            .skip(every.saturating_sub(1))
+            .step_by(every.max(1))
+            .map(|name| format!("{prefix}{name}"))
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

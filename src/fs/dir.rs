@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 use super::DirEntry;
 use super::hidden::warn_hidden;
 use super::inodes::Remote;
-use super::pager::{Paged, Pager, Spans};
+use super::pager::{Paged, Pager, SPAN, Spans};
 use crate::error::{FsError, FsResult};
 use crate::layout::Layout;
 use crate::shared_index::Pass;
@@ -267,6 +267,17 @@ impl<S: ObjectStore> DirCursor<S> {
         let pager = match &mut self.pager {
             Some(pager) => pager,
             None => {
+                if self.bounds.is_empty()
+                    && let Some(prefetch) = self.shared.take_prefetch()
+                {
+                    // Another host's listing of the directory: its files say where to
+                    // cut this one (worth waiting for, the listing needs it anyway).
+                    let index = prefetch.answer().await;
+                    if let Some(index) = &index {
+                        self.bounds = index.cuts(&self.prefix, SPAN).into();
+                    }
+                    self.shared.set_loaded(index);
+                }
                 self.started = Instant::now();
                 let (store, prefix) = (self.store.clone(), self.prefix.clone());
                 let pager = Pager::start(store, prefix, self.bounds.clone(), self.spans.clone());

@@ -731,3 +731,34 @@ fn shared_index_never_shows_stale_metadata() {
         assert!(index.len() >= 20, "the settled entries are indexed again");
     }
 }
+
+/// A second host's first listing of a large directory is cut where the files of the
+/// directory's shared object say, and its spans are listed at once: every name once,
+/// and no HEAD.
+#[tokio::test]
+async fn a_second_host_lists_a_large_directory_in_spans_cut_at_the_shared_objects_files() {
+    let store = Arc::new(MemoryStore::new());
+    for i in 0..2000 {
+        put_old(&store, &format!("p/f{i:04}"), b"doc", 0o640);
+    }
+    let (cache_a, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let host_a = shared_fs(&store, cache_a.path());
+    assert_eq!(list(&host_a, 1).await.len(), 2000);
+    written(&store, &root_index_key(), None).await;
+
+    let host_b = shared_fs(&store, cache_b.path());
+    store.delay(Op::List, Duration::from_millis(30));
+    let (heads, lists) = (store.count(Op::Head), store.count(Op::List));
+    let on_b = list(&host_b, 1).await;
+    let names: Vec<String> = on_b.iter().map(|e| e.name.clone()).collect();
+    let want: Vec<String> = (0..2000).map(|i| format!("f{i:04}")).collect();
+    assert_eq!(names, want);
+    assert_eq!(store.count(Op::Head) - heads, 0);
+    assert_eq!(
+        store.count(Op::List) - lists,
+        3,
+        "cut after f0899 and f1799"
+    );
+    assert!(store.peak_in_flight(Op::List) > 1, "spans listed at once");
+    host_b.shutdown().await;
+}
