@@ -58,6 +58,9 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Seconds one attempt of a quick S3 request may take (`--request-timeout`).
+const DEFAULT_REQUEST_TIMEOUT: f64 = 20.0;
+
 /// Where and as whom to connect: shared by every subcommand that talks to S3.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConnectionArgs {
@@ -76,6 +79,11 @@ pub struct ConnectionArgs {
     /// Named profile of the AWS config files (also AWS_PROFILE, S3_SESSION_PROFILE).
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
+    /// Seconds one attempt of a quick S3 request (HEAD, LIST, DELETE, a GET until its
+    /// first byte) may take before it is retried (0.5..=600, default 20). Uploads and
+    /// server-side copies fail only after 60 s without a byte from the server.
+    #[arg(long, value_name = "SECS")]
+    pub request_timeout: Option<f64>,
 }
 
 /// Encryption, storage class and ACL of every object written, copies included.
@@ -510,9 +518,16 @@ impl ConnectionArgs {
             }),
             _ => None,
         };
+        let request_timeout = self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        if !(0.5..=600.0).contains(&request_timeout) {
+            return Err(format!(
+                "invalid value for --request-timeout: {request_timeout}; use 0.5 to 600 seconds"
+            ));
+        }
         Ok(S3Settings {
             bucket: bucket.to_string(),
             endpoint_url,
+            request_timeout: Some(Duration::from_secs_f64(request_timeout)),
             region: self.region.clone().or_else(|| env_any(&["AWS_REGION"])),
             force_path_style: self.force_path_style,
             profile,

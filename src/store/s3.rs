@@ -46,6 +46,9 @@ mod endpoint;
 mod probe;
 pub use probe::{CredentialsFound, Grant, StoredOptions};
 
+/// How long a request may go without a byte from the server.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Where and as whom to connect; plain data filled from the command line.
 #[derive(Clone, Debug, Default)]
 pub struct S3Settings {
@@ -62,6 +65,10 @@ pub struct S3Settings {
     /// Bound on one request with all its retries (None: only the connect and read
     /// timeouts bound it); `check` sets it so that a silent endpoint fails fast.
     pub operation_timeout: Option<Duration>,
+    /// Bound on one attempt of a quick request (everything but uploads and server-side
+    /// copies, whose bodies or copies may take long): a silent server costs this, not
+    /// the read timeout, per attempt. None: only the connect and read timeouts.
+    pub request_timeout: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -110,7 +117,11 @@ impl ProvideCredentials for FreshChain {
 }
 
 pub struct S3Store {
+    /// Quick requests: each attempt bounded by `request_timeout`.
     client: Client,
+    /// Uploads (PUT, parts, completion) and server-side copies: bounded by
+    /// [`READ_TIMEOUT`] of silence, as their bodies or copies may take long.
+    transfers: Client,
     bucket: String,
     /// `ObjectOptions` in the SDK's types, sent with every object written.
     write_options: WriteOptions,
@@ -153,12 +164,14 @@ macro_rules! with_write_options {
 
 impl S3Store {
     pub async fn connect(settings: &S3Settings) -> S3Store {
-        let mut timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(60));
-        if let Some(limit) = settings.operation_timeout {
-            timeouts = timeouts.operation_timeout(limit);
-        }
+        let timeouts = |attempt: Option<Duration>| {
+            let mut timeouts = TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(READ_TIMEOUT);
+            timeouts.set_operation_attempt_timeout(attempt);
+            timeouts.set_operation_timeout(settings.operation_timeout);
+            timeouts.build()
+        };
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(
                 RetryConfig::standard()
@@ -166,7 +179,7 @@ impl S3Store {
                     .with_initial_backoff(Duration::from_millis(100))
                     .with_max_backoff(Duration::from_secs(5)),
             )
-            .timeout_config(timeouts.build());
+            .timeout_config(timeouts(None));
         if let Some(profile) = &settings.profile {
             loader = loader.profile_name(profile);
         }
@@ -211,8 +224,11 @@ impl S3Store {
         }
         let requests = RequestCounters::default();
         conf = conf.interceptor(requests.interceptor());
+        let transfers = Client::from_conf(conf.clone().build());
+        let conf = conf.timeout_config(timeouts(settings.request_timeout));
         S3Store {
             client: Client::from_conf(conf.build()),
+            transfers,
             bucket: settings.bucket.clone(),
             write_options: WriteOptions::from(&settings.object_options),
             credentials,
@@ -459,7 +475,7 @@ impl ObjectStore for S3Store {
             })
             .collect();
         let out = self
-            .client
+            .transfers
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -504,7 +520,7 @@ impl ObjectStore for S3Store {
             // A copy is a new object: without the options it would fall back to the
             // bucket's defaults (no encryption, STANDARD, private), also when only the
             // metadata is replaced.
-            let mut request = with_write_options!(self.client.copy_object(), self.write_options)
+            let mut request = with_write_options!(self.transfers.copy_object(), self.write_options)
                 .bucket(&self.bucket)
                 .key(to)
                 .copy_source(copy_source(&self.bucket, from))
@@ -568,7 +584,7 @@ impl ObjectStore for S3Store {
                 .multipart_copy_from(source_bucket, from, to, size, if_match)
                 .await;
         }
-        let request = with_write_options!(self.client.copy_object(), self.write_options);
+        let request = with_write_options!(self.transfers.copy_object(), self.write_options);
         let out = request
             .bucket(&self.bucket)
             .key(to)
@@ -738,7 +754,7 @@ impl S3Store {
         headers: &ObjectHeaders,
         md5: Option<BodyMd5>,
     ) -> StoreResult<ETag> {
-        let request = with_write_options!(self.client.put_object(), self.write_options);
+        let request = with_write_options!(self.transfers.put_object(), self.write_options);
         let out = request
             .bucket(&self.bucket)
             .key(key)
@@ -763,7 +779,7 @@ impl S3Store {
         md5: Option<BodyMd5>,
     ) -> StoreResult<ETag> {
         let out = self
-            .client
+            .transfers
             .upload_part()
             .bucket(&self.bucket)
             .key(key)
@@ -790,7 +806,7 @@ impl S3Store {
         if_match: &ETag,
     ) -> StoreResult<ETag> {
         let out = self
-            .client
+            .transfers
             .upload_part_copy()
             .bucket(&self.bucket)
             .key(key)

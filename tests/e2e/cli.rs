@@ -96,6 +96,8 @@ fn bad_option_values_name_the_option() {
         (vec!["-o", "upload_concurrency=0"], "--upload-concurrency"),
         (vec!["--file-mode", "999"], "--file-mode"),
         (vec!["-o", "endpoint_url=ftp://x"], "--endpoint-url"),
+        (vec!["--request-timeout", "0"], "--request-timeout"),
+        (vec!["-o", "request_timeout=1e9"], "--request-timeout"),
     ] {
         let err = mount_fails(&bucket, dir.path().to_str().unwrap(), &args, &[]);
         assert!(err.contains(option), "{args:?}: {err}");

@@ -227,3 +227,38 @@ fn a_bucket_that_disappears_gives_errors_not_hangs() {
     assert!(std::fs::metadata(m.mountpoint()).is_ok());
     drop(m);
 }
+
+/// A server that takes connections and never answers (a stalled link, a hung gateway):
+/// a lookup fails with EIO once the attempts of `--request-timeout` are used up, not
+/// after a 60 s read timeout per attempt, and the mount serves again once the server
+/// answers.
+#[test]
+fn a_silent_server_fails_a_lookup_after_the_request_timeout_and_the_mount_recovers() {
+    let bucket = Bucket::new();
+    let proxy = Proxy::start(&bucket.env.endpoint);
+    let prefix = unique_prefix("silent");
+    let cache_root = tempfile::tempdir().unwrap();
+    let m = TestMount::with_cache(
+        &prefix,
+        &cache_root.path().join("cache"),
+        &["--request-timeout", "1"],
+        Some(&proxy.url()),
+    );
+    proxy.set_fault(Fault::Hold, 100);
+    let started = std::time::Instant::now();
+    let err = std::fs::metadata(m.path("report.pdf")).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // 4 attempts of 1 s and the backoff between them; a read timeout would hold each
+    // attempt 60 s (and the proxy lets go after HOLD_LIMIT).
+    assert!(took < Duration::from_secs(40), "EIO after {took:?}");
+
+    proxy.set_fault(Fault::None, 0);
+    let err = std::fs::metadata(m.path("report.pdf")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    std::fs::write(m.path("report.pdf"), b"saved").unwrap();
+    assert_eq!(
+        bucket.get(&format!("{prefix}report.pdf")).unwrap(),
+        b"saved"
+    );
+}
