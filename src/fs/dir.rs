@@ -1,9 +1,10 @@
 //! A cursor over one open directory: `.`, `..`, files staged here but not uploaded yet,
 //! then the keys and common prefixes of ListObjectsV2 pages, requested ahead by a
 //! [`Pager`] while the kernel takes them, so a directory of any size streams through
-//! bounded memory as fast as S3 lists. Entry `i` carries cookie `i + 1`. The cursor knows names, not
-//! attributes: the core turns what it yields into entries and hands the batch back with
-//! [`DirCursor::remember`], so the kernel can resume inside the last batch.
+//! bounded memory as fast as S3 lists. Entry `i` carries cookie `i + 1`. The cursor
+//! knows names, not attributes: the core turns what it yields into entries and hands the
+//! batch back with [`DirCursor::remember`], so the kernel can resume inside the last
+//! batch.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;

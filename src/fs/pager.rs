@@ -211,6 +211,9 @@ impl Span {
                     }
                 };
                 token = page.next_token.take();
+                if let Some(after) = &after {
+                    cut_before(&mut page, after);
+                }
                 let done = match &to {
                     None => token.is_none(),
                     Some(to) => {
@@ -250,6 +253,14 @@ fn reaches(page: &ListPage, to: &str) -> bool {
 fn cut_after(page: &mut ListPage, to: &str) {
     page.objects.retain(|o| o.key.as_str() <= to);
     page.prefixes.retain(|p| p.as_str() <= to);
+}
+
+/// Leaves out the entries at or before position `after` (the span before's), should a
+/// server answer with any. A directory whose keys reach past `after` stays.
+fn cut_before(page: &mut ListPage, after: &str) {
+    page.objects.retain(|o| o.key.as_str() > after);
+    page.prefixes
+        .retain(|p| p.as_str() > after || after.starts_with(p.as_str()));
 }
 
 /// The boundaries of a pass: every [`SPAN`]th entry's position.
@@ -321,6 +332,18 @@ mod tests {
         cut_after(&mut p, "d/b/\u{10FFFF}");
         assert_eq!(p.objects.len(), 1);
         assert_eq!(p.prefixes, vec!["d/b/"]);
+        // A server that ignored StartAfter: what the span before holds is left out.
+        let mut p = page(&["d/a", "d/c"], &["d/b/", "d/c/"]);
+        cut_before(&mut p, "d/b/\u{10FFFF}");
+        assert_eq!(p.objects[0].key, "d/c");
+        assert_eq!(
+            p.prefixes,
+            vec!["d/b/", "d/c/"],
+            "d/b/ may hold keys past it"
+        );
+        let mut p = page(&["d/a"], &["d/b/"]);
+        cut_before(&mut p, "d/c");
+        assert!(p.objects.is_empty() && p.prefixes.is_empty());
     }
 
     #[test]

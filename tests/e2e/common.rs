@@ -328,6 +328,19 @@ impl Bucket {
         })
     }
 
+    /// DELETE `key` (as another S3 client would).
+    pub fn delete(&self, key: &str) {
+        self.rt.block_on(async {
+            self.client
+                .delete_object()
+                .bucket(&self.env.bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+        });
+    }
+
     /// Puts `n` small objects concurrently.
     pub fn put_many(&self, prefix: &str, n: usize) {
         self.rt.block_on(async {

@@ -312,6 +312,63 @@ fn a_big_folder_lists_each_name_once_in_bounded_memory() {
 
 /// What `writers` threads (each its own open/write/close sequence, as processes would
 /// do) create: file i of 1–256 KiB under `w{i % writers}/`.
+/// The names `ls -a` shows in `dir`, each once (asserted).
+fn ls_names(dir: &Path) -> HashSet<String> {
+    let out = std::process::Command::new("ls")
+        .arg("-1a")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut names = HashSet::new();
+    for name in String::from_utf8(out.stdout).unwrap().lines() {
+        assert!(names.insert(name.to_string()), "{name} twice");
+    }
+    names
+}
+
+/// A folder listed before is listed again in parallel spans from the cuts of the last
+/// listing (StartAfter on a real server): after another client added names inside a
+/// span, deleted names around a cut and added a folder, each listing shows exactly what
+/// S3 holds, each name once; so does the first listing of a remount of the cache dir.
+#[test]
+fn a_big_folder_changed_by_another_client_lists_exactly_what_s3_holds() {
+    const N: usize = 3000;
+    let bucket = Bucket::new();
+    let prefix = unique_prefix("spans");
+    let dir_prefix = format!("{prefix}big/");
+    bucket.put_many(&dir_prefix, N);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("c");
+    let mut want: HashSet<String> = (0..N).map(|i| format!("f{i:06}")).collect();
+    want.extend([".".to_string(), "..".to_string()]);
+    {
+        let m = TestMount::with_cache(&prefix, &cache_dir, &[], None);
+        let dir = m.path("big");
+        assert_eq!(ls_names(&dir), want, "first listing");
+        // Another client: 300 names inside the first span, 100 gone around the second
+        // cut (after f001799), a folder.
+        for i in 0..300 {
+            let name = format!("f000100x{i:03}");
+            bucket.put(&format!("{dir_prefix}{name}"), b"x");
+            want.insert(name);
+        }
+        for i in 1750..1850 {
+            let name = format!("f{i:06}");
+            bucket.delete(&format!("{dir_prefix}{name}"));
+            want.remove(&name);
+        }
+        bucket.put(&format!("{dir_prefix}g/inner"), b"x");
+        want.insert("g".into());
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(ls_names(&dir), want, "after the changes");
+        assert_eq!(ls_names(&dir), want, "again");
+    }
+    crate::common::wait_daemon_gone(&cache_dir);
+    let m = TestMount::with_cache(&prefix, &cache_dir, &[], None);
+    assert_eq!(ls_names(&m.path("big")), want, "after a remount");
+}
+
 fn file_content(i: usize) -> Vec<u8> {
     let len = 1024 + (i * 7919) % (255 * 1024);
     random_bytes(len, i as u64)
