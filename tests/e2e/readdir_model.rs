@@ -418,3 +418,41 @@ async fn a_large_directory_listed_before_is_listed_in_parallel_spans() {
     );
     fs.shutdown().await;
 }
+
+/// A span of a parallel listing that fails fails one read (EIO); the next read from the
+/// same cookie lists again and the pass ends with every name once.
+#[tokio::test]
+async fn a_failed_span_fails_one_read_and_the_next_goes_on_from_its_cookie() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    for i in 0..3000 {
+        store.insert(&format!("m/f{i:04}"), b"x");
+    }
+    let fs = S3Fs::new(store.clone(), core_config("m/", cache.path())).unwrap();
+    let fh = fs.opendir(ROOT).await.unwrap();
+    assert_eq!(whole_pass(&fs, fh).await.len(), 3002);
+    fs.releasedir(fh);
+
+    // The second pass lists 4 spans at once; the third request fails.
+    store.fail_after(Op::List, 2, 1, StoreError::Transient("injected".into()));
+    let fh = fs.opendir(ROOT).await.unwrap();
+    let (mut got, mut from, mut failures) = (Vec::new(), 0, 0);
+    loop {
+        match fs.readdir(fh, from).await {
+            Ok(batch) => {
+                let Some(last) = batch.last() else { break };
+                from = last.offset;
+                got.extend(batch.into_iter().map(|e| e.name));
+            }
+            Err(e) => {
+                assert_eq!(e.errno(), libc::EIO, "{e}");
+                failures += 1;
+                assert!(failures < 5, "the listing keeps failing");
+            }
+        }
+    }
+    assert_eq!(failures, 1, "one read failed");
+    let unique: HashSet<&String> = got.iter().collect();
+    assert_eq!((got.len(), unique.len()), (3002, 3002), "every entry once");
+    fs.releasedir(fh);
+}
