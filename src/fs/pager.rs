@@ -109,7 +109,7 @@ pub struct Pager {
 
 impl Pager {
     /// Lists `prefix`, cut at `bounds` (sorted; empty: page after page), and records the
-    /// boundaries of the pass in `spans` once its last page is taken.
+    /// boundaries of the pass in `spans` once its last page is listed.
     pub fn start<S: ObjectStore>(
         store: Arc<S>,
         prefix: String,
@@ -151,16 +151,17 @@ impl Pager {
                         continue;
                     }
                     marks.note(&page);
+                    if last {
+                        // Before the cursor can see the end: the pass's flush of the
+                        // metadata index then writes the cuts too.
+                        spans.record(&prefix, std::mem::take(&mut marks).finish());
+                    }
                     let paged = Paged {
                         page,
                         asked_at,
                         last,
                     };
-                    if tx.send(Ok(paged)).await.is_err() {
-                        return;
-                    }
-                    if last {
-                        spans.record(&prefix, marks.finish());
+                    if tx.send(Ok(paged)).await.is_err() || last {
                         return;
                     }
                     if done {
