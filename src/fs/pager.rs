@@ -148,7 +148,11 @@ impl Pager {
                     };
                     let last = final_span && done;
                     if page.objects.is_empty() && page.prefixes.is_empty() && !last {
-                        continue;
+                        // (A span emptied since its cuts were recorded ends here.)
+                        match done {
+                            true => break,
+                            false => continue,
+                        }
                     }
                     marks.note(&page);
                     if last {

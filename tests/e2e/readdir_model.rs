@@ -456,3 +456,33 @@ async fn a_failed_span_fails_one_read_and_the_next_goes_on_from_its_cookie() {
     assert_eq!((got.len(), unique.len()), (3002, 3002), "every entry once");
     fs.releasedir(fh);
 }
+
+/// A span whose every name was deleted since the cuts were recorded ends at once; the
+/// pass goes on with the next span.
+#[tokio::test]
+async fn a_span_emptied_since_the_last_listing_is_skipped() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    for i in 0..3000 {
+        store.insert(&format!("m/f{i:04}"), b"x");
+    }
+    let fs = S3Fs::new(store.clone(), core_config("m/", cache.path())).unwrap();
+    let fh = fs.opendir(ROOT).await.unwrap();
+    assert_eq!(whole_pass(&fs, fh).await.len(), 3002);
+    fs.releasedir(fh);
+    // Cuts after f0899, f1799 and f2699: the second span is emptied.
+    for i in 900..1800 {
+        store.delete(&format!("m/f{i:04}")).await.unwrap();
+    }
+    let fh = fs.opendir(ROOT).await.unwrap();
+    let names: Vec<String> = whole_pass(&fs, fh).await[2..]
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    fs.releasedir(fh);
+    let want: Vec<String> = (0..900)
+        .chain(1800..3000)
+        .map(|i| format!("f{i:04}"))
+        .collect();
+    assert_eq!(names, want);
+}
