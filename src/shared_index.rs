@@ -295,7 +295,7 @@ pub async fn publish<S: ObjectStore>(store: &S, key: &str, dir: &str, entries: V
     let object = Bytes::from(encode(dir, entries));
     let headers = ObjectHeaders {
         user_meta: Vec::new(),
-        content_type: Some("application/json".into()),
+        content_type: Some("application/octet-stream".into()),
     };
     match store.put(key, object, &headers).await {
         Ok(_) => log::debug!("shared metadata index {key:?}: {count} entries written"),

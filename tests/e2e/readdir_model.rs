@@ -72,6 +72,34 @@ async fn whole_pass(fs: &S3Fs<MemoryStore>, fh: u64) -> Vec<DirEntry> {
     }
 }
 
+/// Reads from cookie `from` to the end of the pass, adding the names to `got`; a read
+/// that fails must fail with EIO and is asked again from the same cookie. Returns how
+/// many reads failed.
+async fn read_through_failures(
+    fs: &S3Fs<MemoryStore>,
+    fh: u64,
+    mut from: u64,
+    got: &mut Vec<String>,
+) -> u32 {
+    let mut failures = 0;
+    loop {
+        match fs.readdir(fh, from).await {
+            Ok(batch) => {
+                let Some(last) = batch.last() else {
+                    return failures;
+                };
+                from = last.offset;
+                got.extend(batch.into_iter().map(|e| e.name));
+            }
+            Err(e) => {
+                assert_eq!(e.errno(), libc::EIO, "{e}");
+                failures += 1;
+                assert!(failures < 5, "the listing keeps failing");
+            }
+        }
+    }
+}
+
 fn names(entries: &[DirEntry]) -> Vec<&str> {
     entries.iter().map(|e| e.name.as_str()).collect()
 }
@@ -317,21 +345,7 @@ async fn a_failed_listing_page_fails_one_read_and_the_next_goes_on_from_its_cook
     d.store
         .fail_next(Op::List, 1, StoreError::Transient("injected".into()));
     let mut got: Vec<String> = first.iter().map(|e| e.name.clone()).collect();
-    let (mut from, mut failures) = (first.last().unwrap().offset, 0);
-    loop {
-        match d.fs.readdir(fh, from).await {
-            Ok(batch) => {
-                let Some(last) = batch.last() else { break };
-                from = last.offset;
-                got.extend(batch.into_iter().map(|e| e.name));
-            }
-            Err(e) => {
-                assert_eq!(e.errno(), libc::EIO, "{e}");
-                failures += 1;
-                assert!(failures < 5, "the listing keeps failing");
-            }
-        }
-    }
+    let failures = read_through_failures(&d.fs, fh, first.last().unwrap().offset, &mut got).await;
     assert_eq!(failures, 1, "one read failed");
     assert_eq!(got.len(), 603, "every entry once after the failure");
     let unique: HashSet<&String> = got.iter().collect();
@@ -436,21 +450,8 @@ async fn a_failed_span_fails_one_read_and_the_next_goes_on_from_its_cookie() {
     // The second pass lists 4 spans at once; the third request fails.
     store.fail_after(Op::List, 2, 1, StoreError::Transient("injected".into()));
     let fh = fs.opendir(ROOT).await.unwrap();
-    let (mut got, mut from, mut failures) = (Vec::new(), 0, 0);
-    loop {
-        match fs.readdir(fh, from).await {
-            Ok(batch) => {
-                let Some(last) = batch.last() else { break };
-                from = last.offset;
-                got.extend(batch.into_iter().map(|e| e.name));
-            }
-            Err(e) => {
-                assert_eq!(e.errno(), libc::EIO, "{e}");
-                failures += 1;
-                assert!(failures < 5, "the listing keeps failing");
-            }
-        }
-    }
+    let mut got = Vec::new();
+    let failures = read_through_failures(&fs, fh, 0, &mut got).await;
     assert_eq!(failures, 1, "one read failed");
     let unique: HashSet<&String> = got.iter().collect();
     assert_eq!((got.len(), unique.len()), (3002, 3002), "every entry once");
