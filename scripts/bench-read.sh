@@ -11,7 +11,8 @@
 # Environment: BENCH_BIG_MB (512), BENCH_ROUNDS (3), BENCH_BINS (space-separated s3mount
 # binaries; default this checkout's release build), BENCH_MOUNT_OPTS (extra s3mount options),
 # BENCH_READ_CMD (cat or dd; default dd bs=1M), BENCH_METRICS (1: print the mount's request and
-# cache counters after each read).
+# cache counters after each read), BENCH_DELAY_MS (0: the round-trip delay examples/delayproxy.rs
+# puts between every client and Garage, as in scripts/bench.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/common.sh
@@ -21,13 +22,14 @@ ROUNDS=${BENCH_ROUNDS:-3}
 READ_CMD=${BENCH_READ_CMD:-dd}
 METRICS=${BENCH_METRICS:-0}
 read -r -a MOUNT_OPTS <<<"${BENCH_MOUNT_OPTS:-}"
-for v in BIG_MB ROUNDS; do
+DELAY_MS=${BENCH_DELAY_MS:-0}
+for v in BIG_MB ROUNDS DELAY_MS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench-read: $v must be a number, got '${!v}'" >&2; exit 2; }
 done
 case $READ_CMD in cat | dd) ;; *) echo "bench-read: BENCH_READ_CMD must be cat or dd" >&2; exit 2 ;; esac
 
 ensure_apt_packages
-cargo build --release --bin s3mount --example rawbench
+cargo build --release --bin s3mount --example rawbench --example delayproxy
 scripts/local-s3.sh install
 read -r -a BINS <<<"${BENCH_BINS:-$(pwd)/target/release/s3mount}"
 RAW=$(pwd)/target/release/examples/rawbench
@@ -36,10 +38,15 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/s3mount-bench-read.XXXXXX")
 MNT=$WORK/mnt
 mkdir -p "$MNT"
 DPID=""
+PROXY_PID=""
 cleanup() {
     set +e
     if mountpoint -q "$MNT" 2>/dev/null; then fusermount3 -u "$MNT" || fusermount3 -uz "$MNT"; fi
     [ -z "$DPID" ] || wait "$DPID" 2>/dev/null
+    if [ -n "$PROXY_PID" ]; then
+        kill "$PROXY_PID" 2>/dev/null
+        wait "$PROXY_PID" 2>/dev/null
+    fi
     scripts/local-s3.sh stop "$WORK/garage"
     rm -rf "$WORK"
 }
@@ -55,6 +62,19 @@ field() { sed -n "s|.* $1=\([0-9.]*\).*|\1|p" <<<" $2"; }
 
 BIG=$((BIG_MB << 20))
 "$RAW" put-big bench/big "$BIG" >/dev/null
+if [ "$DELAY_MS" != 0 ]; then
+    target/release/examples/delayproxy --upstream "127.0.0.1:$base" --rtt-ms "$DELAY_MS" >"$WORK/proxy.out" 2>"$WORK/proxy.log" &
+    PROXY_PID=$!
+    for ((i = 0; i < 100; i++)); do
+        grep -q '^listening' "$WORK/proxy.out" && break
+        kill -0 "$PROXY_PID" 2>/dev/null || { cat "$WORK/proxy.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    port=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/proxy.out")
+    [ -n "$port" ] || { echo "bench-read: the delay proxy did not start" >&2; exit 1; }
+    export AWS_ENDPOINT_URL=http://127.0.0.1:$port
+    echo "every client goes through a ${DELAY_MS} ms round-trip delay proxy"
+fi
 metrics_port=$((base + 7))
 
 # Mounts with binary $1, reads bench/big through it, prints MB/s; unmounts.

@@ -6,6 +6,8 @@
 //! session token in use is registered with [`crate::logging::add_secret`]. Listings ask for
 //! URL-encoded keys (`encoding-type=url`) and decode them here, so keys holding
 //! characters XML 1.0 cannot carry (control characters) list like any other.
+//! A copy onto a key waits until this store's last write of the key is 1.5 ms old
+//! (`s3/spacing.rs`: servers that stamp versions by the millisecond order them then).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -44,7 +46,10 @@ use super::s3_body::byte_stream;
 
 mod endpoint;
 mod probe;
+mod spacing;
+
 pub use probe::{CredentialsFound, Grant, StoredOptions};
+use spacing::WriteSpacing;
 
 /// How long a request may go without a byte from the server.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -128,6 +133,9 @@ pub struct S3Store {
     /// The client's credential provider (the SDK's config does not give it back).
     credentials: SharedCredentialsProvider,
     requests: RequestCounters,
+    /// When each key was last written, so a copy onto it is ordered after that write
+    /// (`s3/spacing.rs`).
+    spacing: WriteSpacing,
 }
 
 /// The object options as the SDK's request builders take them.
@@ -233,6 +241,7 @@ impl S3Store {
             write_options: WriteOptions::from(&settings.object_options),
             credentials,
             requests,
+            spacing: WriteSpacing::default(),
         }
     }
 
@@ -487,6 +496,7 @@ impl ObjectStore for S3Store {
             )
             .send()
             .await;
+        self.spacing.written(key);
         match out {
             Ok(out) => Ok(etag(out.e_tag())),
             Err(e) => match salvage_field(&e, "ETag") {
@@ -531,12 +541,13 @@ impl ObjectStore for S3Store {
                     .set_metadata(user_metadata(headers))
                     .set_content_type(headers.content_type.clone());
             }
-            let out = request
-                .send()
-                .await
-                .map_err(|e| classify("CopyObject", from, e))?;
+            self.spacing.before_copy(to).await;
+            let out = request.send().await;
+            self.spacing.written(to);
+            let out = out.map_err(|e| classify("CopyObject", from, e))?;
             return Ok(etag(out.copy_object_result().and_then(|r| r.e_tag())));
         }
+        self.spacing.before_copy(to).await;
         self.multipart_copy(from, to, metadata, if_match).await
     }
 
@@ -555,14 +566,15 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        match self
+        let out = self
             .client
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
-            .await
-        {
+            .await;
+        self.spacing.written(key);
+        match out {
             Ok(_) => Ok(()),
             Err(e) => match classify("DeleteObject", key, e) {
                 StoreError::NotFound => Ok(()),
@@ -579,6 +591,7 @@ impl ObjectStore for S3Store {
         size: u64,
         if_match: Option<&ETag>,
     ) -> StoreResult<ETag> {
+        self.spacing.before_copy(to).await;
         if size > MAX_SINGLE_COPY {
             return self
                 .multipart_copy_from(source_bucket, from, to, size, if_match)
@@ -591,8 +604,9 @@ impl ObjectStore for S3Store {
             .copy_source(copy_source(source_bucket, from))
             .set_copy_source_if_match(if_match.map(|e| e.0.clone()))
             .send()
-            .await
-            .map_err(|e| classify("CopyObject", from, e))?;
+            .await;
+        self.spacing.written(to);
+        let out = out.map_err(|e| classify("CopyObject", from, e))?;
         Ok(etag(out.copy_object_result().and_then(|r| r.e_tag())))
     }
 
@@ -766,8 +780,9 @@ impl S3Store {
             .customize()
             .disable_payload_signing()
             .send()
-            .await
-            .map_err(|e| classify("PutObject", key, e))?;
+            .await;
+        self.spacing.written(key);
+        let out = out.map_err(|e| classify("PutObject", key, e))?;
         Ok(etag(out.e_tag()))
     }
 
