@@ -191,8 +191,11 @@ struct Plan {
 impl Pattern {
     /// Takes the read of `[offset, end)` of an object of `size` bytes into account: a
     /// sequential run doubles its window (up to `max_window`), anything else resets it.
-    /// Blocks ahead are requested in whole requests of at least half the window, so
-    /// GETs stay large, and never past the end of the object.
+    /// Blocks ahead are requested once a whole request's worth (half the window, at most
+    /// [`MAX_REQUEST_BLOCKS`]) is missing from it, so GETs stay large while the bytes in
+    /// flight stay close to the window (waiting for half of a large window left a
+    /// quarter of it idle on average: behind a 20 ms round trip reads were ~15 % slower),
+    /// and never past the end of the object.
     fn plan(&mut self, offset: u64, end: u64, size: u64, max_window: u64) -> Plan {
         // Reads of one sequential run may arrive slightly out of order.
         let sequential = offset == self.next_offset
@@ -219,7 +222,8 @@ impl Pattern {
         if first >= last {
             return no_fetch;
         }
-        if last - first < (self.window / BLOCK / 2).max(1) && last * BLOCK < size {
+        let request = (self.window / BLOCK / 2).clamp(1, MAX_REQUEST_BLOCKS);
+        if last - first < request && last * BLOCK < size {
             return no_fetch;
         }
         self.requested_to = last;
@@ -604,11 +608,16 @@ mod tests {
             if let Some((from, to)) = plan.fetch {
                 assert_eq!(from, requested, "requests continue where the last ended");
                 assert!(
-                    to - from >= (p.window / BLOCK / 2).max(1),
+                    to - from >= (p.window / BLOCK / 2).clamp(1, MAX_REQUEST_BLOCKS),
                     "whole requests only"
                 );
                 requested = to;
             }
+            let window_end = (offset + READ + p.window).div_ceil(BLOCK);
+            assert!(
+                window_end - requested < (p.window / BLOCK / 2).clamp(1, MAX_REQUEST_BLOCKS),
+                "less than a request's worth of the window is left unrequested"
+            );
             windows.push(p.window);
             offset += READ;
         }
