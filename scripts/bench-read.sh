@@ -43,10 +43,7 @@ cleanup() {
     set +e
     if mountpoint -q "$MNT" 2>/dev/null; then fusermount3 -u "$MNT" || fusermount3 -uz "$MNT"; fi
     [ -z "$DPID" ] || wait "$DPID" 2>/dev/null
-    if [ -n "$PROXY_PID" ]; then
-        kill "$PROXY_PID" 2>/dev/null
-        wait "$PROXY_PID" 2>/dev/null
-    fi
+    stop_delay_proxy
     scripts/local-s3.sh stop "$WORK/garage"
     rm -rf "$WORK"
 }
@@ -63,16 +60,7 @@ field() { sed -n "s|.* $1=\([0-9.]*\).*|\1|p" <<<" $2"; }
 BIG=$((BIG_MB << 20))
 "$RAW" put-big bench/big "$BIG" >/dev/null
 if [ "$DELAY_MS" != 0 ]; then
-    target/release/examples/delayproxy --upstream "127.0.0.1:$base" --rtt-ms "$DELAY_MS" >"$WORK/proxy.out" 2>"$WORK/proxy.log" &
-    PROXY_PID=$!
-    for ((i = 0; i < 100; i++)); do
-        grep -q '^listening' "$WORK/proxy.out" && break
-        kill -0 "$PROXY_PID" 2>/dev/null || { cat "$WORK/proxy.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    port=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/proxy.out")
-    [ -n "$port" ] || { echo "bench-read: the delay proxy did not start" >&2; exit 1; }
-    export AWS_ENDPOINT_URL=http://127.0.0.1:$port
+    start_delay_proxy "$base" "$DELAY_MS" "$WORK"
     echo "every client goes through a ${DELAY_MS} ms round-trip delay proxy"
 fi
 metrics_port=$((base + 7))

@@ -99,10 +99,7 @@ cleanup() {
         unmount_daemon
     fi
     mountpoint -q "$MNT" 2>/dev/null && fusermount3 -uz "$MNT"
-    if [ -n "$PROXY_PID" ]; then
-        kill "$PROXY_PID" 2>/dev/null
-        wait "$PROXY_PID" 2>/dev/null
-    fi
+    stop_delay_proxy
     scripts/local-s3.sh stop "$WORK/garage"
     rm -rf "$WORK" "$DATA"
 }
@@ -114,16 +111,7 @@ scripts/local-s3.sh start "$WORK/garage" "$base" >/dev/null
 source "$WORK/garage/env"
 GARAGE_URL=$AWS_ENDPOINT_URL # direct, for preparing and checking (not timed)
 if [ "$DELAY_MS" != 0 ]; then
-    target/release/examples/delayproxy --upstream "127.0.0.1:$base" --rtt-ms "$DELAY_MS" >"$WORK/proxy.out" 2>"$WORK/proxy.log" &
-    PROXY_PID=$!
-    for ((i = 0; i < 100; i++)); do
-        grep -q '^listening' "$WORK/proxy.out" && break
-        kill -0 "$PROXY_PID" 2>/dev/null || { cat "$WORK/proxy.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    port=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/proxy.out")
-    [ -n "$port" ] || { echo "bench: the delay proxy did not start" >&2; exit 1; }
-    export AWS_ENDPOINT_URL=http://127.0.0.1:$port
+    start_delay_proxy "$base" "$DELAY_MS" "$WORK"
     echo "== every client goes through a ${DELAY_MS} ms round-trip delay proxy on $AWS_ENDPOINT_URL"
 fi
 

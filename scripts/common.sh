@@ -111,3 +111,27 @@ stop_daemon() {
     DPID=""
     return "$st"
 }
+
+# Starts target/release/examples/delayproxy in front of the S3 API on 127.0.0.1:$1 with a round
+# trip of $2 ms, logging in directory $3; sets PROXY_PID and points AWS_ENDPOINT_URL at it.
+start_delay_proxy() {
+    local upstream=$1 rtt_ms=$2 dir=$3 i port
+    target/release/examples/delayproxy --upstream "127.0.0.1:$upstream" --rtt-ms "$rtt_ms" >"$dir/proxy.out" 2>"$dir/proxy.log" &
+    PROXY_PID=$!
+    for ((i = 0; i < 100; i++)); do
+        grep -q '^listening' "$dir/proxy.out" && break
+        kill -0 "$PROXY_PID" 2>/dev/null || { cat "$dir/proxy.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    port=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$dir/proxy.out")
+    [ -n "$port" ] || { echo "the delay proxy did not start: $(cat "$dir/proxy.log")" >&2; exit 1; }
+    export AWS_ENDPOINT_URL=http://127.0.0.1:$port
+}
+
+# Stops the delay proxy start_delay_proxy started, if any.
+stop_delay_proxy() {
+    [ -n "${PROXY_PID:-}" ] || return 0
+    kill "$PROXY_PID" 2>/dev/null
+    wait "$PROXY_PID" 2>/dev/null
+    PROXY_PID=""
+}

@@ -433,10 +433,9 @@ async fn a_large_directory_listed_before_is_listed_in_parallel_spans() {
     fs.shutdown().await;
 }
 
-/// A span of a parallel listing that fails fails one read (EIO); the next read from the
-/// same cookie lists again and the pass ends with every name once.
-#[tokio::test]
-async fn a_failed_span_fails_one_read_and_the_next_goes_on_from_its_cookie() {
+/// A mount of `m/` holding `f0000` to `f2999`, listed whole once (so its next pass lists
+/// in spans cut after f0899, f1799 and f2699), with its cache dir.
+async fn three_thousand_listed_once() -> (Arc<MemoryStore>, S3Fs<MemoryStore>, tempfile::TempDir) {
     let store = Arc::new(MemoryStore::new());
     let cache = tempfile::tempdir().unwrap();
     for i in 0..3000 {
@@ -446,6 +445,14 @@ async fn a_failed_span_fails_one_read_and_the_next_goes_on_from_its_cookie() {
     let fh = fs.opendir(ROOT).await.unwrap();
     assert_eq!(whole_pass(&fs, fh).await.len(), 3002);
     fs.releasedir(fh);
+    (store, fs, cache)
+}
+
+/// A span of a parallel listing that fails fails one read (EIO); the next read from the
+/// same cookie lists again and the pass ends with every name once.
+#[tokio::test]
+async fn a_failed_span_fails_one_read_and_the_next_goes_on_from_its_cookie() {
+    let (store, fs, _cache) = three_thousand_listed_once().await;
 
     // The second pass lists 4 spans at once; the third request fails.
     store.fail_after(Op::List, 2, 1, StoreError::Transient("injected".into()));
@@ -462,15 +469,7 @@ async fn a_failed_span_fails_one_read_and_the_next_goes_on_from_its_cookie() {
 /// pass goes on with the next span.
 #[tokio::test]
 async fn a_span_emptied_since_the_last_listing_is_skipped() {
-    let store = Arc::new(MemoryStore::new());
-    let cache = tempfile::tempdir().unwrap();
-    for i in 0..3000 {
-        store.insert(&format!("m/f{i:04}"), b"x");
-    }
-    let fs = S3Fs::new(store.clone(), core_config("m/", cache.path())).unwrap();
-    let fh = fs.opendir(ROOT).await.unwrap();
-    assert_eq!(whole_pass(&fs, fh).await.len(), 3002);
-    fs.releasedir(fh);
+    let (store, fs, _cache) = three_thousand_listed_once().await;
     // Cuts after f0899, f1799 and f2699: the second span is emptied.
     for i in 900..1800 {
         store.delete(&format!("m/f{i:04}")).await.unwrap();
