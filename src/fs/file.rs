@@ -80,6 +80,12 @@ impl<S: ObjectStore> S3Fs<S> {
                 }
             }
         }
+        if !writes && self.version_unknown(ino) {
+            // A read found the version the table had gone: open the current one.
+            if self.ensure_meta(ino).await?.ino != ino {
+                return Err(FsError::NotFound); // now another kind of object
+            }
+        }
         let mut table = self.inodes.lock().unwrap();
         let inode = table.get(ino).ok_or(FsError::NotFound)?;
         if inode.attr.kind == Kind::Dir {
@@ -113,6 +119,16 @@ impl<S: ObjectStore> S3Fs<S> {
             exec: mode.exec,
         }));
         Ok((fh, keep_cache))
+    }
+
+    /// `ino` is a file read from S3 whose version the table no longer trusts
+    /// ([`S3Fs::forget_version`]).
+    fn version_unknown(&self, ino: u64) -> bool {
+        let table = self.inodes.lock().unwrap();
+        table.stage(ino).is_none()
+            && table
+                .get(ino)
+                .is_some_and(|i| i.attr.kind == Kind::File && !i.meta_known && i.remote.is_some())
     }
 
     pub async fn create(
@@ -203,10 +219,32 @@ impl<S: ObjectStore> S3Fs<S> {
                         reader: Some(reader),
                         ..
                     })) => Ok(reader.read(offset, len).await?),
-                    _ => Err(FsError::Stale),
+                    _ => {
+                        self.forget_version(file.ino, reader.etag());
+                        Err(FsError::Stale)
+                    }
                 }
             }
             result => Ok(result?),
+        }
+    }
+
+    /// S3 no longer holds the version `etag` of `ino` that the table holds (a read met
+    /// another ETag or none): the next open asks S3 again (a HEAD, not the index, which
+    /// answers for the listed version) instead of opening the old version until the
+    /// metadata TTL ends, every read of it failing.
+    fn forget_version(&self, ino: u64, etag: &crate::store::ETag) {
+        let mut table = self.inodes.lock().unwrap();
+        if table.stage(ino).is_some() {
+            return;
+        }
+        if let Some(inode) = table.get_mut(ino)
+            && let Some(remote) = &mut inode.remote
+            && remote.etag == *etag
+        {
+            remote.modified = None;
+            inode.meta_known = false;
+            inode.valid_until = std::time::Instant::now();
         }
     }
 

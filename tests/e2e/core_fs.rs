@@ -1243,6 +1243,34 @@ async fn a_handle_on_a_replaced_object_fails_even_where_blocks_are_cached() {
     f.fs.release(new_handle).await.unwrap();
 }
 
+/// A read that finds the object replaced by another client fails (EIO), and the next
+/// open, still within the metadata TTL, reads the new version: the table does not keep
+/// the version a read found gone until its TTL ends.
+#[tokio::test]
+async fn the_open_after_a_read_found_the_object_replaced_reads_the_new_version() {
+    let f = fixture("");
+    f.store.insert("v", &pattern(2 * MIB, 1));
+    let attr = f.fs.lookup(ROOT, OsStr::new("v")).await.unwrap();
+    let (old_handle, _) = f.fs.open(attr.ino, OpenMode::default()).await.unwrap();
+    f.store.insert("v", &pattern(2 * MIB, 2));
+    let err = f.fs.read(old_handle, 0, 4096).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    f.fs.release(old_handle).await.unwrap();
+
+    let heads = f.store.count(Op::Head);
+    let (new_handle, keep) = f.fs.open(attr.ino, OpenMode::default()).await.unwrap();
+    assert!(!keep, "the kernel drops the old version's pages");
+    assert_eq!(f.store.count(Op::Head) - heads, 1, "the open asked S3 once");
+    assert_eq!(
+        &f.fs.read(new_handle, 0, 4096).await.unwrap()[..],
+        &pattern(2 * MIB, 2)[..4096]
+    );
+    f.fs.release(new_handle).await.unwrap();
+    let (again, _) = f.fs.open(attr.ino, OpenMode::default()).await.unwrap();
+    assert_eq!(f.store.count(Op::Head) - heads, 1, "later opens do not");
+    f.fs.release(again).await.unwrap();
+}
+
 /// Names another client (s3fs) stored outside `user.` are kept but not listed: they
 /// cannot be read here.
 #[tokio::test]
