@@ -182,6 +182,7 @@ async fn put(a: &Args, c: &Client, bucket: &str, key: &str, body: Bytes) -> Resu
 
 async fn put_big(a: &Args, c: &Client, bucket: &str, key: &str, size: u64) -> Result<()> {
     let data = random_bytes(size);
+    let busy = machine_busy_secs();
     let start = Instant::now();
     if size <= a.part_size {
         put(a, c, bucket, key, data).await?;
@@ -241,14 +242,16 @@ async fn put_big(a: &Args, c: &Client, bucket: &str, key: &str, size: u64) -> Re
             .map_err(sdk(format!("CompleteMultipartUpload {key}")))?;
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = machine_busy_secs() - busy;
     println!(
-        "put-big key={key} bytes={size} secs={secs:.3} MB/s={:.1}",
+        "put-big key={key} bytes={size} secs={secs:.3} MB/s={:.1} cpu={cpu:.2}",
         size as f64 / secs / 1e6
     );
     Ok(())
 }
 
 async fn get_big(a: &Args, c: &Client, bucket: &str, key: &str) -> Result<()> {
+    let busy = machine_busy_secs();
     let start = Instant::now();
     let head = c
         .head_object()
@@ -274,11 +277,30 @@ async fn get_big(a: &Args, c: &Client, bucket: &str, key: &str) -> Result<()> {
         bail!("GET {key}: got {got} bytes, expected {size}");
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = machine_busy_secs() - busy;
     println!(
-        "get-big key={key} bytes={size} secs={secs:.3} MB/s={:.1}",
+        "get-big key={key} bytes={size} secs={secs:.3} MB/s={:.1} cpu={cpu:.2}",
         size as f64 / secs / 1e6
     );
     Ok(())
+}
+
+/// CPU time all cores of the machine have spent busy so far (user, nice, system, irq and
+/// softirq in `/proc/stat`), in seconds: the `cpu=` of put-big and get-big is its growth over
+/// the timed part, the server's CPU included (0 where `/proc/stat` cannot be read).
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
+    // USER_HZ is 100 on every Linux architecture this builds for.
+    busy as f64 / 100.0
 }
 
 async fn put_many(
