@@ -160,7 +160,7 @@ impl<S: ObjectStore> S3Fs<S> {
         attr.gid = caller.gid;
         stage.note_open(&self.layout.file_key(&path));
         let found = Found::made_here(attr, None, Extras::default(), self.valid_until());
-        let ino = table.upsert(parent, name, found);
+        let ino = table.upsert_made_here(parent, name, found);
         table.mark_changed(ino);
         Self::touch_dir(&mut table, parent, t);
         if let Some(old) = table.stage(ino) {

@@ -7,9 +7,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::page_cache::{self, PageCache};
+use super::removed::RemovedNames;
 use crate::stage::Stage;
 use crate::store::{ETag, ObjectMeta};
 
@@ -379,11 +380,15 @@ pub struct InodeTable {
     subdirs: HashMap<u64, u32>,
     /// Inodes that have a stage.
     staged: HashSet<u64>,
+    /// Names removed lately, which answers asked for before their removal must not revive.
+    removed: RemovedNames,
     next: u64,
 }
 
 impl InodeTable {
-    pub fn new(root: Attr) -> InodeTable {
+    /// `ttl` is the metadata TTL: how long a removed name is remembered (see
+    /// [`RemovedNames`]).
+    pub fn new(root: Attr, ttl: Duration) -> InodeTable {
         let mut inodes = HashMap::new();
         let mut root = Inode::new(ROOT, "", Attr { ino: ROOT, ..root }, None, far_future());
         root.meta_known = true;
@@ -395,6 +400,7 @@ impl InodeTable {
             kids: HashMap::new(),
             subdirs: HashMap::new(),
             staged: HashSet::new(),
+            removed: RemovedNames::new(ttl),
             next: ROOT + 1,
         }
     }
@@ -443,8 +449,24 @@ impl InodeTable {
     /// this mount last changed the inode says is older than the table and is ignored.
     /// An existing inode keeps its number if the kind agrees (a listing cannot tell
     /// files from symlinks, so it never changes a known non-directory kind); one of
-    /// another kind is detached and replaced. Returns the inode number.
-    pub fn upsert(&mut self, parent: u64, name: &str, found: Found) -> u64 {
+    /// another kind is detached and replaced. Returns the inode number, or None when the
+    /// answer was asked for before this mount removed the name (it must not revive it).
+    pub fn upsert(&mut self, parent: u64, name: &str, found: Found) -> Option<u64> {
+        if self.child(parent, name).is_none()
+            && self.removed.removed_after(parent, name, found.asked_at)
+        {
+            return None;
+        }
+        Some(self.record(parent, name, found))
+    }
+
+    /// [`InodeTable::upsert`] of a change made here (newer than any removal, which took
+    /// the table's lock before it).
+    pub fn upsert_made_here(&mut self, parent: u64, name: &str, found: Found) -> u64 {
+        self.record(parent, name, found)
+    }
+
+    fn record(&mut self, parent: u64, name: &str, found: Found) -> u64 {
         let Found {
             mut attr,
             remote,
@@ -574,6 +596,7 @@ impl InodeTable {
             let is_dir = inode.attr.kind == Kind::Dir;
             if self.children.get(&key) == Some(&ino) {
                 self.children.remove(&key);
+                self.removed.note(key.0, key.1.clone(), Instant::now());
             }
             self.unlink_from_parent(key.0, is_dir);
         }
@@ -599,6 +622,7 @@ impl InodeTable {
         inode.detached = false;
         if self.children.get(&old) == Some(&ino) {
             self.children.remove(&old);
+            self.removed.note(old.0, old.1.clone(), Instant::now());
         }
         if !was_detached {
             self.unlink_from_parent(old.0, is_dir);

@@ -38,7 +38,7 @@ fn dir() -> Attr {
 }
 
 fn table() -> InodeTable {
-    InodeTable::new(dir())
+    InodeTable::new(dir(), Duration::from_secs(60))
 }
 
 fn soon() -> Instant {
@@ -59,11 +59,13 @@ fn found(attr: Attr, remote: Option<Remote>, extras: Option<Extras>) -> Found {
 /// What HEAD says of a file: attributes, the object and its (empty) extras.
 fn head(t: &mut InodeTable, parent: u64, name: &str, a: Attr, r: Option<Remote>) -> u64 {
     t.upsert(parent, name, found(a, r, Some(Extras::default())))
+        .expect("not removed")
 }
 
 /// What a listing says of a name.
 fn listed(t: &mut InodeTable, parent: u64, name: &str, a: Attr, r: Option<Remote>) -> u64 {
     t.upsert(parent, name, found(a, r, None))
+        .expect("not removed")
 }
 
 #[test]
@@ -160,7 +162,7 @@ fn what_s3_said_before_a_change_made_here_does_not_undo_it() {
         asked_at: asked_before,
         ..found(file(3, 0o644), remote("e1", 3, 5), Some(Extras::default()))
     };
-    assert_eq!(t.upsert(ROOT, "f", stale), ino);
+    assert_eq!(t.upsert(ROOT, "f", stale), Some(ino));
     let inode = t.get(ino).unwrap();
     assert_eq!(
         (
@@ -172,6 +174,39 @@ fn what_s3_said_before_a_change_made_here_does_not_undo_it() {
     // An answer to a request sent after the change is taken.
     head(&mut t, ROOT, "f", file(7, 0o644), remote("e3", 7, 7));
     assert_eq!(t.get(ino).unwrap().attr.perm, 0o644);
+}
+
+#[test]
+fn an_answer_asked_before_this_mount_removed_a_name_does_not_bring_it_back() {
+    let mut t = table();
+    let ino = listed(&mut t, ROOT, "f", file(3, 0o644), remote("e1", 3, 5));
+    let moved = listed(&mut t, ROOT, "old", file(3, 0o644), remote("e2", 3, 5));
+    // A listing page (or HEAD) is sent; meanwhile this mount unlinks f and renames old.
+    let asked_before = Instant::now();
+    std::thread::sleep(Duration::from_millis(2));
+    t.detach(ino);
+    t.rename(moved, ROOT, "new");
+    // The late answer still shows both names: neither comes back.
+    for name in ["f", "old"] {
+        let late = Found {
+            asked_at: asked_before,
+            ..found(file(3, 0o644), remote("e1", 3, 5), None)
+        };
+        assert_eq!(t.upsert(ROOT, name, late), None, "{name} came back");
+        assert_eq!(t.child(ROOT, name), None);
+    }
+    // An answer asked for after the removal is news (another client made the name again).
+    let again = listed(&mut t, ROOT, "f", file(9, 0o644), remote("e3", 9, 9));
+    assert_ne!(again, ino);
+    assert_eq!(t.child(ROOT, "f"), Some(again));
+    // A change made here is newer than any removal.
+    t.detach(again);
+    let made = t.upsert_made_here(
+        ROOT,
+        "f",
+        found(file(1, 0o600), None, Some(Extras::default())),
+    );
+    assert_eq!(t.child(ROOT, "f"), Some(made));
 }
 
 #[test]

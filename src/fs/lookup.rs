@@ -97,7 +97,7 @@ impl<S: ObjectStore> S3Fs<S> {
         (parent, name): (u64, &str),
         listed: &Listed,
         (valid_until, asked_at): (Instant, Instant),
-    ) -> u64 {
+    ) -> Option<u64> {
         let (attr, remote) = match listed {
             Listed::File {
                 size,

@@ -237,7 +237,10 @@ impl<S: ObjectStore> S3Fs<S> {
                     valid_until,
                     asked_at,
                 };
-                let ino = table.upsert(parent, &name, found);
+                // (None: removed here after the HEAD was sent.)
+                let ino = table
+                    .upsert(parent, &name, found)
+                    .ok_or(FsError::NotFound)?;
                 Ok(Self::current_attr(table, ino).expect("just upserted"))
             }
             Err(StoreError::NotFound) if dir => {

@@ -15,6 +15,7 @@ mod namespace;
 mod page_cache;
 mod pager;
 mod readdir;
+mod removed;
 mod rename;
 mod save;
 mod shared;
@@ -223,7 +224,7 @@ impl<S: ObjectStore> S3Fs<S> {
             uploader: Uploader::new(store.clone(), cfg.upload_limits()),
             cache: Arc::new(BlockCache::new(cfg.cache_size)),
             store,
-            inodes: Mutex::new(InodeTable::new(root)),
+            inodes: Mutex::new(InodeTable::new(root, cfg.metadata_ttl)),
             handles: HandleTable::new(),
             stages,
             cfg,

@@ -202,7 +202,8 @@ impl<S: ObjectStore> S3Fs<S> {
             modified: None,
         });
         let t = attr.ctime;
-        let ino = table.upsert(parent, name, Found::made_here(attr, remote, extras, until));
+        let ino =
+            table.upsert_made_here(parent, name, Found::made_here(attr, remote, extras, until));
         table.mark_changed(ino);
         Self::touch_dir(&mut table, parent, t);
         if dir {

@@ -155,7 +155,8 @@ impl<S: ObjectStore> S3Fs<S> {
                     Raw::Listed(name, listed, asked_at) => {
                         let at = (cursor.ino(), name.as_str());
                         let until = asked_at + ttl;
-                        let ino = self.upsert_listed(&mut table, at, &listed, (until, asked_at));
+                        // (None: removed here after the page was asked for.)
+                        let ino = self.upsert_listed(&mut table, at, &listed, (until, asked_at))?;
                         (name, ino)
                     }
                 };

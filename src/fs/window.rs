@@ -226,6 +226,8 @@ impl<S: ObjectStore> S3Fs<S> {
                 return Err(FsError::NotFound);
             }
         };
+        // (None: removed here after the listing or HEAD was sent.)
+        let ino = ino.ok_or(FsError::NotFound)?;
         Self::current_attr(&table, ino).ok_or(FsError::NotFound)
     }
 }

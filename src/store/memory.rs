@@ -134,6 +134,8 @@ pub struct MemoryStore {
     counts: Mutex<HashMap<Op, u64>>,
     /// Per kind of operation: how long each one takes.
     delays: Mutex<HashMap<Op, std::time::Duration>>,
+    /// Per kind of operation: how long each answer travels after the store was read.
+    late_answers: Mutex<HashMap<Op, std::time::Duration>>,
     /// Per kind of operation: how many run now, and the most that ever ran at once.
     in_flight: Mutex<HashMap<Op, (u64, u64)>>,
     /// Part numbers received per upload, and how often each (a part sent twice shows).
@@ -185,6 +187,20 @@ impl MemoryStore {
     /// Every operation of kind `op` takes `delay` from now on.
     pub fn delay(&self, op: Op, delay: std::time::Duration) {
         self.delays.lock().unwrap().insert(op, delay);
+    }
+
+    /// Every listing or HEAD (`op`) reads the store at once but answers `delay` later,
+    /// as a reply slow on its way back: what it says may be out of date when it arrives.
+    pub fn answer_late(&self, op: Op, delay: std::time::Duration) {
+        self.late_answers.lock().unwrap().insert(op, delay);
+    }
+
+    /// Waits out the travel time `answer_late` set for answers of kind `op`.
+    async fn travel(&self, op: Op) {
+        let delay = self.late_answers.lock().unwrap().get(&op).copied();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// The most operations of kind `op` that ever ran at once.
@@ -368,7 +384,9 @@ impl ObjectStore for MemoryStore {
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         self.enter(Op::Head).await?;
-        let o = self.get_object(key)?;
+        let o = self.get_object(key);
+        self.travel(Op::Head).await;
+        let o = o?;
         Ok(ObjectMeta {
             size: o.data.len(),
             etag: o.etag,
@@ -743,6 +761,19 @@ impl MemoryStore {
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage> {
         self.enter(Op::List).await?;
+        let page = self.page_from(prefix, delimited, lower, max_keys);
+        self.travel(Op::List).await;
+        Ok(page)
+    }
+
+    /// One listing page of what the store holds now.
+    fn page_from(
+        &self,
+        prefix: &str,
+        delimited: bool,
+        lower: Bound<String>,
+        max_keys: Option<i32>,
+    ) -> ListPage {
         let default = match self.page_size.load(Ordering::Relaxed) {
             0 => 1000,
             n => n,
@@ -778,7 +809,7 @@ impl MemoryStore {
             });
             count += 1;
         }
-        Ok(page)
+        page
     }
 }
 

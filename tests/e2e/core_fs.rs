@@ -1271,6 +1271,60 @@ async fn the_open_after_a_read_found_the_object_replaced_reads_the_new_version()
     f.fs.release(again).await.unwrap();
 }
 
+/// A listing sent before this mount removed a name and answered after it does not bring
+/// the name back: once unlink has returned, neither readdir nor lookup shows the file
+/// (before, it was back until the metadata TTL ended).
+/// (`--fast-listing` takes a listing's entries without HEADs, as a metadata index that
+/// knows the listed versions does.)
+#[tokio::test]
+async fn a_listing_answered_after_an_unlink_does_not_bring_the_name_back() {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let config = s3mount::fs::FsConfig {
+        fast_listing: true,
+        ..core_config("", cache.path())
+    };
+    let f = Fixture {
+        fs: S3Fs::new(store.clone(), config).unwrap(),
+        store,
+        cache,
+    };
+    for name in ["d/keep", "d/gone"] {
+        f.store.insert(name, b"1");
+    }
+    let d = f.fs.lookup(ROOT, OsStr::new("d")).await.unwrap();
+    f.fs.lookup(d.ino, OsStr::new("gone")).await.unwrap();
+    // Every listing reads the store at once and arrives 300 ms later.
+    f.store.answer_late(Op::List, Duration::from_millis(300));
+    let listing = async {
+        let dh = f.fs.opendir(d.ino).await.unwrap();
+        let (mut names, mut offset) = (Vec::new(), 0);
+        loop {
+            let batch = f.fs.readdir(dh, offset).await.unwrap();
+            let Some(last) = batch.last() else {
+                break;
+            };
+            offset = last.offset;
+            names.extend(batch.into_iter().map(|e| e.name));
+        }
+        f.fs.releasedir(dh);
+        names
+    };
+    let removal = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        f.fs.unlink(d.ino, OsStr::new("gone")).await.unwrap();
+    };
+    let (names, ()) = tokio::join!(listing, removal);
+    assert!(f.store.object("d/gone").is_none());
+    assert!(names.contains(&"keep".to_string()), "{names:?}");
+    assert!(
+        !names.contains(&"gone".to_string()),
+        "readdir shows it: {names:?}"
+    );
+    let err = f.fs.lookup(d.ino, OsStr::new("gone")).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOENT, "{err}");
+}
+
 /// Names another client (s3fs) stored outside `user.` are kept but not listed: they
 /// cannot be read here.
 #[tokio::test]
