@@ -1,21 +1,24 @@
 //! The floor of any FUSE mount: a file system that moves bytes through the kernel's FUSE
 //! device and does nothing else. `big` reads as SIZE zero bytes (answered at once, from one
-//! static buffer, in the FUSE thread); whatever is written to `sink` is dropped. It is
+//! static buffer, in the FUSE thread); whatever is written to `sink`, or to a file created
+//! in the root (each a new, empty sink; the names are not kept), is dropped. It is
 //! mounted the way s3mount mounts (2 FUSE threads with their own device fd, 1 MiB writes,
-//! 1 MiB kernel read-ahead), so the CPU that `dd` through it costs — the daemon's and the
-//! kernel's copies between the page cache, the device and `dd` — is what every FUSE mount
-//! pays on top of its S3 client for the same bytes. `scripts/bench-big.sh` measures it
-//! beside the raw client and the mount.
+//! 1 MiB kernel read-ahead), so what `dd` through it costs — the daemon's and the kernel's
+//! copies between the page cache, the device and `dd` — and what creating a small file
+//! through it takes — the kernel's requests and their answers — is what every FUSE mount
+//! pays on top of its S3 client. `scripts/bench-rounds.sh` measures it beside the raw client
+//! and the mount.
 //!
 //! `nullfuse MOUNTPOINT SIZE_BYTES` (foreground; unmount with `fusermount3 -u`).
 
 use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 const ROOT: u64 = 1;
@@ -26,6 +29,8 @@ static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 struct NullFs {
     size: u64,
+    /// The next inode number of a created file (every number from SINK on is a sink).
+    next: AtomicU64,
 }
 
 impl NullFs {
@@ -33,7 +38,9 @@ impl NullFs {
         let (kind, perm, size) = match ino {
             ROOT => (FileType::Directory, 0o755, 0),
             BIG => (FileType::RegularFile, 0o444, self.size),
-            SINK => (FileType::RegularFile, 0o666, 0),
+            ino if ino >= SINK && ino < self.next.load(Ordering::Relaxed) => {
+                (FileType::RegularFile, 0o666, 0)
+            }
             _ => return None,
         };
         Some(FileAttr {
@@ -106,6 +113,30 @@ impl Filesystem for NullFs {
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if parent.0 != ROOT {
+            return reply.error(Errno::ENOENT);
+        }
+        let ino = self.next.fetch_add(1, Ordering::Relaxed);
+        let attr = self.attr(ino).unwrap();
+        reply.created(
+            &TTL,
+            &attr,
+            Generation(0),
+            FileHandle(0),
+            FopenFlags::empty(),
+        );
     }
 
     fn read(
@@ -198,7 +229,11 @@ fn main() -> std::io::Result<()> {
     config.n_threads = Some(2);
     config.clone_fd = true;
     config.mount_options = vec![fuser::MountOption::FSName("nullfuse".into())];
-    let session = fuser::Session::new(NullFs { size }, mountpoint, &config)?;
+    let fs = NullFs {
+        size,
+        next: AtomicU64::new(SINK + 1),
+    };
+    let session = fuser::Session::new(fs, mountpoint, &config)?;
     // The kernel's read-ahead on the mount, raised as s3mount raises it (1 MiB reads).
     let bdi = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()

@@ -207,6 +207,9 @@ out=$(raw --unsigned-payload put-big bench-raw/big-mp "$BIG") # 8 parts in fligh
 R[write_mp]=$(field MB/s "$out")
 for tool in ${TOOLS[@]+"${TOOLS[@]}"}; do
     head -c "$BIG" /dev/urandom >"$DATA/big"
+    # Untimed: the data on disk first (the raw client's is in memory), so that the kernel
+    # writing this gibibyte back does not compete with the step.
+    sync
     if [ "$tool" = s3mount ] && [ "$VERIFY" = 1 ]; then WANT_MD5=$(md5sum <"$DATA/big"); fi
     mount_tool "$tool" "write-$tool"
     t0=$(now)
@@ -261,6 +264,7 @@ for tool in ${TOOLS[@]+"${TOOLS[@]}"}; do
     if [ "$tool" = s3mount ]; then
         mkdir -p "$DATA/small8"
         head -c $((FILES * SMALL)) /dev/urandom | split -b "$SMALL" -d -a 6 - "$DATA/small8/f"
+        sync
         mkdir "$MNT/small8"
         t0=$(now)
         (cd "$DATA/small8" && printf '%s\0' f* | xargs -0 -P "$JOBS" -n "$per_job" cp -t "$MNT/small8/")
@@ -331,6 +335,7 @@ for run in s3mount:tar s3mount:tar_wb s3fs:tar rclone:tar; do
     has "$tool" || continue
     seed=$((seed + 1)) # each run its own contents (Garage deduplicates)
     py mktar "$DATA/t.tar" "$TAR_N" "$seed"
+    sync
     if [ "$step" = tar_wb ]; then mount_tool "$tool" "$step-$tool" --write-back; else mount_tool "$tool" "$step-$tool"; fi
     mkdir "$MNT/$step"
     t0=$(now)
