@@ -663,3 +663,39 @@ fn quick_successive_metadata_changes_leave_the_last_one_in_s3() {
         wrong.join("\n  ")
     );
 }
+
+/// `unlink x; mv y x` in quick succession, as editors and document stores save: the rename
+/// is a CopyObject onto the key the DELETE just removed. Garage stamps that copy with the
+/// current millisecond, so a copy in the DELETE's millisecond could be ordered before it
+/// and the renamed file lost; the store spaces writes of one key, and S3 must hold the
+/// renamed content under every name.
+#[test]
+fn a_rename_onto_a_name_just_deleted_keeps_the_renamed_file() {
+    let prefix = unique_prefix("swap");
+    let m = TestMount::new(&prefix, &[]);
+    let dir = m.mountpoint();
+    for i in 0..24 {
+        std::fs::write(dir.join(format!("x{i:02}")), "old").unwrap();
+        std::fs::write(dir.join(format!("y{i:02}")), format!("new {i}")).unwrap();
+    }
+    for i in 0..24 {
+        let (x, y) = (dir.join(format!("x{i:02}")), dir.join(format!("y{i:02}")));
+        std::fs::remove_file(&x).unwrap();
+        std::fs::rename(&y, &x).unwrap();
+    }
+    let bucket = Bucket::new();
+    let mut wrong = Vec::new();
+    for i in 0..24 {
+        let got = bucket.get(&format!("{prefix}x{i:02}"));
+        if got.as_deref() != Some(format!("new {i}").as_bytes()) {
+            wrong.push(format!(
+                "x{i:02}: {:?}",
+                got.map(|g| String::from_utf8_lossy(&g).into_owned())
+            ));
+        }
+        if bucket.get(&format!("{prefix}y{i:02}")).is_some() {
+            wrong.push(format!("y{i:02} still in S3"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
