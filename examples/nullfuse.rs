@@ -235,19 +235,6 @@ fn main() -> std::io::Result<()> {
     };
     let session = fuser::Session::new(fs, mountpoint, &config)?;
     // The kernel's read-ahead on the mount, raised as s3mount raises it (1 MiB reads).
-    let bdi = std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|info| {
-            let mp = std::fs::canonicalize(mountpoint).ok()?;
-            let mp = mp.to_string_lossy().into_owned();
-            info.lines()
-                .rev()
-                .map(|l| l.split(' ').map(str::to_owned).collect::<Vec<_>>())
-                .find(|f| f.len() > 4 && f[4] == mp)
-                .map(|f| f[2].clone())
-        });
-    if let Some(device) = bdi {
-        let _ = std::fs::write(format!("/sys/class/bdi/{device}/read_ahead_kb"), "1024");
-    }
+    s3mount::daemon::raise_kernel_readahead(std::path::Path::new(mountpoint));
     session.run()
 }

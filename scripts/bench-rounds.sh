@@ -99,11 +99,7 @@ fresh_data() {
 "$RAW" put-big bench/big "$BIG" >/dev/null
 "$NULLFUSE" "$FLOOR" "$BIG" >"$WORK/floor.log" 2>&1 &
 FLOOR_PID=$!
-for ((i = 0; i < 100; i++)); do
-    mountpoint -q "$FLOOR" && break
-    kill -0 "$FLOOR_PID" 2>/dev/null || { cat "$WORK/floor.log" >&2; exit 1; }
-    sleep 0.1
-done
+MNT=$FLOOR DPID=$FLOOR_PID wait_mounted nullfuse "$WORK/floor.log" || exit 1
 if [ "$DELAY_MS" != 0 ]; then
     start_delay_proxy "$base" "$DELAY_MS" "$WORK"
     echo "every S3 client goes through a ${DELAY_MS} ms round-trip delay proxy"
@@ -119,19 +115,11 @@ mount_bin() {
         --log-level warn ${MOUNT_OPTS[@]+"${MOUNT_OPTS[@]}"} ${opts[@]+"${opts[@]}"} \
         >"$WORK/mount.log" 2>&1 &
     DPID=$!
-    local i
-    for ((i = 0; i < 300; i++)); do
-        mountpoint -q "$MNT" && break
-        kill -0 "$DPID" 2>/dev/null || { cat "$WORK/mount.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    mountpoint -q "$MNT" || { echo "bench-rounds: mount not live after 30 s" >&2; exit 1; }
+    wait_mounted "bench-rounds: $1" "$WORK/mount.log" || exit 1
 }
 
 unmount_bin() {
-    fusermount3 -u "$MNT"
-    wait "$DPID" || echo "bench-rounds: $1 exited with status $?" >&2
-    DPID=""
+    stop_daemon || echo "bench-rounds: $1 exited with status $?" >&2
     rm -rf "$WORK/cache"
 }
 

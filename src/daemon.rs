@@ -535,7 +535,7 @@ const KERNEL_READAHEAD_KB: u32 = 1024;
 /// Raises the read-ahead of the mount's backing device (root only; best effort). The
 /// device is found in mountinfo, since a stat of the mount point would need the
 /// session that is not serving yet.
-fn raise_kernel_readahead(mountpoint: &Path) {
+pub fn raise_kernel_readahead(mountpoint: &Path) {
     let Ok(mp) = std::fs::canonicalize(mountpoint) else {
         return;
     };
