@@ -188,12 +188,16 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let known = (self.fs.lookup_known(parent.0, name)).map(|r| r.map(|a| (self.fs.ttl(), a)));
+        let known =
+            (self.fs.lookup_known(parent.0, name)).map(|r| r.map(|a| (self.fs.ttl_of(a.ino), a)));
         let Some(reply) = answer_now("lookup", reply, known, entry) else {
             return;
         };
         let (fs, name) = (self.fs.clone(), name.to_owned());
-        let call = async move { Ok((fs.ttl(), fs.lookup(parent.0, &name).await?)) };
+        let call = async move {
+            let attr = fs.lookup(parent.0, &name).await?;
+            Ok((fs.ttl_of(attr.ino), attr))
+        };
         self.spawn("lookup", reply, call, entry);
     }
 
@@ -202,12 +206,15 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let known = (self.fs.getattr_known(ino.0)).map(|r| r.map(|a| (self.fs.ttl(), a)));
+        let known = (self.fs.getattr_known(ino.0)).map(|r| r.map(|a| (self.fs.ttl_of(ino.0), a)));
         let Some(reply) = answer_now("getattr", reply, known, attr) else {
             return;
         };
         let fs = self.fs.clone();
-        let call = async move { Ok((fs.ttl(), fs.getattr(ino.0).await?)) };
+        let call = async move {
+            let attr = fs.getattr(ino.0).await?;
+            Ok((fs.ttl_of(ino.0), attr))
+        };
         self.spawn("getattr", reply, call, attr);
     }
 
@@ -531,10 +538,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             async move { fs.readdir(fh.0, offset).await }
         };
         self.spawn("readdirplus", reply, call, move |mut reply, entries| {
-            let ttl = fs.ttl();
             let mut sent = Vec::with_capacity(entries.len());
             for e in entries {
                 let (ino, attr) = (INodeNo(e.attr.ino), to_fuse_attr(&e.attr));
+                let ttl = fs.ttl_of(e.attr.ino);
                 if reply.add(ino, e.offset, &e.name, &ttl, &attr, Generation(0)) {
                     break;
                 }

@@ -286,6 +286,24 @@ impl<S: ObjectStore> S3Fs<S> {
         self.cfg.metadata_ttl
     }
 
+    /// How long the kernel may keep what it is told of `ino` now (its entry and
+    /// attributes): the metadata TTL, but never past the moment the table stops trusting
+    /// them. Told a whole TTL by an answer given just before the table's entry expired, the
+    /// kernel would show another host's change only after up to twice the TTL. What this
+    /// mount holds itself (a staged or unlinked file, the root) keeps the whole TTL.
+    pub fn ttl_of(&self, ino: u64) -> Duration {
+        let ttl = self.cfg.metadata_ttl;
+        let table = self.inodes.lock().unwrap();
+        match table.get(ino) {
+            Some(inode) if ino != ROOT && !inode.detached && table.stage(ino).is_none() => ttl.min(
+                inode
+                    .valid_until
+                    .saturating_duration_since(std::time::Instant::now()),
+            ),
+            _ => ttl,
+        }
+    }
+
     /// The upload journal's live records (what a crash now would leave to recover).
     pub fn journal_records(&self) -> Vec<crate::stage::Record> {
         self.stages.journaled().into_values().collect()
